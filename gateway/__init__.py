@@ -1,0 +1,1 @@
+"""A realtime gateway: one stream over WebSocket, SSE and long-polling."""

@@ -1,0 +1,124 @@
+"""The Starlette app: routes, static pages, ``/metrics``, and the lifespan.
+
+Every app-wide object (broker, hub, metrics, guard) is made in the lifespan
+and reaches requests through ``request.state.gateway``; nothing is a module
+global, so tests can run several apps in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from gateway.auth import Guard
+from gateway.brokers import make_broker
+from gateway.errors import GatewayError
+from gateway.hub import Hub
+from gateway.metrics import Metrics
+from gateway.publish import publish_endpoint
+from gateway.settings import Settings
+from gateway.state import Gateway, gateway_of
+from gateway.transports.longpoll import poll_endpoint
+from gateway.transports.sse import sse_endpoint
+from gateway.transports.websocket import ws_endpoint
+
+logger = logging.getLogger("gateway")
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    _configure_logging()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Gateway]]:
+        metrics = Metrics()
+        hub = Hub(make_broker(settings), settings, metrics)
+        guard = Guard(settings)
+        if guard.open:
+            logger.warning("GATEWAY_SECRET is not set: the gateway is OPEN, anyone may read and publish")
+        async with hub.running():
+            yield {"gateway": Gateway(settings, hub, metrics, guard)}
+
+    routes = [
+        Route("/", _index),
+        Route("/dashboard", _dashboard),
+        Route("/healthz", _healthz),
+        Route("/readyz", _readyz),
+        Route("/metrics", _metrics),
+        Route("/sse/{channel:path}", sse_endpoint),
+        Route("/poll/{channel:path}", poll_endpoint),
+        Route("/publish/{channel:path}", publish_endpoint, methods=["POST"]),
+        WebSocketRoute("/ws/{channel:path}", ws_endpoint),
+        Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+    ]
+    middleware = [_cors(settings)] if settings.allowed_origins else []
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={GatewayError: _gateway_error},
+    )
+
+
+def _configure_logging() -> None:
+    """One line per event on stderr, unless the host process set logging up."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def _cors(settings: Settings) -> Middleware:
+    return Middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.allowed_origins),
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+    )
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    gateway_of(request).metrics.refused.labels(str(exc.status)).inc()
+    return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=headers)
+
+
+async def _healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def _readyz(request: Request) -> Response:
+    hub = gateway_of(request).hub
+    if hub.closing:
+        return PlainTextResponse("shutting down", status_code=503)
+    if not hub.ready:
+        return PlainTextResponse("broker link not delivering", status_code=503)
+    return PlainTextResponse("ready")
+
+
+async def _metrics(request: Request) -> Response:
+    body = gateway_of(request).metrics.render()
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def _index(request: Request) -> Response:
+    return FileResponse(STATIC_DIR / "index.html")
+
+
+async def _dashboard(request: Request) -> Response:
+    return FileResponse(STATIC_DIR / "dashboard.html")
+
+
+# What ``uvicorn gateway.app:app`` serves: settings from the environment.
+app = create_app()

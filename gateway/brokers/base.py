@@ -1,0 +1,55 @@
+"""The Broker protocol, which the embedded and the Redis broker both implement.
+
+A broker assigns ids (never a gateway node), keeps each channel's capped
+history, and hands live messages of the channels it is subscribed to to one
+listener, the hub, by a plain call that must not block. The hub, not the
+broker, owns fan-out, dedupe and backfill, so both brokers share that logic.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+from gateway.message import Cursor, Message
+
+
+class History(NamedTuple):
+    messages: list[Message]
+    gap: bool  # messages after the cursor were lost (trimmed, or another epoch)
+
+
+class BrokerListener(Protocol):
+    def on_message(self, message: Message) -> None:
+        """A live message of a subscribed channel; must return without waiting."""
+
+    def on_link_restored(self) -> None:
+        """The broker link was lost and is back: backfill every channel."""
+
+
+class Broker(Protocol):
+    connected: bool
+
+    async def start(self, listener: BrokerListener) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(self, channel: str, event: str, data: str) -> Message:
+        """Append to history and deliver live; raises BrokerUnavailable."""
+
+    async def subscribe(self, channel: str) -> None:
+        """Return once live messages of ``channel`` will reach the listener."""
+
+    async def unsubscribe(self, channel: str) -> None: ...
+
+    async def history(self, channel: str, cursor: Cursor, limit: int) -> History:
+        """Up to ``limit`` messages after ``cursor``, oldest first."""
+
+    async def tail(self, channel: str, count: int) -> list[Message]:
+        """The last ``count`` messages of history, oldest first."""
+
+    async def latest(self, channel: str) -> Cursor:
+        """The id of the channel's newest message, or ``START`` when empty."""
+
+    async def check_link(self) -> None:
+        """A canary round-trip through the live link; raises when it fails."""
+

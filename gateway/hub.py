@@ -1,0 +1,240 @@
+"""The hub: channel -> subscriptions, fed by one broker subscription per channel.
+
+* First in subscribes the process to the channel at the broker; the release
+  after the last one leaves is delayed by ``LINGER_S`` so that long-poll
+  clients, which leave and come back every message, do not churn it.
+* Resume is subscribe-then-read: a subscription is registered for live
+  messages *before* history is read, and ``Subscription.load_history`` drops
+  the duplicates by id. Nothing published in between is missed.
+* Each channel remembers the last id it delivered. When the broker link comes
+  back after a fault, every channel is backfilled from history after that
+  id (live messages arriving meanwhile wait behind the backfill); when the
+  history's epoch changed meanwhile, subscribers are told of the gap.
+* Fan-out offers the same ``Message`` object to every subscription: it is
+  encoded once per wire, lazily, and never awaited for any client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import anyio.abc
+
+from gateway.brokers.base import Broker
+from gateway.errors import BrokerUnavailable
+from gateway.message import START, Cursor, Message
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from gateway.shutdown import wait_for_exit_signal
+from gateway.subscription import GAP, CloseReason, Item, Subscription
+
+logger = logging.getLogger(__name__)
+
+LINGER_S = 5.0
+CANARY_INTERVAL_S = 1.0
+READY_WINDOW_S = 3.0
+
+
+class _Channel:
+    __slots__ = ("idle_since", "last", "pending", "ready", "subs")
+
+    def __init__(self) -> None:
+        self.subs: set[Subscription] = set()
+        self.last: Cursor | None = None
+        # Live messages held back while the channel joins or backfills.
+        self.pending: list[Message] | None = []
+        self.ready = asyncio.Event()
+        self.idle_since: float | None = None
+
+
+class Hub:
+    def __init__(self, broker: Broker, settings: Settings, metrics: Metrics) -> None:
+        self.broker = broker
+        self.settings = settings
+        self.metrics = metrics
+        self.channels: dict[str, _Channel] = {}
+        self.link_ok_at = 0.0
+        self.closing = False
+        self._tasks: anyio.abc.TaskGroup | None = None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Hub]:
+        """The hub's lifetime: broker started, background loops owned here."""
+        await self.broker.start(self)
+        try:
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                tasks.start_soon(self._canary_loop)
+                tasks.start_soon(self._reaper_loop)
+                tasks.start_soon(self._exit_watcher)
+                yield self
+                tasks.cancel_scope.cancel()
+        finally:
+            self._tasks = None
+            self.close_all(CloseReason.SHUTDOWN)
+            await self.broker.stop()
+
+    @property
+    def ready(self) -> bool:
+        return self.broker.connected and time.monotonic() - self.link_ok_at < READY_WINDOW_S
+
+    @asynccontextmanager
+    async def subscribe(
+        self, channel: str, cursor: Cursor | None = None, last: int | None = None
+    ) -> AsyncIterator[Subscription]:
+        """A subscription to live messages, preceded by the history asked for."""
+        sub = Subscription(channel, self.settings.queue_size, cursor)
+        if self.closing:
+            sub.close(CloseReason.SHUTDOWN)
+        await self._join(channel, sub)
+        try:
+            sub.load_history(await self._history_for(channel, cursor, last))
+            yield sub
+        finally:
+            self._leave(channel, sub)
+
+    async def publish(self, channel: str, event: str, data: str) -> Message:
+        message = await self.broker.publish(channel, event, data)
+        self.metrics.published.inc()
+        return message
+
+    def close_all(self, reason: CloseReason) -> None:
+        for state in self.channels.values():
+            for sub in state.subs:
+                sub.close(reason)
+
+    # -- broker listener ------------------------------------------------
+
+    def on_message(self, message: Message) -> None:
+        state = self.channels.get(message.channel)
+        if state is None:
+            return
+        if state.pending is not None:
+            state.pending.append(message)
+            return
+        self._deliver(state, message)
+
+    def on_link_restored(self) -> None:
+        self.metrics.broker_reconnects.inc()
+        if self._tasks is None:
+            return
+        for channel, state in self.channels.items():
+            if state.pending is None:
+                state.pending = []
+                self._tasks.start_soon(self._backfill, channel, state)
+
+    # -- inside -----------------------------------------------------------
+
+    async def _history_for(
+        self, channel: str, cursor: Cursor | None, last: int | None
+    ) -> list[Item]:
+        if cursor is not None:
+            history = await self.broker.history(channel, cursor, self.settings.history_size)
+            return [GAP, *history.messages] if history.gap else list(history.messages)
+        if last:
+            return list(await self.broker.tail(channel, last))
+        return []
+
+    async def _join(self, channel: str, sub: Subscription) -> None:
+        state = self.channels.get(channel)
+        if state is None:
+            state = self.channels[channel] = _Channel()
+            state.subs.add(sub)
+            try:
+                await self.broker.subscribe(channel)
+                state.last = await self.broker.latest(channel)
+            except BaseException:
+                del self.channels[channel]
+                state.ready.set()
+                raise
+            self._flush_pending(state)
+            state.ready.set()
+        else:
+            state.subs.add(sub)
+            state.idle_since = None
+            await state.ready.wait()
+            if self.channels.get(channel) is not state:
+                raise BrokerUnavailable("the broker could not subscribe this channel")
+
+    def _leave(self, channel: str, sub: Subscription) -> None:
+        state = self.channels.get(channel)
+        if state is not None:
+            state.subs.discard(sub)
+            if not state.subs:
+                state.idle_since = time.monotonic()
+
+    def _deliver(self, state: _Channel, message: Message) -> None:
+        if message.epoch is not None:
+            last = state.last
+            if last is not None and last.epoch == message.epoch and message.position <= last.position:
+                return
+            if last is not None and last.epoch is not None and last.epoch != message.epoch:
+                self._fan_out(state, GAP)
+            state.last = message.cursor
+            if message.published_at:
+                self.metrics.latency.observe(max(0.0, time.time() - message.published_at))
+        self._fan_out(state, message)
+        self.metrics.delivered.inc(len(state.subs))
+
+    def _fan_out(self, state: _Channel, item: Item) -> None:
+        dropped = [sub for sub in state.subs if not sub.offer(item)]
+        for sub in dropped:
+            state.subs.discard(sub)
+            self.metrics.slow_consumer_drops.inc()
+
+    def _flush_pending(self, state: _Channel) -> None:
+        pending, state.pending = state.pending or [], None
+        for message in pending:
+            self._deliver(state, message)
+
+    async def _backfill(self, channel: str, state: _Channel) -> None:
+        try:
+            history = await self.broker.history(
+                channel, state.last or START, self.settings.history_size
+            )
+        except Exception:
+            logger.warning("backfill of %s failed; waiting for the next reconnect", channel)
+            self._flush_pending(state)
+            return
+        if history.gap:
+            self._fan_out(state, GAP)
+        for message in history.messages:
+            self._deliver(state, message)
+        self._flush_pending(state)
+
+    async def _exit_watcher(self) -> None:
+        await wait_for_exit_signal()
+        logger.info("exit requested: telling every client to reconnect elsewhere")
+        self.closing = True
+        self.close_all(CloseReason.SHUTDOWN)
+
+    async def _canary_loop(self) -> None:
+        while True:
+            try:
+                with anyio.fail_after(CANARY_INTERVAL_S * 2):
+                    await self.broker.check_link()
+                self.link_ok_at = time.monotonic()
+            except Exception:
+                logger.debug("canary round-trip failed", exc_info=True)
+            await anyio.sleep(CANARY_INTERVAL_S)
+
+    async def _reaper_loop(self) -> None:
+        while True:
+            await anyio.sleep(LINGER_S / 2)
+            now = time.monotonic()
+            idle = [
+                name
+                for name, state in self.channels.items()
+                if not state.subs and state.idle_since and now - state.idle_since > LINGER_S
+            ]
+            for name in idle:
+                del self.channels[name]
+                try:
+                    await self.broker.unsubscribe(name)
+                except Exception:
+                    logger.warning("unsubscribe of %s failed", name, exc_info=True)

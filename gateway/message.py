@@ -1,0 +1,152 @@
+"""Messages, ids and cursors, and each message's wire encodings, built once.
+
+An id is ``<epoch>:<ms>-<seq>``. The epoch names one life of a channel's
+history (it changes when history is lost: Redis restarted without
+persistence, the stream deleted, the embedded broker restarted); the
+position ``<ms>-<seq>`` is a Redis stream id, strictly increasing within the
+epoch. Clients treat the whole string as opaque.
+
+A ``Message`` is shared by every subscriber of its channel. Its SSE frame,
+WebSocket text and JSON object are computed on first use and cached on the
+object, so fan-out to N clients encodes once per wire format, not N times.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import orjson
+
+from gateway.errors import BadRequest
+
+CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+EVENT_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+EPOCH_RE = re.compile(r"^[A-Za-z0-9]{1,32}$")
+POSITION_RE = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+DEFAULT_EVENT = "message"
+
+Position = tuple[int, int]
+
+
+def check_channel(channel: str) -> str:
+    if not CHANNEL_RE.match(channel):
+        raise BadRequest(
+            "invalid channel name: use 1-128 characters of A-Z a-z 0-9 _ . : -"
+        )
+    return channel
+
+
+def check_event(event: str | None) -> str:
+    if event is None or event == "":
+        return DEFAULT_EVENT
+    if not EVENT_RE.match(event):
+        raise BadRequest("invalid event name: use 1-64 characters of A-Z a-z 0-9 _ . : -")
+    return event
+
+
+def parse_position(text: str) -> Position:
+    match = POSITION_RE.match(text)
+    assert match is not None, f"not a stream position: {text!r}"
+    return int(match.group(1)), int(match.group(2))
+
+
+def format_position(position: Position) -> str:
+    return f"{position[0]}-{position[1]}"
+
+
+class Cursor(NamedTuple):
+    """Where a client stands: after ``position`` in ``epoch``.
+
+    ``Cursor.START`` (``since=0``) stands before all history of any epoch.
+    """
+
+    epoch: str | None
+    position: Position
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        if text == "0":
+            return START
+        epoch, sep, position = text.partition(":")
+        if not sep or not EPOCH_RE.match(epoch) or not POSITION_RE.match(position):
+            raise BadRequest(f"malformed cursor {text[:80]!r}: expected an id the gateway gave, or 0")
+        return cls(epoch, parse_position(position))
+
+    def __str__(self) -> str:
+        if self.epoch is None:
+            return "0"
+        return f"{self.epoch}:{format_position(self.position)}"
+
+
+START = Cursor(None, (0, 0))
+
+
+@dataclass(eq=False, slots=True)
+class Message:
+    """One published message; ``epoch`` is ``None`` for a fire-and-forget one."""
+
+    channel: str
+    event: str
+    data: str
+    epoch: str | None = None
+    position: Position = (0, 0)
+    published_at: float = 0.0
+    _sse: bytes | None = None
+    _ws: str | None = None
+    _json: bytes | None = None
+
+    @property
+    def id(self) -> str:
+        if self.epoch is None:
+            return ""
+        return f"{self.epoch}:{format_position(self.position)}"
+
+    @property
+    def cursor(self) -> Cursor | None:
+        return None if self.epoch is None else Cursor(self.epoch, self.position)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"id": self.id, "channel": self.channel, "event": self.event, "data": self.data}
+
+    @property
+    def json(self) -> bytes:
+        """The poll encoding: ``{"id","channel","event","data"}``."""
+        if self._json is None:
+            self._json = orjson.dumps(self.as_dict())
+        return self._json
+
+    @property
+    def ws_text(self) -> str:
+        """The WebSocket frame: the poll object with ``"type": "message"``."""
+        if self._ws is None:
+            self._ws = orjson.dumps({"type": "message", **self.as_dict()}).decode()
+        return self._ws
+
+    @property
+    def sse(self) -> bytes:
+        """One complete SSE event, per the WHATWG event-stream grammar."""
+        if self._sse is None:
+            self._sse = sse_frame(self.event, self.data, self.id)
+        return self._sse
+
+
+def sse_frame(event: str, data: str, event_id: str = "") -> bytes:
+    """Build an SSE event; every line of ``data`` gets its own ``data:`` field.
+
+    ``data.splitlines()`` would also split on characters the SSE parser keeps
+    (form feed, U+2028, ...), so only CR LF, CR and LF are line ends here.
+    """
+    lines = [f"id: {event_id}"] if event_id else []
+    lines.append(f"event: {event}")
+    lines.extend(f"data: {line}" for line in _sse_lines(data))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _sse_lines(data: str) -> list[str]:
+    return data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+GAP_SSE = sse_frame("gap", '{"type":"gap"}')
+GAP_WS = '{"type":"gap"}'

@@ -1,0 +1,119 @@
+"""One client's bounded buffer between the hub and that client's writer.
+
+Policy (habit 6): the hub *offers* each live message and never waits.
+Messages queue in ``live``, at most ``limit`` of them. An offer that would
+exceed the limit closes the subscription with ``CloseReason.SLOW_CONSUMER``:
+the buffer is dropped at once (memory stays bounded), the writer sees the
+close after what it already took, and its transport tells the client to
+resume from its cursor (SSE: the stream ends; WebSocket: close 1013
+"lagged"; long-poll never lags, it takes what is queued).
+
+History read on resume goes to ``backlog`` and is not counted against the
+limit: it is bounded by the history size and read by the subscriber itself.
+
+Duplicates are dropped by id: a message at or before ``last`` (same epoch)
+was already given to this client, from history or live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import deque
+from dataclasses import dataclass
+
+from gateway.message import Cursor, Message
+
+
+class CloseReason(enum.Enum):
+    CLIENT_GONE = "client gone"
+    SLOW_CONSUMER = "lagged"
+    SHUTDOWN = "server shutting down"
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """History no longer holds everything after the client's cursor."""
+
+
+GAP = Gap()
+Item = Message | Gap
+
+
+class Subscription:
+    __slots__ = (
+        "_wakeup", "backlog", "channel", "close_reason", "last", "limit", "live", "resuming",
+    )
+
+    def __init__(self, channel: str, limit: int, cursor: Cursor | None = None) -> None:
+        assert limit > 0
+        self.channel = channel
+        self.limit = limit
+        self.backlog: deque[Item] = deque()
+        self.live: deque[Item] = deque()
+        self.last = cursor
+        # While history is being read, live items queue unfiltered: the
+        # dedupe against history happens in ``load_history``.
+        self.resuming = True
+        self.close_reason: CloseReason | None = None
+        self._wakeup = asyncio.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self.close_reason is not None
+
+    def offer(self, item: Item) -> bool:
+        """Queue a live item without waiting; False when it overflowed the buffer."""
+        if self.close_reason is not None:
+            return True
+        if not self.resuming and not self._is_new(item):
+            return True
+        if len(self.live) >= self.limit:
+            self.close(CloseReason.SLOW_CONSUMER)
+            return False
+        self.live.append(item)
+        self._wakeup.set()
+        return True
+
+    def load_history(self, items: list[Item]) -> None:
+        """Put history ahead of the live items queued meanwhile, dropping repeats."""
+        self.backlog.extend(item for item in items if self._is_new(item))
+        self.live = deque(item for item in self.live if self._is_new(item))
+        self.resuming = False
+        if self.backlog or self.live:
+            self._wakeup.set()
+
+    def close(self, reason: CloseReason) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+            self.live.clear()
+            self.backlog.clear()
+        self._wakeup.set()
+
+    def take(self, most: int) -> list[Item]:
+        """Remove and return up to ``most`` queued items, history first."""
+        taken: list[Item] = []
+        for queue in (self.backlog, self.live):
+            while queue and len(taken) < most:
+                taken.append(queue.popleft())
+        if not self.backlog and not self.live and self.close_reason is None:
+            self._wakeup.clear()
+        return taken
+
+    async def wait(self) -> None:
+        """Return once an item is queued or the subscription is closed."""
+        await self._wakeup.wait()
+
+    def _is_new(self, item: Item) -> bool:
+        if isinstance(item, Gap) or item.epoch is None:
+            return True
+        if _at_or_before(item, self.last):
+            return False
+        self.last = item.cursor
+        return True
+
+
+def _at_or_before(item: Item, cursor: Cursor | None) -> bool:
+    if isinstance(item, Gap) or item.epoch is None or cursor is None:
+        return False
+    return item.epoch == cursor.epoch and item.position <= cursor.position

@@ -1,0 +1,1 @@
+"""One module per wire. Each takes a Subscription from the hub and writes it."""

@@ -1,0 +1,50 @@
+"""What every transport reads from a request: channel, cursor, ``last=N``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gateway.errors import BadRequest
+from gateway.message import Cursor, check_channel
+
+__all__ = ["Resume", "check_channel", "int_param", "resume_from"]
+
+Resume = tuple[Cursor | None, int | None]
+
+
+def resume_from(query: Mapping[str, str], last_event_id: str | None = None) -> Resume:
+    """The cursor (``Last-Event-ID``, else ``since``) or the ``last=N`` asked for."""
+    if last_event_id:
+        return Cursor.parse(last_event_id), None
+    since = query.get("since")
+    if since is not None and since != "":
+        return Cursor.parse(since), None
+    last = int_param(query, "last", None, 0, 1_000_000)
+    return None, last or None
+
+
+def int_param(
+    query: Mapping[str, str], name: str, default: int | None, low: int, high: int
+) -> int | None:
+    """An integer query parameter clamped into ``[low, high]``; 400 if not a number."""
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number, got {raw[:40]!r}") from None
+    return min(max(value, low), high)
+
+
+def float_param(query: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number, got {raw[:40]!r}") from None
+    if value != value:  # NaN
+        raise BadRequest(f"{name} must be a number, got {raw[:40]!r}")
+    return min(max(value, low), high)

@@ -1,0 +1,72 @@
+"""``GET /poll/{channel}``: long-polling, stateless between calls.
+
+The cursor is the whole state, so consecutive polls may land on any process.
+A poll registers for live messages before it reads history (as every
+subscriber does), answers at once when messages wait, else on the first
+that arrives, else after ``timeout`` with no messages and the same cursor.
+Without ``since`` the cursor is the channel's newest id: "wait for the next".
+"""
+
+from __future__ import annotations
+
+import anyio
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import NotServed
+from gateway.message import START, Cursor, Message
+from gateway.state import gateway_of
+from gateway.subscription import Gap, Item
+from gateway.transports.common import check_channel, float_param, int_param, resume_from
+
+DEFAULT_LIMIT = 100
+GATHER_S = 0.005  # after a wake-up, let a burst land so it leaves in one answer
+
+
+async def poll_endpoint(request: Request) -> Response:
+    gateway = gateway_of(request)
+    settings = gateway.settings
+    if not settings.serves("poll"):
+        raise NotServed("the poll transport is turned off on this server")
+    channel = check_channel(request.path_params["channel"])
+    gateway.guard.authorize_read(request, channel)
+    cursor, last = resume_from(request.query_params)
+    timeout = float_param(request.query_params, "timeout", settings.poll_timeout_s, 0.0, settings.poll_timeout_s)
+    limit = int_param(request.query_params, "limit", DEFAULT_LIMIT, 1, settings.poll_limit_max)
+    assert limit is not None
+    gateway.check_capacity()
+    with gateway.connection("poll", channel):
+        async with gateway.hub.subscribe(channel, cursor, last) as sub:
+            start = cursor if cursor is not None else await gateway.hub.broker.latest(channel)
+            items = sub.take(limit)
+            if not items and not sub.closed:
+                with anyio.move_on_after(timeout):
+                    await sub.wait()
+                    await anyio.sleep(GATHER_S)
+                items = sub.take(limit)
+    return _answer(channel, items, start)
+
+
+def _answer(channel: str, items: list[Item], start: Cursor) -> Response:
+    messages = [item for item in items if isinstance(item, Message)]
+    gap = any(isinstance(item, Gap) for item in items)
+    # After a gap with nothing left, "0" (all history) is the honest cursor.
+    cursor = START if gap and not messages else start
+    for message in messages:
+        if message.cursor is not None:
+            cursor = message.cursor
+    body = b"".join(
+        (
+            b'{"channel":',
+            orjson.dumps(channel),
+            b',"messages":[',
+            b",".join(message.json for message in messages),
+            b'],"cursor":',
+            orjson.dumps(str(cursor)),
+            b',"gap":',
+            b"true" if gap else b"false",
+            b"}",
+        )
+    )
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})

@@ -1,0 +1,179 @@
+"""``WS /ws/{channel}``: one text frame per message; publish frames in.
+
+Reader and writer run in one task group; the first to finish cancels the
+other. Refusals after the handshake are close frames with a reason: 1008
+for a bad request or a missing right, 1013 for a lagging client or a full
+process, 1012 when the server restarts (reconnect elsewhere with your cursor).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+import orjson
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from gateway.auth import Rights
+from gateway.errors import BadRequest, Forbidden, GatewayError, RateLimited, TooLarge
+from gateway.message import GAP_WS, check_event
+from gateway.state import Connection, Gateway, gateway_of
+from gateway.subscription import CloseReason, Gap, Item, Subscription
+from gateway.transports.common import check_channel, resume_from
+
+logger = logging.getLogger(__name__)
+
+BATCH = 256
+CLOSE_CODES = {
+    CloseReason.SLOW_CONSUMER: 1013,
+    CloseReason.SHUTDOWN: 1012,
+    CloseReason.CLIENT_GONE: 1000,
+}
+
+
+async def ws_endpoint(websocket: WebSocket) -> None:
+    gateway = gateway_of(websocket)
+    if not gateway.settings.serves("websocket"):
+        await websocket.close(code=1008, reason="the websocket transport is turned off")
+        return
+    try:
+        if not gateway.guard.origin_allowed(websocket):
+            raise Forbidden("origin not allowed")
+        channel = check_channel(websocket.path_params["channel"])
+        rights = gateway.guard.authorize_read(websocket, channel)
+        cursor, last = resume_from(websocket.query_params)
+        gateway.check_capacity()
+    except GatewayError as exc:
+        await _refuse(websocket, exc.close_code, exc.reason)
+        return
+    with gateway.connection("websocket", channel) as conn:
+        try:
+            async with gateway.hub.subscribe(channel, cursor, last) as sub:
+                # Accepted only once subscribed: an open socket never misses a message.
+                await websocket.accept()
+                await _serve(websocket, gateway, sub, rights, conn)
+        except GatewayError as exc:
+            conn.reason = exc.reason
+            await _refuse(websocket, exc.close_code, exc.reason)
+
+
+async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
+    """Accept, then close with a reason: a browser sees the reason only this way."""
+    if websocket.application_state is WebSocketState.CONNECTING:
+        await websocket.accept()
+    await _close(websocket, code, reason)
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    try:
+        await websocket.close(code=code, reason=reason[:120])
+    except (RuntimeError, OSError, WebSocketDisconnect):
+        pass  # the client went first
+
+
+async def _serve(
+    websocket: WebSocket, gateway: Gateway, sub: Subscription, rights: Rights, conn: Connection
+) -> None:
+    lock = anyio.Lock()
+    async with anyio.create_task_group() as tasks:
+
+        async def writer() -> None:
+            await _write(websocket, sub, lock)
+            tasks.cancel_scope.cancel()
+
+        async def reader() -> None:
+            await _read(websocket, gateway, sub, rights, lock)
+            tasks.cancel_scope.cancel()
+
+        tasks.start_soon(writer)
+        tasks.start_soon(reader)
+    if sub.close_reason is not None and sub.close_reason is not CloseReason.CLIENT_GONE:
+        conn.reason = sub.close_reason.value
+        await _close(websocket, CLOSE_CODES[sub.close_reason], sub.close_reason.value)
+
+
+async def _write(websocket: WebSocket, sub: Subscription, lock: anyio.Lock) -> None:
+    while True:
+        items = sub.take(BATCH)
+        if not items:
+            if sub.closed:
+                return
+            await sub.wait()
+            continue
+        async with lock:
+            for item in items:
+                await websocket.send_text(_encode(item))
+
+
+async def _read(
+    websocket: WebSocket, gateway: Gateway, sub: Subscription, rights: Rights, lock: anyio.Lock
+) -> None:
+    limiter = _RateLimit(gateway.settings.publish_rate)
+    while True:
+        try:
+            text = await websocket.receive_text()
+        except (WebSocketDisconnect, RuntimeError, KeyError):
+            sub.close(CloseReason.CLIENT_GONE)
+            return
+        reply = await _handle_frame(text, gateway, sub.channel, rights, limiter)
+        async with lock:
+            await websocket.send_text(reply)
+
+
+async def _handle_frame(
+    text: str, gateway: Gateway, channel: str, rights: Rights, limiter: _RateLimit
+) -> str:
+    try:
+        if len(text.encode()) > gateway.settings.ws_max_frame_bytes:
+            raise TooLarge(f"frame larger than {gateway.settings.ws_max_frame_bytes} bytes")
+        event, data = _parse_publish(text)
+        gateway.guard.authorize_publish(rights, channel)
+        if len(data.encode()) > gateway.settings.max_message_bytes:
+            raise TooLarge(f"data larger than {gateway.settings.max_message_bytes} bytes")
+        limiter.take()
+        message = await gateway.hub.publish(channel, event, data)
+    except GatewayError as exc:
+        return orjson.dumps({"type": "error", "reason": exc.reason}).decode()
+    return orjson.dumps({"type": "ack", "id": message.id}).decode()
+
+
+def _parse_publish(text: str) -> tuple[str, str]:
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise BadRequest("frame is not JSON") from None
+    if not isinstance(frame, dict) or frame.get("type") != "publish":
+        raise BadRequest('expected {"type": "publish", "data": ...}')
+    if "data" not in frame:
+        raise BadRequest("publish frame without data")
+    data = frame["data"]
+    if not isinstance(data, str):
+        data = orjson.dumps(data).decode()
+    event = frame.get("event")
+    if event is not None and not isinstance(event, str):
+        raise BadRequest("event must be a string")
+    return check_event(event), data
+
+
+class _RateLimit:
+    """A token bucket: ``rate`` publishes a second, bursts up to one second's worth."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = max(rate, 1.0)
+        self.stamp = time.monotonic()
+
+    def take(self) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        self.tokens = min(max(self.rate, 1.0), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            raise RateLimited(f"more than {self.rate:g} publishes a second on this connection")
+        self.tokens -= 1.0
+
+
+def _encode(item: Item) -> str:
+    return GAP_WS if isinstance(item, Gap) else item.ws_text

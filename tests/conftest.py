@@ -1,0 +1,72 @@
+"""Fixtures: real redis-server and real uvicorn processes on free ports.
+
+``broker`` parametrises the contract suite over the embedded and the Redis
+broker: every test that takes ``gateway`` runs on both.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import GatewayServer, RedisServer
+
+BROKERS = ["memory", "redis"]
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server shared by tests that do not hurt it."""
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fresh_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, free to kill, pause and restart."""
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+def gateway_env(broker: str, redis: RedisServer | None, **extra: str) -> dict[str, str]:
+    env = {"GATEWAY_HEARTBEAT": "1", "GATEWAY_POLL_TIMEOUT": "25", **extra}
+    if broker == "redis":
+        assert redis is not None
+        env["REDIS_URL"] = redis.url
+        env["GATEWAY_REDIS_PREFIX"] = f"gw{os.getpid()}x{next(_names)}"
+    else:
+        env["REDIS_URL"] = ""
+    return env
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def broker(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def gateway(broker: str, request: pytest.FixtureRequest) -> Iterator[GatewayServer]:
+    """A gateway shared by one test module, on the broker of this run."""
+    redis = request.getfixturevalue("redis_server") if broker == "redis" else None
+    server = GatewayServer(gateway_env(broker, redis)).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def channel(request: pytest.FixtureRequest) -> str:
+    """A channel name no other test uses."""
+    name = re.sub(r"[^A-Za-z0-9_.:-]", "-", request.node.name)[:60]
+    return f"t{next(_names)}:{name}"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -1,0 +1,165 @@
+"""Real processes for tests: redis-server and the gateway under uvicorn.
+
+Each runs on a free port of its own, so a test may kill, pause or restart it
+without touching anyone else's. Nothing here mocks anything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check, timeout: float = START_TIMEOUT_S, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A redis-server of our own, on a free port, in a temporary directory."""
+
+    def __init__(self, *, appendonly: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (apt-get install redis-server)"
+        self.binary = binary
+        self.port = free_port()
+        self.appendonly = appendonly
+        self.dir = tempfile.mkdtemp(prefix="gw-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+            "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning",
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self.ping)
+        return self
+
+    def ping(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class GatewayServer:
+    """``uvicorn gateway.app:app`` in a subprocess, on a free port."""
+
+    def __init__(self, env: Mapping[str, str] | None = None, port: int | None = None) -> None:
+        self.env = dict(env or {})
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(tempfile.mkstemp(prefix="gw-server-", suffix=".log")[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, *, wait_ready: bool = True) -> GatewayServer:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
+        env.setdefault("GATEWAY_SHUTDOWN_GRACE", "3")
+        grace = env["GATEWAY_SHUTDOWN_GRACE"]
+        args = [
+            sys.executable, "-m", "uvicorn", "gateway.app:app", "--host", "127.0.0.1",
+            "--port", str(self.port), "--ws-per-message-deflate", "false",
+            "--timeout-graceful-shutdown", grace, "--log-level", "warning",
+        ]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=log)
+        log.close()
+        wait_until(self.ready if wait_ready else self.alive)
+        return self
+
+    def alive(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"gateway exited {self.proc.returncode}: {self.log()[-2000:]}")
+        return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+
+    def ready(self) -> bool:
+        return self.alive() and httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM, as a platform does on deploy; returns the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def close(self) -> None:
+        self.kill()
+        self.log_path.unlink(missing_ok=True)
