@@ -28,6 +28,7 @@ from gateway.metrics import Metrics
 from gateway.publish import publish_endpoint
 from gateway.settings import Settings
 from gateway.state import Gateway, gateway_of
+from gateway.stats import stats_running
 from gateway.transports.longpoll import poll_endpoint
 from gateway.transports.sse import sse_endpoint
 from gateway.transports.websocket import ws_endpoint
@@ -48,7 +49,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         guard = Guard(settings)
         if guard.open:
             logger.warning("GATEWAY_SECRET is not set: the gateway is OPEN, anyone may read and publish")
-        async with hub.running():
+        async with hub.running(), stats_running(hub, metrics, settings.stats_interval_s):
             yield {"gateway": Gateway(settings, hub, metrics, guard)}
 
     routes = [

@@ -56,3 +56,10 @@ class Metrics:
 
     def closed(self, transport: str) -> None:
         self.connections.labels(transport).dec()
+
+    def value(self, name: str, **labels: str) -> float:
+        """The current value of one sample of this registry (0 when absent)."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def open_connections(self) -> dict[str, int]:
+        return {t: int(self.value("gateway_connections", transport=t)) for t in TRANSPORTS}
