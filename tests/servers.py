@@ -127,7 +127,11 @@ class GatewayServer:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=log)
         log.close()
-        wait_until(self.ready if wait_ready else self.alive)
+        try:
+            wait_until(self.ready if wait_ready else self.alive)
+        except BaseException:
+            self.kill()
+            raise
         return self
 
     def alive(self) -> bool:

@@ -1,0 +1,274 @@
+"""The Redis broker: history in a capped stream per channel, live by pub/sub.
+
+Why both: pub/sub alone forgets (a subscriber that blinks loses messages) and
+a stream alone cannot wake thousands of nodes cheaply. Publishing is one
+Redis Function (``gateway.lua``) that appends to the stream and publishes
+the id with the payload, atomically, so every node delivers the same id,
+and any language's Redis client can publish.
+
+Decisions:
+
+* One pub/sub connection per process, one ``SUBSCRIBE`` per active channel
+  (never a ``PSUBSCRIBE`` firehose). We own that connection's loop instead of
+  redis-py's ``PubSub``, whose reconnect-and-resubscribe happens silently:
+  the hub must *know* the link was lost so it can backfill from history.
+* The reader never waits on subscribers: each message is handed to the hub
+  by a plain call. A reader that lagged would be cut off by Redis itself
+  (``client-output-buffer-limit pubsub``).
+* A half-open TCP link looks alive. The hub's canary publishes to this
+  process's own canary name and waits for it on the pub/sub link; after
+  ``DEAF_AFTER`` failed round-trips the link is dropped and rebuilt.
+* Any broker failure on a request path is ``BrokerUnavailable`` (503 with
+  ``Retry-After``), never a silent drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from importlib.resources import files
+from typing import Any
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError
+
+from gateway.brokers.backoff import Backoff
+from gateway.brokers.base import BrokerListener, History
+from gateway.errors import BrokerUnavailable
+from gateway.message import START, Cursor, Message, parse_position
+from gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MARKER = b"\x00gw\x00"
+SUBSCRIBE_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 2.0
+DEAF_AFTER = 2  # failed canaries in a row before the pub/sub link is rebuilt
+
+
+class RedisBroker:
+    def __init__(self, settings: Settings) -> None:
+        assert settings.redis_url
+        self.settings = settings
+        self.prefix = settings.redis_prefix
+        self.function_prefix = re.sub(r"\W", "_", self.prefix)
+        self.node = secrets.token_hex(4)
+        self.canary_name = f"{self.prefix}:canary:{self.node}".encode()
+        self.connected = False
+        self._pool = ConnectionPool.from_url(settings.redis_url, **_pool_options(settings))
+        self._redis = Redis(connection_pool=self._pool)
+        self._listener: BrokerListener | None = None
+        self._link: AbstractConnection | None = None
+        self._channels: set[str] = set()
+        self._confirmed: dict[bytes, asyncio.Event] = {}
+        self._canaries: dict[bytes, asyncio.Future[None]] = {}
+        self._failed_canaries = 0
+        self._reader: asyncio.Task[None] | None = None
+
+    # -- lifetime -----------------------------------------------------------
+
+    async def start(self, listener: BrokerListener) -> None:
+        self._listener = listener
+        try:
+            await self._load_functions()
+        except (RedisError, OSError) as exc:
+            logger.warning("Redis not reachable at start (%s); will keep trying", exc)
+        self._reader = asyncio.get_running_loop().create_task(self._read_forever())
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+            self._reader = None
+        await self._redis.aclose()
+        await self._pool.disconnect()
+        self.connected = False
+
+    # -- the Broker protocol ------------------------------------------------
+
+    async def publish(self, channel: str, event: str, data: str) -> Message:
+        fn = f"{self.function_prefix}_publish"
+        raw = await self._call("FCALL", fn, 1, self.base(channel), data, event)
+        epoch, _, position = raw.decode().partition(":")
+        return Message(channel, event, data, epoch, parse_position(position))
+
+    async def subscribe(self, channel: str) -> None:
+        self._channels.add(channel)
+        link = self._link
+        if link is None or not self.connected:
+            self._channels.discard(channel)
+            raise BrokerUnavailable("the broker link is down; try again shortly")
+        name = self.base(channel).encode()
+        confirmed = self._confirmed.setdefault(name, asyncio.Event())
+        try:
+            await link.send_command("SUBSCRIBE", name)
+            await asyncio.wait_for(confirmed.wait(), SUBSCRIBE_TIMEOUT_S)
+        except (RedisError, OSError, TimeoutError):
+            self._channels.discard(channel)
+            raise BrokerUnavailable("the broker did not confirm the subscription") from None
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        name = self.base(channel).encode()
+        self._confirmed.pop(name, None)
+        if self._link is not None and self.connected:
+            await self._link.send_command("UNSUBSCRIBE", name)
+
+    async def history(self, channel: str, cursor: Cursor, limit: int) -> History:
+        after = "0-0" if cursor.epoch is None else "%d-%d" % cursor.position
+        epoch, deleted, messages = await self._read(channel, "after", after, limit)
+        if cursor.epoch is None:
+            return History(messages, gap=False)
+        if epoch != cursor.epoch:
+            return History(messages, gap=True)
+        return History(messages, gap=parse_position(deleted) > cursor.position)
+
+    async def tail(self, channel: str, count: int) -> list[Message]:
+        return (await self._read(channel, "tail", str(count), count))[2]
+
+    async def latest(self, channel: str) -> Cursor:
+        messages = await self.tail(channel, 1)
+        return messages[-1].cursor or START if messages else START
+
+    async def check_link(self) -> None:
+        token = secrets.token_hex(8).encode()
+        arrived = asyncio.get_running_loop().create_future()
+        self._canaries[token] = arrived
+        try:
+            await self._call("PUBLISH", self.canary_name, token)
+            await asyncio.wait_for(arrived, COMMAND_TIMEOUT_S)
+            self._failed_canaries = 0
+        except BaseException:
+            self._failed_canaries += 1
+            if self._failed_canaries >= DEAF_AFTER and self._link is not None:
+                logger.warning("pub/sub link is deaf (canary lost); rebuilding it")
+                await self._link.disconnect(nowait=True)
+            raise
+        finally:
+            self._canaries.pop(token, None)
+
+    # -- helpers --------------------------------------------------------------
+
+    def base(self, channel: str) -> str:
+        return f"{self.prefix}:{{{channel}}}"
+
+    async def _call(self, *args: Any) -> Any:
+        try:
+            return await self._redis.execute_command(*args)
+        except (RedisError, OSError) as exc:
+            if "No matching function" in str(exc):
+                await self._load_functions()
+                return await self._redis.execute_command(*args)
+            raise BrokerUnavailable(f"the broker is unavailable: {exc}") from None
+
+    async def _read(self, channel: str, mode: str, arg: str, count: int) -> tuple[str | None, str, list[Message]]:
+        fn = f"{self.function_prefix}_read"
+        epoch, deleted, entries = await self._call("FCALL_RO", fn, 1, self.base(channel), mode, arg, count)
+        if not epoch:
+            return None, "0-0", []
+        epoch_text = epoch.decode()
+        return epoch_text, deleted.decode(), [_entry(channel, epoch_text, entry) for entry in entries]
+
+    async def _load_functions(self) -> None:
+        source = files("gateway.brokers").joinpath("gateway.lua").read_text()
+        source = (
+            source.replace("__LIBRARY__", f"{self.function_prefix}_gateway")
+            .replace("__FN__", self.function_prefix)
+            .replace("__PREFIX__", self.prefix)
+            .replace("__MAXLEN__", str(self.settings.history_size))
+        )
+        await self._redis.execute_command("FUNCTION", "LOAD", "REPLACE", source)
+
+    # -- the pub/sub link -------------------------------------------------------
+
+    async def _read_forever(self) -> None:
+        backoff = Backoff()
+        restored = False
+        while True:
+            try:
+                await self._open_link()
+                backoff.reset()
+                if restored and self._listener is not None:
+                    self._listener.on_link_restored()
+                restored = True
+                await self._pump()
+            except Exception as exc:  # the edge of the link: any failure means rebuild it
+                logger.warning("pub/sub link lost (%s: %s); reconnecting", type(exc).__name__, exc)
+            finally:
+                self.connected = False
+                await self._close_link()
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _open_link(self) -> None:
+        link = self._pool.make_connection()
+        self._link = link
+        await link.connect()
+        await self._load_functions()
+        names = [self.canary_name, *(self.base(channel).encode() for channel in self._channels)]
+        for start in range(0, len(names), 500):
+            await link.send_command("SUBSCRIBE", *names[start : start + 500])
+        self.connected = True
+
+    async def _pump(self) -> None:
+        link = self._link
+        assert link is not None
+        while True:
+            reply = await link.read_response(timeout=float("inf"), disconnect_on_error=True)
+            self._dispatch(reply)
+
+    def _dispatch(self, reply: Any) -> None:
+        kind, name, payload = reply[0], reply[1], reply[2]
+        if kind == b"message":
+            if name == self.canary_name:
+                arrived = self._canaries.get(payload)
+                if arrived is not None and not arrived.done():
+                    arrived.set_result(None)
+            elif self._listener is not None:
+                self._listener.on_message(self._decode(name, payload))
+        elif kind == b"subscribe":
+            self._confirmed.setdefault(name, asyncio.Event()).set()
+
+    def _decode(self, name: bytes, payload: bytes) -> Message:
+        channel = name.decode()[len(self.prefix) + 2 : -1]
+        if not payload.startswith(MARKER):
+            return Message(channel, "message", payload.decode(errors="replace"))
+        message_id, event, data = payload[len(MARKER) :].split(b"\x00", 2)
+        epoch, _, position = message_id.decode().partition(":")
+        parsed = parse_position(position)
+        return Message(channel, event.decode(), data.decode(), epoch, parsed, parsed[0] / 1000)
+
+    async def _close_link(self) -> None:
+        for event in self._confirmed.values():
+            event.clear()
+        link, self._link = self._link, None
+        if link is not None:
+            await link.disconnect(nowait=True)
+
+
+def _entry(channel: str, epoch: str, entry: list[Any]) -> Message:
+    position_raw, fields = entry
+    values = dict(zip(fields[::2], fields[1::2], strict=True))
+    position = parse_position(position_raw.decode())
+    return Message(channel, values[b"e"].decode(), values[b"d"].decode(), epoch, position, position[0] / 1000)
+
+
+def _pool_options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "socket_connect_timeout": COMMAND_TIMEOUT_S,
+        "socket_timeout": COMMAND_TIMEOUT_S,
+        "socket_keepalive": True,
+        "max_connections": 64,
+        "retry_on_error": [],
+        # RESP2: pub/sub messages are plain replies on the link we read
+        # (redis-py 8 speaks RESP3 by default, where they are push frames).
+        "protocol": 2,
+    }
+    if settings.redis_url and settings.redis_url.startswith("rediss://") and not settings.redis_ssl_verify:
+        options["ssl_cert_reqs"] = "none"
+    return options
