@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -62,7 +63,8 @@ def _serve(settings: Settings, host: str, port: int) -> int:
         ws_ping_timeout=settings.heartbeat_s,
         ws_max_size=settings.ws_max_frame_bytes,
         ws_per_message_deflate=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        # Rounded up, never to None: None would wait for connections forever.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
         proxy_headers=True,
         log_level=os.environ.get("LOG_LEVEL", "info"),
     )
@@ -86,7 +88,12 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.secret:
         print("gateway: set GATEWAY_SECRET to mint tokens", file=sys.stderr)
         return 2
-    print(Guard(settings).mint(args.sub, args.pub, args.ttl))
+    try:
+        guard = Guard(settings)
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    print(guard.mint(args.sub, args.pub, args.ttl))
     return 0
 
 

@@ -2,8 +2,20 @@
 
 Without ``GATEWAY_SECRET`` the gateway is open (and says so at start). With
 it, a client presents an HS256 JWT whose ``sub_channels`` and ``pub_channels``
-claims are lists of glob patterns (``chat:*``). ``EventSource`` cannot set
-headers, so the token is taken from ``Authorization: Bearer`` or ``?token=``.
+claims are lists of glob patterns (``chat:*``) and whose ``exp`` is required:
+a token that never expires is refused. ``EventSource`` cannot set headers, so
+the token is taken from ``Authorization: Bearer`` or ``?token=``.
+
+Decisions:
+
+* The secret must be at least 32 bytes (RFC 7518 asks for a key as long as
+  the hash): a short HS256 key can be brute-forced offline from one token.
+* ``exp`` is checked when a connection opens and again at every publish on
+  it; a reading connection is not cut when its token expires later.
+* Same origin means same scheme, host and port, the port defaulted from the
+  scheme. Behind a TLS-terminating proxy the scheme is what uvicorn's
+  ``--proxy-headers`` took from ``X-Forwarded-Proto`` and the host is the
+  ``Host`` header the proxy passed on.
 """
 
 from __future__ import annotations
@@ -12,20 +24,27 @@ import fnmatch
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import jwt
 from starlette.requests import HTTPConnection
 
-from gateway.errors import Forbidden, Unauthorized
+from gateway.errors import ConfigError, Forbidden, Unauthorized
 from gateway.settings import Settings
 
 ALGORITHM = "HS256"
+MIN_SECRET_BYTES = 32
+DEFAULT_PORTS = {"http": 80, "https": 443}
+HTTP_SCHEME = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
+
+Origin = tuple[str, str, int]
 
 
 @dataclass(frozen=True)
 class Rights:
     sub: tuple[str, ...]
     pub: tuple[str, ...]
+    expires_at: float | None = None
 
     def may_read(self, channel: str) -> bool:
         return _matches(channel, self.sub)
@@ -44,9 +63,12 @@ def _matches(channel: str, patterns: Iterable[str]) -> bool:
 
 class Guard:
     def __init__(self, settings: Settings) -> None:
+        if settings.secret is not None and len(settings.secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"GATEWAY_SECRET must be at least {MIN_SECRET_BYTES} bytes long")
         self.secret = settings.secret
         self.public = settings.public_channels
-        self.origins = settings.allowed_origins
+        self.any_origin = "*" in settings.allowed_origins
+        self.origins = {_origin(o) for o in settings.allowed_origins if o != "*"} - {None}
 
     @property
     def open(self) -> bool:
@@ -62,12 +84,18 @@ class Guard:
     def decode(self, token: str) -> Rights:
         assert self.secret is not None
         try:
-            claims = jwt.decode(token, self.secret, algorithms=[ALGORITHM])
+            claims = jwt.decode(
+                token, self.secret, algorithms=[ALGORITHM], options={"require": ["exp"]}
+            )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token expired") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"invalid token: {exc}") from None
-        return Rights(sub=_patterns(claims, "sub_channels"), pub=_patterns(claims, "pub_channels"))
+        return Rights(
+            sub=_patterns(claims, "sub_channels"),
+            pub=_patterns(claims, "pub_channels"),
+            expires_at=float(claims["exp"]),
+        )
 
     def authorize_read(self, conn: HTTPConnection, channel: str) -> Rights:
         """The caller's rights, when it may read ``channel``; else 401 or 403."""
@@ -85,21 +113,52 @@ class Guard:
         raise Forbidden(f"token does not allow reading {channel!r}")
 
     def authorize_publish(self, rights: Rights, channel: str) -> None:
+        if rights is NONE:
+            raise Unauthorized("token required")
+        if rights.expires_at is not None and rights.expires_at <= time.time():
+            raise Unauthorized("token expired")
         if not rights.may_publish(channel):
-            raise _missing(rights, f"token does not allow publishing to {channel!r}")
+            raise Forbidden(f"token does not allow publishing to {channel!r}")
 
     def origin_allowed(self, conn: HTTPConnection) -> bool:
-        """No Origin (not a browser) is allowed; else same origin or a listed one."""
+        """No Origin (not a browser) is allowed; else a listed origin or the same one."""
         origin = conn.headers.get("origin")
-        if origin is None or "*" in self.origins or origin in self.origins:
+        if origin is None or self.any_origin:
             return True
-        host = conn.headers.get("host", "")
-        return origin.split("://", 1)[-1] == host
+        key = _origin(origin)
+        return key is not None and (key in self.origins or key == _own_origin(conn))
+
+    def check_origin(self, conn: HTTPConnection) -> None:
+        """403 for a browser page of a foreign origin."""
+        if not self.origin_allowed(conn):
+            origin = conn.headers.get("origin", "")[:80]
+            raise Forbidden(f"origin {origin!r} not allowed (see GATEWAY_ALLOWED_ORIGINS)")
 
     def mint(self, sub: Iterable[str], pub: Iterable[str], ttl_s: int) -> str:
         assert self.secret is not None, "GATEWAY_SECRET is not set"
-        claims = {"sub_channels": list(sub), "pub_channels": list(pub), "exp": int(time.time()) + ttl_s}
+        exp = int(time.time()) + ttl_s
+        claims = {"sub_channels": list(sub), "pub_channels": list(pub), "exp": exp}
         return jwt.encode(claims, self.secret, algorithm=ALGORITHM)
+
+
+def _origin(text: str) -> Origin | None:
+    """``(scheme, host, port)`` of an origin, the port defaulted; None if not http(s)."""
+    try:
+        parts = urlsplit(text.strip().rstrip("/"))
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname, port or DEFAULT_PORTS[scheme]
+
+
+def _own_origin(conn: HTTPConnection) -> Origin | None:
+    """The origin this request was addressed to: its scheme and ``Host`` header."""
+    scheme = HTTP_SCHEME.get(conn.url.scheme, "http")
+    host = conn.headers.get("host")
+    return _origin(f"{scheme}://{host}") if host else None
 
 
 def _token_of(conn: HTTPConnection) -> str | None:
@@ -116,9 +175,3 @@ def _patterns(claims: Mapping[str, object], name: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise Unauthorized(f"invalid token: {name} must be a list of patterns")
     return tuple(value)
-
-
-def _missing(rights: Rights, reason: str) -> Unauthorized | Forbidden:
-    if rights is NONE:
-        return Unauthorized("token required")
-    return Forbidden(reason)

@@ -1,4 +1,15 @@
-"""``POST /publish/{channel}``: the body is the data, ``?event=`` names it."""
+"""``POST /publish/{channel}``: the body is the data, ``?event=`` names it.
+
+Checks run cheapest first and before the body is read: channel and event
+names (400), the page's Origin (403: CORS keeps a foreign page from reading
+the answer, not from sending a simple POST), the token (401/403), then the
+size (413) while the body streams in.
+
+``GATEWAY_PUBLISH_RATE`` is per WebSocket connection only. HTTP publishers
+are mostly backends, often many behind one address, so a per-address limit
+here would throttle the legitimate heavy publisher first; the README shows
+nginx ``limit_req`` for the deployments that want one.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +25,7 @@ async def publish_endpoint(request: Request) -> JSONResponse:
     gateway = gateway_of(request)
     channel = check_channel(request.path_params["channel"])
     event = check_event(request.query_params.get("event"))
+    gateway.guard.check_origin(request)
     gateway.guard.authorize_publish(gateway.guard.rights(request), channel)
     body = await _read_body(request, gateway.settings.max_message_bytes)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 from starlette.requests import HTTPConnection
 
 from gateway.auth import Guard
-from gateway.errors import Overloaded
+from gateway.errors import GatewayError, Overloaded
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -23,6 +25,7 @@ logger = logging.getLogger("gateway.connections")
 class Connection:
     transport: str
     channel: str
+    id: int = 0
     reason: str = "client gone"
 
 
@@ -34,6 +37,7 @@ class Gateway:
     guard: Guard
     open_connections: int = 0
     draining: bool = field(default=False)
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def check_capacity(self) -> None:
         """Refuse a new connection past ``GATEWAY_MAX_CONNECTIONS`` (503, WS 1013)."""
@@ -44,24 +48,49 @@ class Gateway:
 
     @contextmanager
     def connection(self, transport: str, channel: str) -> Iterator[Connection]:
-        """Count and log one client connection."""
-        conn = Connection(transport, channel)
+        """Count one client connection; log a line when it opens and one when it closes.
+
+        The close line's reason is what the transport set on ``Connection``
+        (lagged, shutting down, answered ...), a refusal's reason when a
+        ``GatewayError`` ended it, or ``error`` for a bug.
+        """
+        conn = Connection(transport, channel, next(self._ids))
         self.open_connections += 1
         self.metrics.opened(transport)
         started = time.monotonic()
-        logger.info("open transport=%s channel=%s", transport, channel)
+        logger.info("open %s", _fields(conn=conn.id, transport=transport, channel=channel))
         try:
             yield conn
+        except GatewayError as exc:
+            conn.reason = exc.reason
+            raise
+        except Exception as exc:
+            conn.reason = f"error: {type(exc).__name__}"
+            raise
         finally:
             self.open_connections -= 1
             self.metrics.closed(transport)
             logger.info(
-                "close transport=%s channel=%s duration_s=%.3f reason=%s",
-                transport,
-                channel,
-                time.monotonic() - started,
-                conn.reason,
+                "close %s",
+                _fields(
+                    conn=conn.id,
+                    transport=transport,
+                    channel=channel,
+                    duration_s=f"{time.monotonic() - started:.3f}",
+                    reason=conn.reason,
+                ),
             )
+
+
+def _fields(**fields: object) -> str:
+    """``key=value`` pairs (logfmt): a value with spaces or quotes is JSON-quoted."""
+    return " ".join(f"{key}={_quote(str(value))}" for key, value in fields.items())
+
+
+def _quote(value: str) -> str:
+    if value and not any(char in value for char in ' "=\\') and value.isprintable():
+        return value
+    return json.dumps(value)
 
 
 def gateway_of(conn: HTTPConnection) -> Gateway:

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from gateway.errors import NotServed
 from gateway.message import START, Cursor, Message
 from gateway.state import gateway_of
-from gateway.subscription import Gap, Item
+from gateway.subscription import Gap, Item, Subscription
 from gateway.transports.common import check_channel, float_param, int_param, resume_from
 
 DEFAULT_LIMIT = 100
@@ -32,11 +32,12 @@ async def poll_endpoint(request: Request) -> Response:
     channel = check_channel(request.path_params["channel"])
     gateway.guard.authorize_read(request, channel)
     cursor, last = resume_from(request.query_params)
-    timeout = float_param(request.query_params, "timeout", settings.poll_timeout_s, 0.0, settings.poll_timeout_s)
+    ceiling = settings.poll_timeout_s
+    timeout = float_param(request.query_params, "timeout", ceiling, 0.0, ceiling)
     limit = int_param(request.query_params, "limit", DEFAULT_LIMIT, 1, settings.poll_limit_max)
     assert limit is not None
     gateway.check_capacity()
-    with gateway.connection("poll", channel):
+    with gateway.connection("poll", channel) as conn:
         async with gateway.hub.subscribe(channel, cursor, last) as sub:
             start = cursor if cursor is not None else await gateway.hub.broker.latest(channel)
             items = sub.take(limit)
@@ -45,7 +46,17 @@ async def poll_endpoint(request: Request) -> Response:
                     await sub.wait()
                     await anyio.sleep(GATHER_S)
                 items = sub.take(limit)
+            conn.reason = _outcome(items, sub)
     return _answer(channel, items, start)
+
+
+def _outcome(items: list[Item], sub: Subscription) -> str:
+    """Why the poll answered, for the connection's log line."""
+    if items:
+        return "answered"
+    if sub.close_reason is not None:
+        return sub.close_reason.value
+    return "timed out"
 
 
 def _answer(channel: str, items: list[Item], start: Cursor) -> Response:

@@ -16,7 +16,7 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gateway.auth import Rights
-from gateway.errors import BadRequest, Forbidden, GatewayError, RateLimited, TooLarge
+from gateway.errors import BadRequest, GatewayError, RateLimited, TooLarge
 from gateway.message import GAP_WS, check_event
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason, Gap, Item, Subscription
@@ -38,13 +38,13 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         await websocket.close(code=1008, reason="the websocket transport is turned off")
         return
     try:
-        if not gateway.guard.origin_allowed(websocket):
-            raise Forbidden("origin not allowed")
+        gateway.guard.check_origin(websocket)
         channel = check_channel(websocket.path_params["channel"])
         rights = gateway.guard.authorize_read(websocket, channel)
         cursor, last = resume_from(websocket.query_params)
         gateway.check_capacity()
     except GatewayError as exc:
+        gateway.metrics.refused.labels(str(exc.status)).inc()
         await _refuse(websocket, exc.close_code, exc.reason)
         return
     with gateway.connection("websocket", channel) as conn:
@@ -76,6 +76,7 @@ async def _serve(
     websocket: WebSocket, gateway: Gateway, sub: Subscription, rights: Rights, conn: Connection
 ) -> None:
     lock = anyio.Lock()
+    refusals: list[GatewayError] = []
     async with anyio.create_task_group() as tasks:
 
         async def writer() -> None:
@@ -83,12 +84,16 @@ async def _serve(
             tasks.cancel_scope.cancel()
 
         async def reader() -> None:
-            await _read(websocket, gateway, sub, rights, lock)
+            refusal = await _read(websocket, gateway, sub, rights, lock)
+            refusals.extend([refusal] if refusal else [])
             tasks.cancel_scope.cancel()
 
         tasks.start_soon(writer)
         tasks.start_soon(reader)
-    if sub.close_reason is not None and sub.close_reason is not CloseReason.CLIENT_GONE:
+    if refusals:
+        conn.reason = refusals[0].reason
+        await _close(websocket, refusals[0].close_code, refusals[0].reason)
+    elif sub.close_reason is not None and sub.close_reason is not CloseReason.CLIENT_GONE:
         conn.reason = sub.close_reason.value
         await _close(websocket, CLOSE_CODES[sub.close_reason], sub.close_reason.value)
 
@@ -108,25 +113,35 @@ async def _write(websocket: WebSocket, sub: Subscription, lock: anyio.Lock) -> N
 
 async def _read(
     websocket: WebSocket, gateway: Gateway, sub: Subscription, rights: Rights, lock: anyio.Lock
-) -> None:
+) -> GatewayError | None:
+    """Answer the client's frames until it leaves; a frame too large ends it (1009)."""
     limiter = _RateLimit(gateway.settings.publish_rate)
+    most = gateway.settings.ws_max_frame_bytes
     while True:
         try:
-            text = await websocket.receive_text()
-        except (WebSocketDisconnect, RuntimeError, KeyError):
+            message = await websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            message = {"type": "websocket.disconnect"}
+        if message["type"] == "websocket.disconnect":
             sub.close(CloseReason.CLIENT_GONE)
-            return
+            return None
+        text = message.get("text")
+        size = len(message.get("bytes") or b"") if text is None else len(text.encode())
+        # uvicorn refuses larger frames itself only when started with --ws-max-size
+        # (the Procfile and ``python -m gateway`` do); this holds without it.
+        if size > most:
+            return TooLarge(f"frame larger than {most} bytes")
         reply = await _handle_frame(text, gateway, sub.channel, rights, limiter)
         async with lock:
             await websocket.send_text(reply)
 
 
 async def _handle_frame(
-    text: str, gateway: Gateway, channel: str, rights: Rights, limiter: _RateLimit
+    text: str | None, gateway: Gateway, channel: str, rights: Rights, limiter: _RateLimit
 ) -> str:
     try:
-        if len(text.encode()) > gateway.settings.ws_max_frame_bytes:
-            raise TooLarge(f"frame larger than {gateway.settings.ws_max_frame_bytes} bytes")
+        if text is None:
+            raise BadRequest("binary frames are not understood: send JSON text")
         event, data = _parse_publish(text)
         gateway.guard.authorize_publish(rights, channel)
         if len(data.encode()) > gateway.settings.max_message_bytes:
