@@ -261,13 +261,21 @@
     }
   }
 
-  class SseTransport {
+  // SSE and poll: fetch requests, all cancelled by one AbortController.
+  class FetchTransport {
     constructor(sub, handlers) {
       this.sub = sub;
       this.h = handlers;
       this.control = new AbortController();
     }
 
+    abort(err) {
+      this.control.abort();
+      this.h.end(err);
+    }
+  }
+
+  class SseTransport extends FetchTransport {
     start() {
       this.read()
         .then(() => new GatewayError("event stream ended"), (err) => err)
@@ -310,20 +318,9 @@
       if (ev.event === "gap" && !ev.id) return this.h.gap();
       this.h.message({ id: ev.id, channel: this.sub.channel, event: ev.event, data: ev.data });
     }
-
-    abort(err) {
-      this.control.abort();
-      this.h.end(err);
-    }
   }
 
-  class PollTransport {
-    constructor(sub, handlers) {
-      this.sub = sub;
-      this.h = handlers;
-      this.control = new AbortController();
-    }
-
+  class PollTransport extends FetchTransport {
     start() {
       this.loop().catch((err) => this.abort(err));
     }
@@ -356,10 +353,6 @@
       }
     }
 
-    abort(err) {
-      this.control.abort();
-      this.h.end(err);
-    }
   }
 
   const TRANSPORTS = { websocket: WebSocketTransport, sse: SseTransport, poll: PollTransport };
