@@ -56,28 +56,34 @@ class HttpPublisher:
         self.failures: dict[str, int] = {}
 
     async def start(self) -> HttpPublisher:
-        loop = asyncio.get_running_loop()
         for _ in range(self.size):
-            _, conn = await loop.create_connection(
-                lambda: _PostConnection(self.host, self.port), self.host, self.port
-            )
-            await conn.up
-            self.all.append(conn)
-            self.idle.put_nowait(conn)
+            self.idle.put_nowait(await self._connect())
         return self
+
+    async def _connect(self) -> _PostConnection:
+        _, conn = await asyncio.get_running_loop().create_connection(
+            lambda: _PostConnection(self.host, self.port), self.host, self.port
+        )
+        await conn.up
+        self.all.append(conn)
+        return conn
 
     async def publish(self, data: str) -> None:
         conn = await self.idle.get()
         try:
+            if conn.transport is None or conn.transport.is_closing():
+                conn = await self._connect()  # the server closed it (after an error, say)
             status = await conn.post(self.target, data.encode())
-        except ConnectionError:
-            key = "publish: connection lost"
-            self.failures[key] = self.failures.get(key, 0) + 1
-            return  # a lost connection is not put back
+        except (ConnectionError, OSError):
+            self._count("publish: connection lost")
+            self.idle.put_nowait(await self._connect())
+            return
         if status // 100 != 2:
-            key = f"publish: http {status}"
-            self.failures[key] = self.failures.get(key, 0) + 1
+            self._count(f"publish: http {status}")
         self.idle.put_nowait(conn)
+
+    def _count(self, failure: str) -> None:
+        self.failures[failure] = self.failures.get(failure, 0) + 1
 
     async def aclose(self) -> None:
         for conn in self.all:

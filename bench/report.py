@@ -58,7 +58,9 @@ def summarize(
         "expected": expected,
         "delivered_share": round(tally.delivered / expected, 5) if expected else None,
         "deliveries_per_s": round(tally.delivered / wall_s),
-        "complete": sum(1 for s in ready if s.complete()),
+        "complete": (complete := sum(1 for s in ready if s.complete())),
+        # The headline: the share of *all* requested clients that got every message.
+        "complete_share": round(complete / args.clients, 4) if args.clients else None,
         "incomplete": sum(1 for s in ready if not s.complete()),
         "not_ready": tally.connected - ready_at_start,
         "lost": sum(s.lost + max(0, args.messages - s.next_seq) for s in ready),
