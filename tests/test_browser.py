@@ -276,6 +276,27 @@ def test_the_page_resumes_across_restarts_and_switches_without_loss_or_repeat(
         redis.close()
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_the_page_reports_a_gap_when_history_was_lost(new_page, page_log, channel, transport):
+    """The embedded broker restarted (history gone): the page says so once, then carries on."""
+    page_log.noise_allowed = True  # connections refused while the server is down
+    node = GatewayServer(memory_env()).start()
+    try:
+        page = open_chat(new_page(), node.url, channel, transport)
+        before = [publish(node.url, channel, f"old-{n}") for n in range(2)]
+        wait_rows(page, 2)
+        node.close()
+        node = GatewayServer(memory_env(), port=node.port).start()
+        page.wait_for_function("() => document.querySelector('#fact-gaps').textContent === '1'")
+        wait_open(page, transport)
+        after = [publish(node.url, channel, f"new-{n}") for n in range(2)]
+        shown = wait_rows(page, 4)
+        assert [r["id"] for r in shown] == before + after
+        assert page.text_content("#fact-gaps") == "1"
+    finally:
+        node.close()
+
+
 def test_the_demo_page_sends_and_receives(new_page, server, channel):
     """A message typed in one page shows in another (on another transport) with the same id."""
     channel = f"chat:lobby-{channel.split(':')[0]}"
