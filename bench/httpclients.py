@@ -16,6 +16,9 @@ import httptools
 import orjson
 from tally import Subscriber, Tally
 
+RETRIED = (429, 503)
+RETRY_AFTER_S = 1.0
+
 
 class HttpConnection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection; subclasses react to responses."""
@@ -139,10 +142,17 @@ class PollSubscriber(HttpSubscriber):
         self.poll()
 
     def poll(self) -> None:
+        if self.closed:
+            return
         since = f"&since={self.cursor}" if self.cursor else ""
         self.request("GET", f"{self.path}{since}")
 
     def response_done(self, body: bytes) -> None:
+        if self.status in RETRIED:
+            # What a client does with 503/429 + Retry-After: poll again, same cursor.
+            self.tally.error(f"http {self.status} (polled again)")
+            asyncio.get_running_loop().call_later(RETRY_AFTER_S, self.poll)
+            return
         if self.status != 200:
             self.fail(f"http {self.status}")
             return

@@ -210,6 +210,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--max-drain", type=float, default=120.0, help="cap on any one wait")
     p.add_argument("--out", help="also append the JSON line to this file")
+    p.add_argument("--meta", action="append", default=[], help="key=value copied into the line")
     args = p.parse_args(argv)
     url = urlsplit(args.url)
     args.host, args.port = url.hostname or "127.0.0.1", url.port or 80
@@ -224,6 +225,7 @@ def main() -> int:
               "raise `ulimit -n`", file=sys.stderr)
         return 2
     result = uvloop.run(run(args))
+    result["meta"] = dict(item.split("=", 1) for item in args.meta)
     line = json.dumps(result, separators=(",", ":"))
     print(line, flush=True)
     if args.out:
