@@ -81,7 +81,8 @@ def loadgen_argv(run: Run, port: int, pid: int, redis: tuple[str, int], args: ar
         "--url", f"http://127.0.0.1:{port}", "--transport", run.transport,
         "--clients", str(run.clients), "--messages", str(run.messages), "--rate", str(run.rate),
         "--server-pid", str(pid), "--label", run.name, "--out", str(out),
-        "--stall", str(args.stall), "--meta", f"commit={args.commit}", "--window", str(args.window), "--settle", str(args.settle),
+        "--stall", str(args.stall), "--meta", f"commit={args.commit}",
+        "--window", str(args.window), "--settle", str(args.settle),
         *run.extra,
     ]
     if run.server.startswith("tutorial"):
