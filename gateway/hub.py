@@ -171,7 +171,11 @@ class Hub:
     def _deliver(self, state: _Channel, message: Message) -> None:
         if message.epoch is not None:
             last = state.last
-            if last is not None and last.epoch == message.epoch and message.position <= last.position:
+            if (
+                last is not None
+                and last.epoch == message.epoch
+                and message.position <= last.position
+            ):
                 return
             if last is not None and last.epoch is not None and last.epoch != message.epoch:
                 self._fan_out(state, GAP)

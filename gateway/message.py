@@ -32,9 +32,7 @@ Position = tuple[int, int]
 
 def check_channel(channel: str) -> str:
     if not CHANNEL_RE.match(channel):
-        raise BadRequest(
-            "invalid channel name: use 1-128 characters of A-Z a-z 0-9 _ . : -"
-        )
+        raise BadRequest("invalid channel name: use 1-128 characters of A-Z a-z 0-9 _ . : -")
     return channel
 
 
@@ -71,7 +69,9 @@ class Cursor(NamedTuple):
             return START
         epoch, sep, position = text.partition(":")
         if not sep or not EPOCH_RE.match(epoch) or not POSITION_RE.match(position):
-            raise BadRequest(f"malformed cursor {text[:80]!r}: expected an id the gateway gave, or 0")
+            raise BadRequest(
+                f"malformed cursor {text[:80]!r}: expected an id the gateway gave, or 0"
+            )
         return cls(epoch, parse_position(position))
 
     def __str__(self) -> str:

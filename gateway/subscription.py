@@ -42,7 +42,14 @@ Item = Message | Gap
 
 class Subscription:
     __slots__ = (
-        "_wakeup", "backlog", "channel", "close_reason", "last", "limit", "live", "resuming",
+        "_wakeup",
+        "backlog",
+        "channel",
+        "close_reason",
+        "last",
+        "limit",
+        "live",
+        "resuming",
     )
 
     def __init__(self, channel: str, limit: int, cursor: Cursor | None = None) -> None:

@@ -55,9 +55,15 @@ def query(since: str | None = None, last: int | None = None, **extra: Any) -> di
 
 
 async def read_sse(
-    base: str, channel: str, reader: Reader, count: int,
-    since: str | None = None, last: int | None = None, last_event_id: str | None = None,
-    headers: dict[str, str] | None = None, params: dict[str, Any] | None = None,
+    base: str,
+    channel: str,
+    reader: Reader,
+    count: int,
+    since: str | None = None,
+    last: int | None = None,
+    last_event_id: str | None = None,
+    headers: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> Reader:
     """Read until ``count`` messages have arrived, or the stream ends."""
     hdrs = dict(headers or {})
@@ -65,7 +71,9 @@ async def read_sse(
         hdrs["Last-Event-ID"] = last_event_id
     async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=60)) as client:
         async with client.stream(
-            "GET", f"{base}/sse/{channel}", params={**query(since, last), **(params or {})},
+            "GET",
+            f"{base}/sse/{channel}",
+            params={**query(since, last), **(params or {})},
             headers=hdrs,
         ) as response:
             response.raise_for_status()
@@ -76,15 +84,27 @@ async def read_sse(
                 if event.event == "gap":
                     reader.add(dict(GAP))
                 else:
-                    reader.add({"id": event.id, "channel": channel, "event": event.event, "data": event.data})
+                    reader.add(
+                        {
+                            "id": event.id,
+                            "channel": channel,
+                            "event": event.event,
+                            "data": event.data,
+                        }
+                    )
                 if len(reader.messages) >= count:
                     break
     return reader
 
 
 async def read_ws(
-    ws_base: str, channel: str, reader: Reader, count: int,
-    since: str | None = None, last: int | None = None, params: dict[str, Any] | None = None,
+    ws_base: str,
+    channel: str,
+    reader: Reader,
+    count: int,
+    since: str | None = None,
+    last: int | None = None,
+    params: dict[str, Any] | None = None,
 ) -> Reader:
     url = str(httpx.URL(f"{ws_base}/ws/{channel}", params={**query(since, last), **(params or {})}))
     async with websockets.connect(url, max_size=2**22, compression=None) as ws:
@@ -99,13 +119,21 @@ async def read_ws(
                 if len(reader.messages) >= count:
                     break
         except websockets.ConnectionClosed as exc:
-            reader.closed_with = (exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else "")
+            reader.closed_with = (
+                exc.rcvd.code if exc.rcvd else None,
+                exc.rcvd.reason if exc.rcvd else "",
+            )
     return reader
 
 
 async def read_poll(
-    base: str, channel: str, reader: Reader, count: int,
-    since: str | None = None, last: int | None = None, timeout: float = 5,
+    base: str,
+    channel: str,
+    reader: Reader,
+    count: int,
+    since: str | None = None,
+    last: int | None = None,
+    timeout: float = 5,
     params: dict[str, Any] | None = None,
 ) -> Reader:
     """Poll in a loop, carrying the cursor, until ``count`` messages arrived."""
@@ -152,20 +180,29 @@ def reader_for(transport: str, server: Any) -> Callable[..., Any]:
     return lambda *a, **kw: read_poll(server.url, *a, **kw)
 
 
-async def publish(base: str, channel: str, data: str, event: str | None = None,
-                  client: httpx.AsyncClient | None = None, headers: dict[str, str] | None = None) -> str:
+async def publish(
+    base: str,
+    channel: str,
+    data: str,
+    event: str | None = None,
+    client: httpx.AsyncClient | None = None,
+    headers: dict[str, str] | None = None,
+) -> str:
     params = {"event": event} if event else {}
     if client is None:
         async with httpx.AsyncClient(timeout=30) as own:
             return await publish(base, channel, data, event, own, headers)
-    response = await client.post(f"{base}/publish/{channel}", content=data.encode(), params=params,
-                                 headers=headers or {})
+    response = await client.post(
+        f"{base}/publish/{channel}", content=data.encode(), params=params, headers=headers or {}
+    )
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
 
 @asynccontextmanager
-async def subscribed(read: Callable[..., Any], channel: str, count: int, **kw: Any) -> AsyncIterator[Reader]:
+async def subscribed(
+    read: Callable[..., Any], channel: str, count: int, **kw: Any
+) -> AsyncIterator[Reader]:
     """Start a reader in the background; yield once it is subscribed; wait for it at exit."""
     reader = Reader()
     async with anyio.create_task_group() as tasks:

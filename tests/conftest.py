@@ -7,8 +7,8 @@ broker: every test that takes ``gateway`` runs on both.
 from __future__ import annotations
 
 import itertools
-import re
 import os
+import re
 from collections.abc import Iterator
 
 import pytest

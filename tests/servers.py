@@ -61,9 +61,23 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
-            "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning",
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--dir",
+            self.dir,
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self.ping)
@@ -120,9 +134,20 @@ class GatewayServer:
         env.setdefault("GATEWAY_SHUTDOWN_GRACE", "3")
         grace = env["GATEWAY_SHUTDOWN_GRACE"]
         args = [
-            sys.executable, "-m", "uvicorn", "gateway.app:app", "--host", "127.0.0.1",
-            "--port", str(self.port), "--ws-per-message-deflate", "false",
-            "--timeout-graceful-shutdown", grace, "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "gateway.app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--ws-per-message-deflate",
+            "false",
+            "--timeout-graceful-shutdown",
+            grace,
+            "--log-level",
+            "warning",
         ]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=log)

@@ -6,7 +6,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.clients import GAP, TRANSPORTS, Reader, publish, reader_for, subscribed
+from tests.clients import TRANSPORTS, Reader, publish, reader_for, subscribed
 
 pytestmark = pytest.mark.anyio
 
@@ -87,7 +87,11 @@ async def test_poll_answers_at_once_when_messages_wait(gateway, channel):
     second = await publish(gateway.url, channel, "b")
     async with httpx.AsyncClient(timeout=30) as client:
         with anyio.fail_after(2):
-            answer = (await client.get(f"{gateway.url}/poll/{channel}", params={"since": first, "timeout": 20})).json()
+            answer = (
+                await client.get(
+                    f"{gateway.url}/poll/{channel}", params={"since": first, "timeout": 20}
+                )
+            ).json()
     assert answer == {
         "channel": channel,
         "messages": [{"id": second, "channel": channel, "event": "message", "data": "b"}],
@@ -99,11 +103,15 @@ async def test_poll_answers_at_once_when_messages_wait(gateway, channel):
 async def test_poll_wakes_on_publish(gateway, channel):
     """A waiting poll answers as soon as a message is published."""
     async with httpx.AsyncClient(timeout=30) as client:
-        cursor = (await client.get(f"{gateway.url}/poll/{channel}", params={"timeout": 0})).json()["cursor"]
+        cursor = (await client.get(f"{gateway.url}/poll/{channel}", params={"timeout": 0})).json()[
+            "cursor"
+        ]
         answers = []
 
         async def poll() -> None:
-            answer = await client.get(f"{gateway.url}/poll/{channel}", params={"since": cursor, "timeout": 20})
+            answer = await client.get(
+                f"{gateway.url}/poll/{channel}", params={"since": cursor, "timeout": 20}
+            )
             answers.append(answer.json())
 
         with anyio.fail_after(5):
@@ -120,7 +128,11 @@ async def test_poll_times_out_with_no_messages_and_the_same_cursor(gateway, chan
     cursor = await publish(gateway.url, channel, "a")
     async with httpx.AsyncClient(timeout=30) as client:
         started = anyio.current_time()
-        answer = (await client.get(f"{gateway.url}/poll/{channel}", params={"since": cursor, "timeout": 0.5})).json()
+        answer = (
+            await client.get(
+                f"{gateway.url}/poll/{channel}", params={"since": cursor, "timeout": 0.5}
+            )
+        ).json()
         waited = anyio.current_time() - started
     assert answer["messages"] == [] and answer["cursor"] == cursor and answer["gap"] is False
     assert waited >= 0.45
@@ -138,11 +150,17 @@ async def test_poll_clamps_timeout_and_limit(gateway, channel):
     """timeout is clamped to the server's bound, limit to at least one; junk is a 400."""
     ids = [await publish(gateway.url, channel, f"m{n}") for n in range(3)]
     async with httpx.AsyncClient(timeout=30) as client:
-        one = (await client.get(f"{gateway.url}/poll/{channel}", params={"since": "0", "limit": 0})).json()
+        one = (
+            await client.get(f"{gateway.url}/poll/{channel}", params={"since": "0", "limit": 0})
+        ).json()
         assert [m["id"] for m in one["messages"]] == ids[:1] and one["cursor"] == ids[0]
-        two = (await client.get(f"{gateway.url}/poll/{channel}", params={"since": ids[0], "limit": 2})).json()
+        two = (
+            await client.get(f"{gateway.url}/poll/{channel}", params={"since": ids[0], "limit": 2})
+        ).json()
         assert [m["id"] for m in two["messages"]] == ids[1:]
-        quick = await client.get(f"{gateway.url}/poll/{channel}", params={"since": ids[2], "timeout": -5})
+        quick = await client.get(
+            f"{gateway.url}/poll/{channel}", params={"since": ids[2], "timeout": -5}
+        )
         assert quick.status_code == 200 and quick.json()["messages"] == []
         bad = await client.get(f"{gateway.url}/poll/{channel}", params={"timeout": "soon"})
         assert bad.status_code == 400 and "timeout" in bad.json()["error"]
@@ -162,19 +180,25 @@ async def test_data_survives_every_transport_byte_for_byte(gateway, channel, tra
     """Multi-line, unicode, empty and JSON data arrive exactly as published."""
     message_id = await publish(gateway.url, channel, data)
     reader = await reader_for(transport, gateway)(channel, Reader(), 1, since="0")
-    assert reader.messages == [{"id": message_id, "channel": channel, "event": "message", "data": data}]
+    assert reader.messages == [
+        {"id": message_id, "channel": channel, "event": "message", "data": data}
+    ]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_a_message_of_the_maximum_size_survives_and_one_byte_more_is_413(gateway, channel, transport):
+async def test_a_message_of_the_maximum_size_survives_and_one_byte_more_is_413(
+    gateway, channel, transport
+):
     """GATEWAY_MAX_MESSAGE_BYTES bytes pass on every transport; one byte more is refused."""
-    data = ("é" * 32768)  # 65536 bytes of UTF-8
+    data = "é" * 32768  # 65536 bytes of UTF-8
     assert len(data.encode()) == 65536
     message_id = await publish(gateway.url, channel, data)
     reader = await reader_for(transport, gateway)(channel, Reader(), 1, since="0")
     assert reader.messages[0]["id"] == message_id and reader.messages[0]["data"] == data
     async with httpx.AsyncClient() as client:
-        refused = await client.post(f"{gateway.url}/publish/{channel}", content=data.encode() + b"x")
+        refused = await client.post(
+            f"{gateway.url}/publish/{channel}", content=data.encode() + b"x"
+        )
     assert refused.status_code == 413 and "65536" in refused.json()["error"]
 
 
@@ -194,7 +218,9 @@ async def test_a_bad_channel_name_is_400_with_a_reason(gateway, path, bad):
 async def test_a_malformed_cursor_is_400_not_a_gap(gateway, channel, cursor, route):
     """A cursor the gateway never gave is a client error, said plainly."""
     async with httpx.AsyncClient() as client:
-        response = await client.get(f"{gateway.url}/{route}/{channel}", params={"since": cursor, "timeout": 0})
+        response = await client.get(
+            f"{gateway.url}/{route}/{channel}", params={"since": cursor, "timeout": 0}
+        )
     assert response.status_code == 400
     assert "cursor" in response.json()["error"]
 
@@ -202,7 +228,9 @@ async def test_a_malformed_cursor_is_400_not_a_gap(gateway, channel, cursor, rou
 async def test_an_unknown_event_name_is_400(gateway, channel):
     """An event name that could smuggle SSE fields is refused."""
     async with httpx.AsyncClient() as client:
-        response = await client.post(f"{gateway.url}/publish/{channel}", params={"event": "x\ndata: y"}, content=b"z")
+        response = await client.post(
+            f"{gateway.url}/publish/{channel}", params={"event": "x\ndata: y"}, content=b"z"
+        )
     assert response.status_code == 400 and "event" in response.json()["error"]
 
 
@@ -236,7 +264,9 @@ async def test_websocket_publish_is_acked_and_delivered(gateway, channel):
             while error["type"] == "message":
                 error = json.loads(await ws.recv())
     assert error["type"] == "error" and "JSON" in error["reason"]
-    assert reader.messages == [{"id": frame["id"], "channel": channel, "event": "chat", "data": "from ws"}]
+    assert reader.messages == [
+        {"id": frame["id"], "channel": channel, "event": "chat", "data": "from ws"}
+    ]
 
 
 async def test_health_and_readiness(gateway):

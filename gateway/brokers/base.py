@@ -52,4 +52,3 @@ class Broker(Protocol):
 
     async def check_link(self) -> None:
         """A canary round-trip through the live link; raises when it fails."""
-

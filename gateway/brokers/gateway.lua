@@ -45,21 +45,27 @@ local function publish(keys, args)
   return id
 end
 
--- Read: FCALL_RO __FN___read 1 __PREFIX__:{C} <mode> <arg>
---   mode "after": entries after stream id <arg> ("0-0" for all), at most COUNT
+-- Read: FCALL_RO __FN___read 1 __PREFIX__:{C} <mode> <arg> [<count>]
+--   mode "after": entries after stream id <arg> ("0-0" for all), at most <count>
 --   mode "tail":  the last <arg> entries, oldest first
--- -> {epoch or false, max deleted stream id, entries}
+-- -> {epoch or false, max deleted id, first kept id or "0-0", entries}
+-- A cursor lost messages when an entry after it was deleted: XDEL moves
+-- max-deleted-entry-id; trimming (which Redis 7.0 does not record there)
+-- drops the oldest, so any cursor before the first kept entry, once
+-- entries were trimmed, may have lost some.
 local function read(keys, args)
   local base = keys[1]
   local mode, arg, count = args[1], args[2], tonumber(args[3] or '1000')
   local epoch = epoch_of(base)
   if not epoch then
-    return {false, '0-0', {}}
+    return {false, '0-0', '0-0', {}}
   end
   local info = redis.call('XINFO', 'STREAM', base .. ':h')
-  local deleted = '0-0'
-  for i = 1, #info, 2 do
-    if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+  local fields = {}
+  for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+  local first_kept = '0-0'
+  if fields['entries-added'] > fields['length'] and fields['first-entry'] then
+    first_kept = fields['first-entry'][1]
   end
   local entries
   if mode == 'tail' then
@@ -71,7 +77,7 @@ local function read(keys, args)
   else
     entries = redis.call('XRANGE', base .. ':h', '(' .. arg, '+', 'COUNT', count)
   end
-  return {epoch, deleted, entries}
+  return {epoch, fields['max-deleted-entry-id'], first_kept, entries}
 end
 
 redis.register_function('__FN___publish', publish)

@@ -29,7 +29,7 @@ import logging
 import re
 import secrets
 from importlib.resources import files
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 from gateway.brokers.backoff import Backoff
 from gateway.brokers.base import BrokerListener, History
 from gateway.errors import BrokerUnavailable
-from gateway.message import START, Cursor, Message, parse_position
+from gateway.message import START, Cursor, Message, Position, format_position, parse_position
 from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -121,16 +121,19 @@ class RedisBroker:
             await self._link.send_command("UNSUBSCRIBE", name)
 
     async def history(self, channel: str, cursor: Cursor, limit: int) -> History:
-        after = "0-0" if cursor.epoch is None else "%d-%d" % cursor.position
-        epoch, deleted, messages = await self._read(channel, "after", after, limit)
+        after = "0-0" if cursor.epoch is None else format_position(cursor.position)
+        read = await self._read(channel, "after", after, limit)
         if cursor.epoch is None:
-            return History(messages, gap=False)
-        if epoch != cursor.epoch:
-            return History(messages, gap=True)
-        return History(messages, gap=parse_position(deleted) > cursor.position)
+            return History(read.messages, gap=False)
+        if read.epoch != cursor.epoch:
+            return History(read.messages, gap=True)
+        # Lost after the cursor: an entry after it deleted (XDEL), or the
+        # stream trimmed past it (the cursor is older than the first kept).
+        lost = read.max_deleted > cursor.position or cursor.position < read.first_kept
+        return History(read.messages, gap=lost)
 
     async def tail(self, channel: str, count: int) -> list[Message]:
-        return (await self._read(channel, "tail", str(count), count))[2]
+        return (await self._read(channel, "tail", str(count), count)).messages
 
     async def latest(self, channel: str) -> Cursor:
         messages = await self.tail(channel, 1)
@@ -167,13 +170,19 @@ class RedisBroker:
                 return await self._redis.execute_command(*args)
             raise BrokerUnavailable(f"the broker is unavailable: {exc}") from None
 
-    async def _read(self, channel: str, mode: str, arg: str, count: int) -> tuple[str | None, str, list[Message]]:
+    async def _read(self, channel: str, mode: str, arg: str, count: int) -> _Read:
         fn = f"{self.function_prefix}_read"
-        epoch, deleted, entries = await self._call("FCALL_RO", fn, 1, self.base(channel), mode, arg, count)
+        reply = await self._call("FCALL_RO", fn, 1, self.base(channel), mode, arg, count)
+        epoch, deleted, first_kept, entries = reply
         if not epoch:
-            return None, "0-0", []
-        epoch_text = epoch.decode()
-        return epoch_text, deleted.decode(), [_entry(channel, epoch_text, entry) for entry in entries]
+            return _Read(None, (0, 0), (0, 0), [])
+        text = epoch.decode()
+        return _Read(
+            text,
+            parse_position(deleted.decode()),
+            parse_position(first_kept.decode()),
+            [_entry(channel, text, entry) for entry in entries],
+        )
 
     async def _load_functions(self) -> None:
         source = files("gateway.brokers").joinpath("gateway.lua").read_text()
@@ -251,11 +260,20 @@ class RedisBroker:
             await link.disconnect(nowait=True)
 
 
+class _Read(NamedTuple):
+    epoch: str | None
+    max_deleted: Position
+    first_kept: Position  # (0, 0) while nothing was trimmed
+    messages: list[Message]
+
+
 def _entry(channel: str, epoch: str, entry: list[Any]) -> Message:
     position_raw, fields = entry
     values = dict(zip(fields[::2], fields[1::2], strict=True))
     position = parse_position(position_raw.decode())
-    return Message(channel, values[b"e"].decode(), values[b"d"].decode(), epoch, position, position[0] / 1000)
+    return Message(
+        channel, values[b"e"].decode(), values[b"d"].decode(), epoch, position, position[0] / 1000
+    )
 
 
 def _pool_options(settings: Settings) -> dict[str, Any]:
@@ -269,6 +287,10 @@ def _pool_options(settings: Settings) -> dict[str, Any]:
         # (redis-py 8 speaks RESP3 by default, where they are push frames).
         "protocol": 2,
     }
-    if settings.redis_url and settings.redis_url.startswith("rediss://") and not settings.redis_ssl_verify:
+    if (
+        settings.redis_url
+        and settings.redis_url.startswith("rediss://")
+        and not settings.redis_ssl_verify
+    ):
         options["ssl_cert_reqs"] = "none"
     return options

@@ -1,0 +1,107 @@
+"""Clients that keep their cursor through faults, and a producer that retries.
+
+``follow`` reads one transport forever, reconnecting with its cursor (to the
+next server in its list) whenever the connection drops or is refused. The
+producer records the ids the gateway acknowledged; a fault test then checks
+every acknowledged id reached every client exactly once, in order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+import websockets
+
+from tests.clients import Reader, reader_for
+
+RETRY_PAUSE_S = 0.05
+
+
+@dataclass
+class Follower(Reader):
+    arrivals: list[float] = field(default_factory=list)
+    reconnects: int = 0
+
+    def add(self, item: dict[str, Any]) -> None:
+        super().add(item)
+        self.arrivals.append(time.monotonic())
+
+    @property
+    def ids(self) -> list[str]:
+        return [m["id"] for m in self.messages]
+
+    def has(self, message_id: str) -> bool:
+        return any(m["id"] == message_id for m in reversed(self.messages))
+
+    def longest_silence(self, after: float) -> float:
+        """The longest wait between arrivals from ``after`` on (a fault's recovery time)."""
+        times = [after] + [t for t in self.arrivals if t >= after]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+async def follow(
+    transport: str, servers: Sequence[Any], channel: str, reader: Follower, since: str
+) -> None:
+    """Read forever, resuming from the cursor after any drop; cancel to stop."""
+    reader.cursor = since
+    turn = 0
+    while True:
+        server = servers[turn % len(servers)]
+        read = reader_for(transport, server)
+        try:
+            kwargs: dict[str, Any] = {"since": reader.cursor}
+            if transport == "poll":
+                kwargs["timeout"] = 2
+            await read(channel, reader, 10**9, **kwargs)
+        except (httpx.HTTPError, OSError, websockets.WebSocketException):
+            pass
+        reader.ready.set()
+        reader.reconnects += 1
+        turn += 1
+        await anyio.sleep(RETRY_PAUSE_S)
+
+
+@dataclass
+class Producer:
+    acked: list[str] = field(default_factory=list)
+    refused: int = 0
+
+    async def run(self, servers: Sequence[Any], channel: str, count: int) -> None:
+        """Publish ``count`` messages, retrying each until some gateway acknowledges it."""
+        async with httpx.AsyncClient(timeout=5) as client:
+            turn = 0
+            for n in range(count):
+                while True:
+                    server = servers[turn % len(servers)]
+                    try:
+                        response = await client.post(
+                            f"{server.url}/publish/{channel}", content=f"m{n}".encode()
+                        )
+                        if response.status_code == 201:
+                            self.acked.append(response.json()["id"])
+                            break
+                        assert response.status_code == 503, response.text
+                        assert response.headers.get("retry-after")
+                    except (httpx.HTTPError, OSError):
+                        turn += 1
+                    self.refused += 1
+                    await anyio.sleep(RETRY_PAUSE_S)
+
+
+def assert_exactly_once_in_order(reader: Follower, acked: list[str]) -> None:
+    ids = reader.ids
+    assert len(ids) == len(set(ids)), "a message was delivered twice"
+    wanted = set(acked)
+    assert [i for i in ids if i in wanted] == acked, "an acknowledged message was lost or reordered"
+
+
+async def wait_for_all(readers: Sequence[Follower], last_id: str, timeout: float = 60) -> None:
+    with anyio.fail_after(timeout):
+        while not all(reader.has(last_id) for reader in readers):
+            await anyio.sleep(0.05)
