@@ -83,6 +83,11 @@ class Hub:
     def ready(self) -> bool:
         return self.broker.connected and time.monotonic() - self.link_ok_at < READY_WINDOW_S
 
+    def check_broker(self) -> None:
+        """Refuse up front (503) what could not be served while the broker is away."""
+        if not self.broker.connected:
+            raise BrokerUnavailable("the broker is unavailable; retry shortly")
+
     @asynccontextmanager
     async def subscribe(
         self, channel: str, cursor: Cursor | None = None, last: int | None = None

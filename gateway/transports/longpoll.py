@@ -37,6 +37,7 @@ async def poll_endpoint(request: Request) -> Response:
     limit = int_param(request.query_params, "limit", DEFAULT_LIMIT, 1, settings.poll_limit_max)
     assert limit is not None
     gateway.check_capacity()
+    gateway.hub.check_broker()
     with gateway.connection("poll", channel) as conn:
         async with gateway.hub.subscribe(channel, cursor, last) as sub:
             start = cursor if cursor is not None else await gateway.hub.broker.latest(channel)

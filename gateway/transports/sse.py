@@ -20,7 +20,7 @@ import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 
-from gateway.errors import NotServed
+from gateway.errors import GatewayError, NotServed
 from gateway.message import GAP_SSE, Cursor
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import Gap, Item, Subscription
@@ -28,6 +28,9 @@ from gateway.transports.common import check_channel, resume_from
 
 BATCH = 256
 RECONNECT_HINT = b"retry: 1000\n\n"
+# A client that takes no bytes for this long is gone or stalled: end its
+# stream (its buffer was already dropped if it lagged; see Subscription).
+SEND_TIMEOUT_S = 30.0
 
 
 def _heartbeat() -> ServerSentEvent:
@@ -42,6 +45,7 @@ async def sse_endpoint(request: Request) -> EventSourceResponse:
     gateway.guard.authorize_read(request, channel)
     cursor, last = resume_from(request.query_params, request.headers.get("last-event-id"))
     gateway.check_capacity()
+    gateway.hub.check_broker()
     shutdown = anyio.Event()
     return EventSourceResponse(
         _stream(gateway, channel, cursor, last, shutdown),
@@ -51,6 +55,7 @@ async def sse_endpoint(request: Request) -> EventSourceResponse:
         sep="\n",
         shutdown_event=shutdown,
         shutdown_grace_period=1.0,
+        send_timeout=SEND_TIMEOUT_S,
     )
 
 
@@ -58,11 +63,15 @@ async def _stream(
     gateway: Gateway, channel: str, cursor: Cursor | None, last: int | None, shutdown: anyio.Event
 ):  # type: ignore[no-untyped-def]
     with gateway.connection("sse", channel) as conn:
-        async with gateway.hub.subscribe(channel, cursor, last) as sub:
-            # The first bytes say "subscribed" and set the browser's reconnect delay.
+        try:
+            async with gateway.hub.subscribe(channel, cursor, last) as sub:
+                # The first bytes say "subscribed" and set the browser's reconnect delay.
+                yield RECONNECT_HINT
+                async for chunk in _chunks(sub, conn):
+                    yield chunk
+        except GatewayError as exc:  # the broker went away while we joined
+            conn.reason = exc.reason
             yield RECONNECT_HINT
-            async for chunk in _chunks(sub, conn):
-                yield chunk
 
 
 async def _chunks(sub: Subscription, conn: Connection):  # type: ignore[no-untyped-def]

@@ -25,6 +25,7 @@ from gateway.transports.common import check_channel, resume_from
 logger = logging.getLogger(__name__)
 
 BATCH = 256
+SEND_TIMEOUT_S = 30.0  # a client that takes no frame for this long is stalled
 CLOSE_CODES = {
     CloseReason.SLOW_CONSUMER: 1013,
     CloseReason.SHUTDOWN: 1012,
@@ -43,6 +44,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         rights = gateway.guard.authorize_read(websocket, channel)
         cursor, last = resume_from(websocket.query_params)
         gateway.check_capacity()
+        gateway.hub.check_broker()
     except GatewayError as exc:
         gateway.metrics.refused.labels(str(exc.status)).inc()
         await _refuse(websocket, exc.close_code, exc.reason)
@@ -67,7 +69,8 @@ async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
     try:
-        await websocket.close(code=code, reason=reason[:120])
+        with anyio.move_on_after(SEND_TIMEOUT_S):  # a stalled client may never take it
+            await websocket.close(code=code, reason=reason[:120])
     except (RuntimeError, OSError, WebSocketDisconnect):
         pass  # the client went first
 
@@ -106,9 +109,13 @@ async def _write(websocket: WebSocket, sub: Subscription, lock: anyio.Lock) -> N
                 return
             await sub.wait()
             continue
-        async with lock:
-            for item in items:
-                await websocket.send_text(_encode(item))
+        with anyio.move_on_after(SEND_TIMEOUT_S) as sending:
+            async with lock:
+                for item in items:
+                    await websocket.send_text(_encode(item))
+        if sending.cancelled_caught:  # the client stopped reading: treat it as lagging
+            sub.close(CloseReason.SLOW_CONSUMER)
+            return
 
 
 async def _read(
