@@ -58,7 +58,10 @@ class Subscription:
         self.limit = limit
         self.backlog: deque[Item] = deque()
         self.live: deque[Item] = deque()
-        self.last = cursor
+        # The newest id given to this client: its cursor, then the last
+        # message accepted (a Message has the cursor's epoch and position,
+        # so keeping the message itself costs no allocation per offer).
+        self.last: Cursor | Message | None = cursor
         # While history is being read, live items queue unfiltered: the
         # dedupe against history happens in ``load_history``.
         self.resuming = True
@@ -114,13 +117,8 @@ class Subscription:
     def _is_new(self, item: Item) -> bool:
         if isinstance(item, Gap) or item.epoch is None:
             return True
-        if _at_or_before(item, self.last):
+        last = self.last
+        if last is not None and item.epoch == last.epoch and item.position <= last.position:
             return False
-        self.last = item.cursor
+        self.last = item
         return True
-
-
-def _at_or_before(item: Item, cursor: Cursor | None) -> bool:
-    if isinstance(item, Gap) or item.epoch is None or cursor is None:
-        return False
-    return item.epoch == cursor.epoch and item.position <= cursor.position

@@ -1,0 +1,150 @@
+"""Unit tests of the core, no I/O: Message, Cursor, Subscription, Hub on the memory broker."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import pytest
+
+from gateway.brokers.memory import MemoryBroker
+from gateway.errors import BadRequest
+from gateway.hub import Hub
+from gateway.message import START, Cursor, Message, check_channel, check_event
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from gateway.subscription import GAP, CloseReason, Subscription
+
+
+def _message(n: int, epoch: str = "e1") -> Message:
+    return Message("c", "message", f"m{n}", epoch, (1000, n))
+
+
+def test_sse_encoding_splits_lines_and_is_built_once():
+    """Each data line gets its own data: field; the frame is cached on the message."""
+    message = Message("c", "ev", "a\nb\r\nc", "e1", (5, 1))
+    assert message.sse == b"id: e1:5-1\nevent: ev\ndata: a\ndata: b\ndata: c\n\n"
+    assert message.sse is message.sse
+
+
+def test_ws_and_poll_encodings_carry_the_same_fields():
+    """The WebSocket frame is the poll object plus type=message."""
+    message = Message("c", "ev", "d\u2028", "e1", (5, 1))
+    assert json.loads(message.ws_text) == {"type": "message", **json.loads(message.json)}
+    assert json.loads(message.json) == {
+        "id": "e1:5-1",
+        "channel": "c",
+        "event": "ev",
+        "data": "d\u2028",
+    }
+
+
+@pytest.mark.parametrize("text", ["0", "abc:1-2", "ABC123:0-0"])
+def test_cursor_round_trips(text):
+    """A cursor prints as the id it was parsed from."""
+    assert str(Cursor.parse(text)) == text
+
+
+@pytest.mark.parametrize("text", ["", "1-2", "a:b", "a:1-", "a-b:1-2", "a:1-2:3", "é:1-2"])
+def test_malformed_cursors_are_bad_requests(text):
+    """Anything not an id the gateway gives is a 400, not a gap."""
+    with pytest.raises(BadRequest):
+        Cursor.parse(text)
+
+
+def test_names_are_checked():
+    """Channel and event names follow the SPEC's alphabet and lengths."""
+    assert check_channel("chat:room-1.a_b") == "chat:room-1.a_b"
+    assert check_event(None) == "message"
+    for bad in ["", "a b", "x" * 129, "a\nb"]:
+        with pytest.raises(BadRequest):
+            check_channel(bad)
+    with pytest.raises(BadRequest):
+        check_event("x" * 65)
+
+
+def test_overflow_closes_the_subscription_and_drops_its_buffer():
+    """Past its limit a subscription closes as SLOW_CONSUMER and holds nothing."""
+    sub = Subscription("c", limit=3)
+    sub.load_history([])
+    assert all(sub.offer(_message(n)) for n in range(3))
+    assert sub.offer(_message(3)) is False
+    assert sub.close_reason is CloseReason.SLOW_CONSUMER
+    assert sub.take(10) == [] and len(sub.live) == 0
+
+
+def test_history_and_live_overlap_is_delivered_once_in_order():
+    """Live messages queued while history was read are not repeated."""
+    sub = Subscription("c", limit=10, cursor=Cursor("e1", (1000, 1)))
+    for n in (4, 5, 6):
+        sub.offer(_message(n))
+    sub.load_history([_message(n) for n in (2, 3, 4, 5)])
+    assert [m.data for m in sub.take(10)] == ["m2", "m3", "m4", "m5", "m6"]
+    sub.offer(_message(6))
+    assert sub.take(10) == []
+
+
+def test_a_gap_and_a_new_epoch_pass_the_dedupe():
+    """A gap marker and a message from a new epoch are always new."""
+    sub = Subscription("c", limit=10, cursor=Cursor("e1", (1000, 9)))
+    items = [GAP, _message(1, epoch="e2")]
+    sub.load_history(items)
+    assert sub.take(10) == items
+
+
+def _hub(**settings: int) -> Hub:
+    config = Settings(**settings)  # type: ignore[arg-type]
+    return Hub(MemoryBroker(config), config, Metrics())
+
+
+@pytest.mark.anyio
+async def test_a_slow_subscriber_is_cut_while_a_fast_one_gets_everything():
+    """The hub never waits for a client: the lagging one is closed, the other keeps up."""
+    hub = _hub(queue_size=5)
+    async with hub.running():
+        async with hub.subscribe("c") as slow, hub.subscribe("c") as fast:
+            got = []
+            for n in range(20):
+                await hub.publish("c", "message", f"m{n}")
+                got.extend(m.data for m in fast.take(100))
+            assert got == [f"m{n}" for n in range(20)]
+            assert slow.close_reason is CloseReason.SLOW_CONSUMER
+            assert hub.metrics.slow_consumer_drops._value.get() == 1
+
+
+@pytest.mark.anyio
+async def test_leaving_releases_the_channel_even_when_the_body_raises():
+    """A subscription's exit runs on error too: the channel forgets it."""
+    hub = _hub()
+    async with hub.running():
+        with pytest.raises(RuntimeError):
+            async with hub.subscribe("c"):
+                assert len(hub.channels["c"].subs) == 1
+                raise RuntimeError("client blew up")
+        assert len(hub.channels["c"].subs) == 0
+
+
+@pytest.mark.anyio
+async def test_resume_gets_history_after_the_cursor_then_live():
+    """Subscribe-then-read: history after the cursor, then live, nothing twice."""
+    hub = _hub()
+    async with hub.running():
+        first = await hub.publish("c", "message", "a")
+        await hub.publish("c", "message", "b")
+        async with hub.subscribe("c", first.cursor) as sub:
+            await hub.publish("c", "message", "c")
+            with anyio.fail_after(1):
+                await sub.wait()
+            assert [m.data for m in sub.take(10)] == ["b", "c"]
+
+
+@pytest.mark.anyio
+async def test_since_zero_and_last_n():
+    """START gives all history; last=N the newest N."""
+    hub = _hub()
+    async with hub.running():
+        for n in range(5):
+            await hub.publish("c", "message", f"m{n}")
+        async with hub.subscribe("c", START) as everything, hub.subscribe("c", None, 2) as tail:
+            assert [m.data for m in everything.take(10)] == [f"m{n}" for n in range(5)]
+            assert [m.data for m in tail.take(10)] == ["m3", "m4"]
