@@ -238,11 +238,13 @@
     }
 
     abort(err) {
-      if (this.ws) {
-        this.ws.onclose = null;
-        this.ws.onmessage = null;
-        this.ws.onopen = null;
-        this.ws.close(1000);
+      const ws = this.ws;
+      if (ws) {
+        ws.onclose = null;
+        ws.onmessage = null;
+        // Closing a socket still connecting makes Chromium log an error: close it once open.
+        if (ws.readyState === WebSocket.CONNECTING) ws.onopen = () => ws.close(1000);
+        else ws.close(1000);
       }
       this.finish(err);
     }

@@ -276,6 +276,19 @@ def test_the_page_resumes_across_restarts_and_switches_without_loss_or_repeat(
         redis.close()
 
 
+def test_picking_a_transport_in_the_page_resubscribes_over_it(new_page, server, channel):
+    """Clicking a transport (even several in quick succession) lands on it, messages follow."""
+    page = open_chat(new_page(), server.url, channel, "auto")
+    for label in ["sse", "poll", "websocket", "sse"]:  # no waiting: closes while connecting
+        page.click(f"label[for=t-{label}]")
+    for transport in ["sse", "poll", "websocket"]:
+        page.click(f"label[for=t-{transport}]")
+        wait_open(page, transport)
+        message_id = publish(server.url, channel, f"over {transport}")
+        row = page.wait_for_selector(f"#messages li.msg[data-id='{message_id}']")
+        assert row is not None and row.get_attribute("data-transport") == transport
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_the_page_reports_a_gap_when_history_was_lost(new_page, page_log, channel, transport):
     """The embedded broker restarted (history gone): the page says so once, then carries on."""
