@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import procstats
 import uvloop
 from httpclients import EngineIoPollSubscriber, PollSubscriber, SseSubscriber
-from publishers import HttpPublisher, Publisher, RedisPublisher
+from publishers import HttpPublisher, Publisher, RedisPublisher, SocketIoRedisPublisher
 from report import summarize
 from tally import WARMUP_SEQ, Subscriber, Tally, payload
 from wsclients import EngineIoWsSubscriber, GatewayWsSubscriber, WsSubscriber
@@ -117,24 +117,29 @@ async def warm_up(
 
 
 async def publish_all(args: argparse.Namespace, tally: Tally, publisher: Publisher) -> float:
-    """Publish the measured messages in order, one at a time; return when the first left.
+    """Publish the measured messages in seq order; return when the first one left.
 
-    One at a time, because messages sent concurrently could reach the server
-    in another order than their seq. A publish that takes longer than the
-    rate's interval makes the publisher fall behind: ``publish_rate`` shows it.
+    At a rate, each publish starts on time without waiting for the previous
+    answer (tasks start in creation order, and the HTTP publisher pipelines
+    on one connection, so the server reads them in order). As fast as
+    delivered (rate 0), at most ``--window`` messages are not yet delivered
+    to every subscriber.
     """
     first = time.time()
+    if args.rate > 0:
+        async with asyncio.TaskGroup() as tasks:
+            for seq in range(args.messages):
+                delay = first + seq / args.rate - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.create_task(publisher.publish(payload(seq)))
+        return first
     for seq in range(args.messages):
-        if args.rate > 0:
-            delay = first + seq / args.rate - time.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        else:
-            behind = seq - args.window
-            if behind >= 0 and not tally.fully_delivered(behind):
-                await wait_for(
-                    tally, lambda b=behind: tally.fully_delivered(b), args.stall, args.max_drain
-                )
+        behind = seq - args.window
+        if behind >= 0 and not tally.fully_delivered(behind):
+            await wait_for(
+                tally, lambda b=behind: tally.fully_delivered(b), args.stall, args.max_drain
+            )
         await publisher.publish(payload(seq))
     return first
 
@@ -145,6 +150,8 @@ async def make_publisher(args: argparse.Namespace) -> Publisher:
         return await HttpPublisher(args.host, args.port, target).start()
     if args.publisher == "redis-fcall":
         return RedisPublisher.fcall(args.redis_url, args.redis_prefix, args.channel)
+    if args.publisher == "sio-redis":
+        return SocketIoRedisPublisher(args.redis_url, args.channel)
     return RedisPublisher.plain(args.redis_url, args.channel)
 
 
@@ -193,7 +200,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--messages", type=int, default=100)
     p.add_argument("--rate", type=float, default=10.0, help="messages/s; 0: as fast as delivered")
     p.add_argument("--window", type=int, default=8, help="with --rate 0: messages in flight")
-    p.add_argument("--publisher", choices=("http", "redis-fcall", "redis-publish"), default="http")
+    p.add_argument(
+        "--publisher", choices=("http", "redis-fcall", "redis-publish", "sio-redis"), default="http"
+    )
     p.add_argument("--publish-path", default="/publish/{channel}")
     p.add_argument("--redis-url", default=None)
     p.add_argument("--redis-prefix", default="gw")

@@ -8,11 +8,14 @@
   other service would publish without an HTTP hop.
 * ``redis-publish``: a plain ``PUBLISH channel data`` (the tutorial's own
   fan-out path, fire-and-forget).
+* ``sio-redis``: python-socketio's external emitter (a write-only
+  ``AsyncRedisManager``), how another process emits to Socket.IO rooms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 from typing import Protocol
 
 from httpclients import HttpConnection
@@ -25,39 +28,46 @@ class Publisher(Protocol):
 
 
 class _PostConnection(HttpConnection):
+    """Pipelined POSTs: requests leave in call order, answers come back in that order."""
+
     def __init__(self, host: str, port: int) -> None:
         super().__init__(host, port)
-        self.answer: asyncio.Future[int] | None = None
+        self.answers: collections.deque[asyncio.Future[int]] = collections.deque()
         self.up = asyncio.get_running_loop().create_future()
 
     def opened(self) -> None:
         self.up.set_result(None)
 
     def response_done(self, body: bytes) -> None:
-        if self.answer is not None and not self.answer.done():
-            self.answer.set_result(self.status)
+        if self.answers:
+            self.answers.popleft().set_result(self.status)
 
     def on_lost(self, reason: str) -> None:
-        if self.answer is not None and not self.answer.done():
-            self.answer.set_exception(ConnectionError(reason))
+        while self.answers:
+            self.answers.popleft().set_exception(ConnectionError(reason))
 
-    async def post(self, target: str, body: bytes) -> int:
-        self.answer = asyncio.get_running_loop().create_future()
+    def post(self, target: str, body: bytes) -> asyncio.Future[int]:
+        answer = asyncio.get_running_loop().create_future()
+        self.answers.append(answer)
         self.request("POST", target, body, "\r\nContent-Type: text/plain; charset=utf-8")
-        return await self.answer
+        return answer
 
 
 class HttpPublisher:
-    def __init__(self, host: str, port: int, target: str, connections: int = 1) -> None:
+    """One keep-alive connection, pipelined, so the server sees the messages in seq order.
+
+    A publish does not wait for the previous one's answer (a server busy
+    fanning out must not hold the publisher back below its rate), yet
+    the server reads them in order, one connection's requests in turn.
+    """
+
+    def __init__(self, host: str, port: int, target: str) -> None:
         self.host, self.port, self.target = host, port, target
-        self.size = connections
-        self.idle: asyncio.Queue[_PostConnection] = asyncio.Queue()
-        self.all: list[_PostConnection] = []
+        self.conn: _PostConnection | None = None
         self.failures: dict[str, int] = {}
 
     async def start(self) -> HttpPublisher:
-        for _ in range(self.size):
-            self.idle.put_nowait(await self._connect())
+        await self._connect()
         return self
 
     async def _connect(self) -> _PostConnection:
@@ -65,29 +75,43 @@ class HttpPublisher:
             lambda: _PostConnection(self.host, self.port), self.host, self.port
         )
         await conn.up
-        self.all.append(conn)
+        self.conn = conn
         return conn
 
     async def publish(self, data: str) -> None:
-        conn = await self.idle.get()
+        conn = self.conn
+        if conn is None or conn.transport is None or conn.transport.is_closing():
+            conn = await self._connect()  # the server closed it (after an error, say)
         try:
-            if conn.transport is None or conn.transport.is_closing():
-                conn = await self._connect()  # the server closed it (after an error, say)
             status = await conn.post(self.target, data.encode())
         except (ConnectionError, OSError):
             self._count("publish: connection lost")
-            self.idle.put_nowait(await self._connect())
             return
         if status // 100 != 2:
             self._count(f"publish: http {status}")
-        self.idle.put_nowait(conn)
 
     def _count(self, failure: str) -> None:
         self.failures[failure] = self.failures.get(failure, 0) + 1
 
     async def aclose(self) -> None:
-        for conn in self.all:
-            conn.close()
+        if self.conn is not None:
+            self.conn.close()
+
+
+class SocketIoRedisPublisher:
+    """python-socketio's own external emitter: a write-only AsyncRedisManager."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        import socketio
+
+        self.manager = socketio.AsyncRedisManager(url, write_only=True)
+        self.channel = channel
+
+    async def publish(self, data: str) -> None:
+        await self.manager.emit("message", data, namespace="/", room=self.channel)
+
+    async def aclose(self) -> None:
+        pass
 
 
 class RedisPublisher:
