@@ -16,6 +16,6 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The next wait: doubling from ``first_s`` up to ``cap_s``, times 0.5-1 at random."""
-        delay = min(self.cap_s, self.first_s * 2**self.attempt)
+        delay: float = min(self.cap_s, self.first_s * 2.0**self.attempt)
         self.attempt += 1
         return delay * random.uniform(0.5, 1.0)

@@ -16,6 +16,8 @@ Divergences from sse-starlette's defaults, on purpose:
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
@@ -61,7 +63,7 @@ async def sse_endpoint(request: Request) -> EventSourceResponse:
 
 async def _stream(
     gateway: Gateway, channel: str, cursor: Cursor | None, last: int | None, shutdown: anyio.Event
-):  # type: ignore[no-untyped-def]
+) -> AsyncIterator[bytes]:
     with gateway.connection("sse", channel) as conn:
         try:
             async with gateway.hub.subscribe(channel, cursor, last) as sub:
@@ -74,7 +76,7 @@ async def _stream(
             yield RECONNECT_HINT
 
 
-async def _chunks(sub: Subscription, conn: Connection):  # type: ignore[no-untyped-def]
+async def _chunks(sub: Subscription, conn: Connection) -> AsyncIterator[bytes]:
     while True:
         items = sub.take(BATCH)
         if items:
@@ -90,5 +92,3 @@ async def _chunks(sub: Subscription, conn: Connection):  # type: ignore[no-untyp
 
 def _encode(item: Item) -> bytes:
     return GAP_SSE if isinstance(item, Gap) else item.sse
-
-
