@@ -407,8 +407,30 @@
       call(this.opts.onStatus, state);
     }
 
+    // "Only new messages" from the moment of subscribing: learn where the
+    // channel stands first (a poll with timeout=0), so that a drop before the
+    // first message still resumes without loss. If poll is off, go on without.
+    async learnCursor() {
+      if (this.resume !== null || this.opts.last) return;
+      const url = endpoint(this.baseUrl, "poll", this.channel, { timeout: 0 });
+      const control = new AbortController();
+      const timer = setTimeout(() => control.abort(), this.connectTimeout);
+      try {
+        const res = await fetch(url, { headers: authHeaders(this.token), cache: "no-store", signal: control.signal });
+        if (res.ok) {
+          const answer = await res.json();
+          if (this.resume === null && answer.cursor) this.resume = answer.cursor;
+        }
+      } catch (_) {
+        // unreachable or refused: the transports will say so
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+
     async run() {
       let attempt = 0;
+      await this.learnCursor();
       while (!this.closed) {
         this.status("connecting");
         let lived = -1;
