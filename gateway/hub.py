@@ -212,6 +212,7 @@ class Hub:
             return
         if history.gap:
             self._fan_out(state, GAP)
+            state.last = None  # said once: the new epoch's messages follow
         for message in history.messages:
             self._deliver(state, message)
         self._flush_pending(state)
