@@ -106,9 +106,11 @@ class SocketIoRedisPublisher:
 
         self.manager = socketio.AsyncRedisManager(url, write_only=True)
         self.channel = channel
+        self.order = asyncio.Lock()  # in call order, as RedisPublisher
 
     async def publish(self, data: str) -> None:
-        await self.manager.emit("message", data, namespace="/", room=self.channel)
+        async with self.order:
+            await self.manager.emit("message", data, namespace="/", room=self.channel)
 
     async def aclose(self) -> None:
         pass
@@ -120,6 +122,10 @@ class RedisPublisher:
 
         self.client = redis.asyncio.from_url(url)
         self.command = command
+        # One at a time, in call order (asyncio.Lock wakes its waiters FIFO):
+        # concurrent commands on a pool's connections may reach Redis in
+        # another order than their seq (seen: 6 swaps in 300 at 10 msg/s).
+        self.order = asyncio.Lock()
         self.failures: dict[str, int] = {}
 
     @classmethod
@@ -132,7 +138,8 @@ class RedisPublisher:
         return cls(url, ("PUBLISH", channel))
 
     async def publish(self, data: str) -> None:
-        await self.client.execute_command(*self.command, data)
+        async with self.order:
+            await self.client.execute_command(*self.command, data)
 
     async def aclose(self) -> None:
         await self.client.aclose()

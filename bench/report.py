@@ -64,6 +64,8 @@ def summarize(
         "incomplete": sum(1 for s in ready if not s.complete()),
         "not_ready": tally.connected - ready_at_start,
         "lost": sum(s.lost + max(0, args.messages - s.next_seq) for s in ready),
+        # Of those, the ones at the end: still missing when deliveries stopped for --stall s.
+        "lost_at_end": sum(max(0, args.messages - s.next_seq) for s in ready),
         "duplicates": sum(s.duplicates for s in ready),
         "rss_idle_kb": rss[0],
         "rss_loaded_kb": rss[1],
