@@ -130,7 +130,9 @@ async def _read(
         except (WebSocketDisconnect, RuntimeError):
             message = {"type": "websocket.disconnect"}
         if message["type"] == "websocket.disconnect":
-            sub.close(CloseReason.CLIENT_GONE)
+            # uvicorn closes every socket itself (1012) when it shuts down.
+            shutdown = message.get("code") == 1012
+            sub.close(CloseReason.SHUTDOWN if shutdown else CloseReason.CLIENT_GONE)
             return None
         text = message.get("text")
         size = len(message.get("bytes") or b"") if text is None else len(text.encode())
