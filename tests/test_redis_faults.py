@@ -59,71 +59,79 @@ async def _followers(servers, channel: str, tasks) -> dict[str, Follower]:
     return readers
 
 
+async def _stream_through_fault(
+    read_from, publish_to, channel: str, count: int, fault_after: int, fault
+) -> tuple[dict[str, Follower], Producer, float]:
+    """Followers on every transport, a producer of ``count``; ``fault()`` after ``fault_after`` acks."""
+    producer = Producer()
+    async with anyio.create_task_group() as tasks:
+        readers = await _followers(read_from, channel, tasks)
+        async with anyio.create_task_group() as production:
+            production.start_soon(producer.run, publish_to, channel, count)
+            while len(producer.acked) < fault_after:
+                await anyio.sleep(0.01)
+            fault_at = time.monotonic()
+            await fault()
+        await wait_for_all(list(readers.values()), producer.acked[-1])
+        tasks.cancel_scope.cancel()
+    for reader in readers.values():
+        assert_exactly_once_in_order(reader, producer.acked)
+    return readers, producer, fault_at
+
+
 async def test_pubsub_connection_killed_mid_stream_loses_nothing(gateways, fresh_redis):
     """CLIENT KILL TYPE pubsub while 2000 messages are published: all arrive once, in order."""
     [server] = gateways(1)
-    producer = Producer()
-    async with anyio.create_task_group() as tasks:
-        readers = await _followers([server], "fault:kill", tasks)
-        async with anyio.create_task_group() as production:
-            production.start_soon(producer.run, [server], "fault:kill", 2000)
-            while len(producer.acked) < 500:
-                await anyio.sleep(0.01)
-            fault_at = time.monotonic()
-            killed = _redis_cli(fresh_redis, "CLIENT", "KILL", "TYPE", "pubsub")
-        await wait_for_all(list(readers.values()), producer.acked[-1])
-        tasks.cancel_scope.cancel()
-    assert int(killed) >= 1
-    for reader in readers.values():
-        assert_exactly_once_in_order(reader, producer.acked)
-        assert reader.gaps == 0
+    killed = []
+
+    async def kill_pubsub() -> None:
+        killed.append(int(_redis_cli(fresh_redis, "CLIENT", "KILL", "TYPE", "pubsub")))
+
+    readers, _, fault_at = await _stream_through_fault(
+        [server], [server], "fault:kill", 2000, 500, kill_pubsub
+    )
+    assert killed[0] >= 1
+    assert all(reader.gaps == 0 for reader in readers.values())
     record("CLIENT KILL TYPE pubsub", readers, fault_at)
 
 
-async def test_redis_restarted_with_aof_loses_nothing(gateways, tmp_path):
+async def test_redis_restarted_with_aof_loses_nothing():
     """redis-server restarted mid-stream (AOF on): publishes get 503 meanwhile, nothing is lost."""
     redis = RedisServer(appendonly=True).start()
+    server = None
     try:
         server = GatewayServer(gateway_env("redis", redis)).start()
-        try:
-            producer = Producer()
-            async with anyio.create_task_group() as tasks:
-                readers = await _followers([server], "fault:restart", tasks)
-                async with anyio.create_task_group() as production:
-                    production.start_soon(producer.run, [server], "fault:restart", 1000)
-                    while len(producer.acked) < 300:
-                        await anyio.sleep(0.01)
-                    fault_at = time.monotonic()
-                    await anyio.to_thread.run_sync(redis.restart)
-                await wait_for_all(list(readers.values()), producer.acked[-1])
-                tasks.cancel_scope.cancel()
-            for reader in readers.values():
-                assert_exactly_once_in_order(reader, producer.acked)
-                assert reader.gaps == 0
-            record("redis-server restarted (AOF)", readers, fault_at)
-        finally:
-            server.close()
+        readers, producer, fault_at = await _stream_through_fault(
+            [server],
+            [server],
+            "fault:restart",
+            1000,
+            300,
+            lambda: anyio.to_thread.run_sync(redis.restart),
+        )
+        assert all(reader.gaps == 0 for reader in readers.values())
+        record(
+            f"redis-server restarted (AOF; {producer.refused} publishes refused meanwhile)",
+            readers,
+            fault_at,
+        )
     finally:
+        if server is not None:
+            server.close()
         redis.close()
 
 
 async def test_gateway_killed_clients_resume_on_the_other(gateways):
     """One of two gateways SIGKILLed: its clients resume on the other with their cursor."""
     first, second = gateways(2)
-    producer = Producer()
-    async with anyio.create_task_group() as tasks:
-        readers = await _followers([first, second], "fault:node", tasks)
-        async with anyio.create_task_group() as production:
-            production.start_soon(producer.run, [second], "fault:node", 1000)
-            while len(producer.acked) < 300:
-                await anyio.sleep(0.01)
-            fault_at = time.monotonic()
-            first.kill()
-        await wait_for_all(list(readers.values()), producer.acked[-1])
-        tasks.cancel_scope.cancel()
-    for reader in readers.values():
-        assert_exactly_once_in_order(reader, producer.acked)
-        assert reader.reconnects >= 1
+
+    async def kill_first() -> None:
+        first.kill()
+
+    readers, _, fault_at = await _stream_through_fault(
+        [first, second], [second], "fault:node", 1000, 300, kill_first
+    )
+    assert all(reader.reconnects >= 1 for reader in readers.values())
     record("gateway SIGKILL", readers, fault_at)
 
 
