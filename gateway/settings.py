@@ -7,7 +7,7 @@ deployment can see (and the README can list) every knob in one screen.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from gateway.errors import ConfigError
@@ -74,28 +74,30 @@ class Settings:
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
+    return int(_number(env, name, default, minimum, int, "a whole number"))
 
 
 def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    return _number(env, name, default, minimum, float, "a number")
+
+
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    minimum: float,
+    kind: Callable[[str], float],
+    what: str,
+) -> float:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
+    if not value >= minimum:  # also refuses NaN
+        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
     return value
 
 
