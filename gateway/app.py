@@ -48,7 +48,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         hub = Hub(make_broker(settings), settings, metrics)
         guard = Guard(settings)
         if guard.open:
-            logger.warning("GATEWAY_SECRET is not set: the gateway is OPEN, anyone may read and publish")
+            logger.warning(
+                "GATEWAY_SECRET is not set: the gateway is OPEN, anyone may read and publish"
+            )
         async with hub.running(), stats_running(hub, metrics, settings.stats_interval_s):
             yield {"gateway": Gateway(settings, hub, metrics, guard)}
 
@@ -76,7 +78,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 def _configure_logging() -> None:
     """One line per event on stderr, unless the host process set logging up."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
 
 
 def _cors(settings: Settings) -> Middleware:

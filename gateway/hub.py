@@ -25,10 +25,11 @@ from contextlib import asynccontextmanager
 import anyio
 import anyio.abc
 
-from gateway.brokers.base import Broker
+from gateway.brokers.base import Broker, History
 from gateway.errors import BrokerUnavailable
 from gateway.message import START, Cursor, Message
 from gateway.metrics import Metrics
+from gateway.recent import RECENT_SIZE, Recent
 from gateway.settings import Settings
 from gateway.shutdown import wait_for_exit_signal
 from gateway.subscription import GAP, CloseReason, Item, Subscription
@@ -41,10 +42,11 @@ READY_WINDOW_S = 3.0
 
 
 class _Channel:
-    __slots__ = ("idle_since", "last", "pending", "ready", "subs")
+    __slots__ = ("idle_since", "last", "pending", "ready", "recent", "subs")
 
     def __init__(self) -> None:
         self.subs: set[Subscription] = set()
+        self.recent = Recent(RECENT_SIZE)
         self.last: Cursor | None = None
         # Live messages held back while the channel joins or backfills.
         self.pending: list[Message] | None = []
@@ -60,6 +62,7 @@ class Hub:
         self.channels: dict[str, _Channel] = {}
         self.link_ok_at = 0.0
         self.closing = False
+        self._reads: dict[tuple[str, Cursor, int], asyncio.Future[History]] = {}
         self._tasks: anyio.abc.TaskGroup | None = None
 
     @asynccontextmanager
@@ -139,11 +142,37 @@ class Hub:
         self, channel: str, cursor: Cursor | None, last: int | None
     ) -> list[Item]:
         if cursor is not None:
-            history = await self.broker.history(channel, cursor, self.settings.history_size)
+            state = self.channels.get(channel)
+            size = self.settings.history_size
+            recent = state.recent.after(cursor, size) if state is not None else None
+            if recent is not None:
+                return list(recent)
+            history = await self._read_history(channel, cursor, size)
             return [GAP, *history.messages] if history.gap else list(history.messages)
         if last:
             return list(await self.broker.tail(channel, last))
         return []
+
+    async def _read_history(self, channel: str, cursor: Cursor, limit: int) -> History:
+        """One broker read for any number of identical requests in flight."""
+        key = (channel, cursor, limit)
+        pending = self._reads.get(key)
+        if pending is None:
+            pending = self._reads[key] = asyncio.ensure_future(
+                self.broker.history(channel, cursor, limit)
+            )
+            pending.add_done_callback(lambda done: self._read_done(key, done))
+        return await asyncio.shield(pending)
+
+    def _read_done(self, key: tuple[str, Cursor, int], done: asyncio.Future[History]) -> None:
+        self._reads.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here: every waiter may have left
+
+    def latest(self, channel: str) -> Cursor:
+        """The newest id this process delivered on a joined channel."""
+        state = self.channels.get(channel)
+        return state.last if state is not None and state.last is not None else START
 
     async def _join(self, channel: str, sub: Subscription) -> None:
         state = self.channels.get(channel)
@@ -153,6 +182,7 @@ class Hub:
             try:
                 await self.broker.subscribe(channel)
                 state.last = await self.broker.latest(channel)
+                state.recent.reset(state.last)
             except BaseException:
                 del self.channels[channel]
                 state.ready.set()
@@ -185,6 +215,7 @@ class Hub:
             if last is not None and last.epoch is not None and last.epoch != message.epoch:
                 self._fan_out(state, GAP)
             state.last = message.cursor
+            state.recent.append(message)
             if message.published_at:
                 self.metrics.latency.observe(max(0.0, time.time() - message.published_at))
         self._fan_out(state, message)
@@ -213,6 +244,7 @@ class Hub:
         if history.gap:
             self._fan_out(state, GAP)
             state.last = None  # said once: the new epoch's messages follow
+            state.recent.reset(None)
         for message in history.messages:
             self._deliver(state, message)
         self._flush_pending(state)

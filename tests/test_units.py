@@ -148,3 +148,39 @@ async def test_since_zero_and_last_n():
         async with hub.subscribe("c", START) as everything, hub.subscribe("c", None, 2) as tail:
             assert [m.data for m in everything.take(10)] == [f"m{n}" for n in range(5)]
             assert [m.data for m in tail.take(10)] == ["m3", "m4"]
+
+
+def test_recent_answers_only_what_it_surely_holds():
+    """The per-channel record answers cursors at or after its floor, in its epoch; else defers."""
+    from gateway.recent import Recent
+
+    recent = Recent(3)
+    assert recent.after(Cursor("e1", (1000, 0)), 10) is None  # floor unknown
+    recent.reset(Cursor("e1", (1000, 1)))
+    for n in (2, 3, 4):
+        recent.append(_message(n))
+    assert [m.data for m in recent.after(Cursor("e1", (1000, 2)), 10)] == ["m3", "m4"]
+    assert recent.after(Cursor("e1", (1000, 0)), 10) is None  # older than the floor
+    assert recent.after(Cursor("e0", (1000, 3)), 10) is None  # another epoch: the broker decides
+    recent.append(_message(5))  # full: the floor moves up to the evicted message
+    assert recent.after(Cursor("e1", (1000, 1)), 10) is None
+    assert [m.data for m in recent.after(Cursor("e1", (1000, 2)), 1)] == ["m3"]
+    recent.append(_message(1, epoch="e2"))
+    assert recent.after(Cursor("e1", (1000, 4)), 10) is None  # a new epoch forgets
+
+
+@pytest.mark.anyio
+async def test_a_resume_within_recent_needs_no_broker_read():
+    """A cursor the hub delivered recently is answered from memory."""
+    hub = _hub()
+    async with hub.running():
+        async with hub.subscribe("c"):
+            first = await hub.publish("c", "message", "a")
+            await hub.publish("c", "message", "b")
+
+            async def no_reads(*args: object) -> None:
+                raise AssertionError("the broker was asked")
+
+            hub.broker.history = no_reads  # type: ignore[method-assign]
+            async with hub.subscribe("c", first.cursor) as resumed:
+                assert [m.data for m in resumed.take(10)] == ["b"]

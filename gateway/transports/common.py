@@ -37,7 +37,9 @@ def int_param(
     return min(max(value, low), high)
 
 
-def float_param(query: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+def float_param(
+    query: Mapping[str, str], name: str, default: float, low: float, high: float
+) -> float:
     raw = query.get(name)
     if raw is None or raw == "":
         return default

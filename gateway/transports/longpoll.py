@@ -40,7 +40,7 @@ async def poll_endpoint(request: Request) -> Response:
     gateway.hub.check_broker()
     with gateway.connection("poll", channel) as conn:
         async with gateway.hub.subscribe(channel, cursor, last) as sub:
-            start = cursor if cursor is not None else await gateway.hub.broker.latest(channel)
+            start = cursor if cursor is not None else gateway.hub.latest(channel)
             items = sub.take(limit)
             if not items and not sub.closed:
                 with anyio.move_on_after(timeout):
