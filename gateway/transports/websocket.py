@@ -25,6 +25,7 @@ from gateway.transports.common import check_channel, resume_from
 logger = logging.getLogger(__name__)
 
 BATCH = 256
+MAX_CLOSE_REASON_BYTES = 123  # a control frame carries 125 bytes, 2 of them the code
 SEND_TIMEOUT_S = 30.0  # a client that takes no frame for this long is stalled
 CLOSE_CODES = {
     CloseReason.SLOW_CONSUMER: 1013,
@@ -70,9 +71,14 @@ async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
     try:
         with anyio.move_on_after(SEND_TIMEOUT_S):  # a stalled client may never take it
-            await websocket.close(code=code, reason=reason[:120])
+            await websocket.close(code=code, reason=_close_reason(reason))
     except (RuntimeError, OSError, WebSocketDisconnect):
         pass  # the client went first
+
+
+def _close_reason(reason: str) -> str:
+    """At most 123 bytes of UTF-8, as a close frame allows (the reason may echo user input)."""
+    return reason.encode()[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")
 
 
 async def _serve(
