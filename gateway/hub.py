@@ -39,14 +39,15 @@ logger = logging.getLogger(__name__)
 LINGER_S = 5.0
 CANARY_INTERVAL_S = 1.0
 READY_WINDOW_S = 3.0
+STALL_S = 30.0  # a client write blocked this long: the client is gone or stalled
 
 
 class _Channel:
     __slots__ = ("idle_since", "last", "pending", "ready", "recent", "subs")
 
-    def __init__(self) -> None:
+    def __init__(self, recent_size: int) -> None:
         self.subs: set[Subscription] = set()
-        self.recent = Recent(RECENT_SIZE)
+        self.recent = Recent(recent_size)
         self.last: Cursor | None = None
         # Live messages held back while the channel joins or backfills.
         self.pending: list[Message] | None = []
@@ -74,6 +75,7 @@ class Hub:
                 self._tasks = tasks
                 tasks.start_soon(self._canary_loop)
                 tasks.start_soon(self._reaper_loop)
+                tasks.start_soon(self._heartbeat_loop)
                 tasks.start_soon(self._exit_watcher)
                 yield self
                 tasks.cancel_scope.cancel()
@@ -177,7 +179,7 @@ class Hub:
     async def _join(self, channel: str, sub: Subscription) -> None:
         state = self.channels.get(channel)
         if state is None:
-            state = self.channels[channel] = _Channel()
+            state = self.channels[channel] = _Channel(min(RECENT_SIZE, self.settings.history_size))
             state.subs.add(sub)
             try:
                 await self.broker.subscribe(channel)
@@ -264,6 +266,24 @@ class Hub:
             except Exception:
                 logger.debug("canary round-trip failed", exc_info=True)
             await anyio.sleep(CANARY_INTERVAL_S)
+
+    async def _heartbeat_loop(self) -> None:
+        """Every heartbeat: poke the subscriptions that want one, cut stalled writers.
+
+        One loop for all clients instead of a timer per client per write.
+        """
+        interval = self.settings.heartbeat_s
+        while True:
+            await anyio.sleep(interval)
+            stalled_before = time.monotonic() - STALL_S
+            for state in list(self.channels.values()):
+                for sub in list(state.subs):
+                    if sub.sending_since and sub.sending_since < stalled_before:
+                        sub.close(CloseReason.STALLED)
+                        if sub.writer is not None:
+                            sub.writer.cancel()
+                    elif sub.wants_heartbeat:
+                        sub.poke()
 
     async def _reaper_loop(self) -> None:
         while True:

@@ -27,6 +27,7 @@ from gateway.message import Cursor, Message
 
 class CloseReason(enum.Enum):
     CLIENT_GONE = "client gone"
+    STALLED = "stalled: a write blocked too long"
     SLOW_CONSUMER = "lagged"
     SHUTDOWN = "server shutting down"
 
@@ -42,6 +43,7 @@ Item = Message | Gap
 
 class Subscription:
     __slots__ = (
+        "_poked",
         "_wakeup",
         "backlog",
         "channel",
@@ -50,6 +52,9 @@ class Subscription:
         "limit",
         "live",
         "resuming",
+        "sending_since",
+        "wants_heartbeat",
+        "writer",
     )
 
     def __init__(self, channel: str, limit: int, cursor: Cursor | None = None) -> None:
@@ -67,6 +72,12 @@ class Subscription:
         self.resuming = True
         self.close_reason: CloseReason | None = None
         self._wakeup = asyncio.Event()
+        # Kept by the transport's writer, read by the hub's watchdog: no
+        # timer per write. ``sending_since`` is 0.0 while no write is blocked.
+        self.writer: asyncio.Task[object] | None = None
+        self.sending_since = 0.0
+        self.wants_heartbeat = False
+        self._poked = False
 
     @property
     def closed(self) -> bool:
@@ -109,6 +120,16 @@ class Subscription:
         if not self.backlog and not self.live and self.close_reason is None:
             self._wakeup.clear()
         return taken
+
+    def poke(self) -> None:
+        """Wake the writer with nothing queued: its cue for a heartbeat."""
+        self._poked = True
+        self._wakeup.set()
+
+    def poked(self) -> bool:
+        """Whether a poke came since the last call (and forget it)."""
+        poked, self._poked = self._poked, False
+        return poked
 
     async def wait(self) -> None:
         """Return once an item is queued or the subscription is closed."""

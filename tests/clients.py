@@ -78,8 +78,8 @@ async def read_sse(
         ) as response:
             response.raise_for_status()
             async for event in events(response):
-                if not event.event:
-                    reader.ready.set()  # the gateway's first words, a retry hint: subscribed
+                if event.event in ("", ":"):
+                    reader.ready.set()  # the gateway's first words, a comment: subscribed
                     continue
                 if event.event == "gap":
                     reader.add(dict(GAP))

@@ -22,7 +22,7 @@ class Event:
 
 
 async def events(response: httpx.Response) -> AsyncIterator[Event]:
-    """Yield dispatched events, and field-less ``retry`` hints as events with event=""."""
+    """Yield dispatched events; also ``retry`` hints (event "") and comments (event ":")."""
     last_id = ""
     data: list[str] | None = None
     event = ""
@@ -36,6 +36,7 @@ async def events(response: httpx.Response) -> AsyncIterator[Event]:
             data, event, retry = None, "", None
             continue
         if line.startswith(":"):
+            yield Event(":", line[1:].strip(), last_id)  # a comment: only tests look at it
             continue
         name, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value

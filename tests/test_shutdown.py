@@ -82,7 +82,7 @@ async def test_sigterm_tells_every_client_to_reconnect_and_exits_within_the_grac
         code, took = await sigterm(server)
     assert code in CLEAN_EXIT and took < GRACE_S + 2, (code, took)
     retry_hints = [event for event in seen["sse"] if isinstance(event, Event) and event.retry]
-    assert len(retry_hints) == 2 and seen["sse"][-1] is retry_hints[-1]  # on connect, and at the end
+    assert len(retry_hints) == 1 and seen["sse"][-1] is retry_hints[-1]  # at the end: reconnect
     assert seen["websocket"] is not None and seen["websocket"].code == 1012
     status, body, answered_at = seen["poll"]
     assert status == 200 and body["messages"] == [] and body["cursor"] == cursor
