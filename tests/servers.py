@@ -46,18 +46,20 @@ def wait_until(check, timeout: float = START_TIMEOUT_S, interval: float = 0.05) 
 class RedisServer:
     """A redis-server of our own, on a free port, in a temporary directory."""
 
-    def __init__(self, *, appendonly: bool = False) -> None:
+    def __init__(self, *, appendonly: bool = False, tls_dir: str | None = None) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed (apt-get install redis-server)"
         self.binary = binary
         self.port = free_port()
         self.appendonly = appendonly
+        self.tls_dir = tls_dir  # holding cert.pem and key.pem: serve TLS only
         self.dir = tempfile.mkdtemp(prefix="gw-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls_dir else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         args = [
@@ -79,11 +81,23 @@ class RedisServer:
             "--loglevel",
             "warning",
         ]
+        if self.tls_dir:
+            args[2] = "0"  # no plain port
+            args += ["--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            args += [
+                "--tls-cert-file",
+                f"{self.tls_dir}/cert.pem",
+                "--tls-key-file",
+                f"{self.tls_dir}/key.pem",
+            ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self.ping)
         return self
 
     def ping(self) -> bool:
+        if self.tls_dir:
+            cli = ["redis-cli", "-p", str(self.port), "--tls", "--insecure", "ping"]
+            return subprocess.run(cli, capture_output=True, text=True).stdout.strip() == "PONG"
         with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
