@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -38,6 +39,22 @@ logger = logging.getLogger("gateway")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
+class _AnyText(Convertor[str]):
+    """Route-level: take any text as the channel (even a line break), so that
+    ``check_channel`` answers 400 with the reason instead of the router's 404."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anytext", _AnyText())
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     _configure_logging()
@@ -60,10 +77,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", _healthz),
         Route("/readyz", _readyz),
         Route("/metrics", _metrics),
-        Route("/sse/{channel:path}", sse_endpoint),
-        Route("/poll/{channel:path}", poll_endpoint),
-        Route("/publish/{channel:path}", publish_endpoint, methods=["POST"]),
-        WebSocketRoute("/ws/{channel:path}", ws_endpoint),
+        Route("/sse/{channel:anytext}", sse_endpoint),
+        Route("/poll/{channel:anytext}", poll_endpoint),
+        Route("/publish/{channel:anytext}", publish_endpoint, methods=["POST"]),
+        WebSocketRoute("/ws/{channel:anytext}", ws_endpoint),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
     middleware = [_cors(settings)] if settings.allowed_origins else []

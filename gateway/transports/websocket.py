@@ -118,10 +118,21 @@ async def _write(websocket: WebSocket, sub: Subscription, lock: anyio.Lock) -> N
         with anyio.move_on_after(SEND_TIMEOUT_S) as sending:
             async with lock:
                 for item in items:
-                    await websocket.send_text(_encode(item))
+                    if not await _send(websocket, _encode(item), sub):
+                        return
         if sending.cancelled_caught:  # the client stopped reading: treat it as lagging
             sub.close(CloseReason.SLOW_CONSUMER)
             return
+
+
+async def _send(websocket: WebSocket, text: str, sub: Subscription) -> bool:
+    """Send one frame; False (and the subscription closed) when the client is gone."""
+    try:
+        await websocket.send_text(text)
+    except (WebSocketDisconnect, RuntimeError, OSError):  # closing under our feet
+        sub.close(CloseReason.CLIENT_GONE)
+        return False
+    return True
 
 
 async def _read(
@@ -148,7 +159,8 @@ async def _read(
             return TooLarge(f"frame larger than {most} bytes")
         reply = await _handle_frame(text, gateway, sub.channel, rights, limiter)
         async with lock:
-            await websocket.send_text(reply)
+            if not await _send(websocket, reply, sub):
+                return None
 
 
 async def _handle_frame(
