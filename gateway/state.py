@@ -42,9 +42,7 @@ class Gateway:
     def check_capacity(self) -> None:
         """Refuse a new connection past ``GATEWAY_MAX_CONNECTIONS`` (503, WS 1013)."""
         if self.open_connections >= self.settings.max_connections:
-            raise Overloaded(
-                f"this process holds {self.open_connections} connections, its maximum"
-            )
+            raise Overloaded(f"this process holds {self.open_connections} connections, its maximum")
 
     @contextmanager
     def connection(self, transport: str, channel: str) -> Iterator[Connection]:
@@ -58,7 +56,16 @@ class Gateway:
         self.open_connections += 1
         self.metrics.opened(transport)
         started = time.monotonic()
-        logger.info("open %s", _fields(conn=conn.id, transport=transport, channel=channel))
+        # A long-poll is one request per message or timeout: at thousands of
+        # clients its two lines a request cost more CPU than the delivery.
+        # Polls log at DEBUG, but for an end out of the ordinary (shutdown,
+        # a refusal, an error); their counts are in /metrics either way.
+        level = logging.DEBUG if transport == "poll" else logging.INFO
+        logs = logger.isEnabledFor(level)
+        if logs:
+            logger.log(
+                level, "open %s", _fields(conn=conn.id, transport=transport, channel=channel)
+            )
         try:
             yield conn
         except GatewayError as exc:
@@ -70,16 +77,23 @@ class Gateway:
         finally:
             self.open_connections -= 1
             self.metrics.closed(transport)
-            logger.info(
-                "close %s",
-                _fields(
-                    conn=conn.id,
-                    transport=transport,
-                    channel=channel,
-                    duration_s=f"{time.monotonic() - started:.3f}",
-                    reason=conn.reason,
-                ),
-            )
+            routine = transport == "poll" and conn.reason in ROUTINE_POLL_ENDS
+            if logs or not routine:
+                _log_close(level if routine else logging.INFO, conn, started)
+
+
+ROUTINE_POLL_ENDS = frozenset({"answered", "timed out"})
+
+
+def _log_close(level: int, conn: Connection, started: float) -> None:
+    fields = _fields(
+        conn=conn.id,
+        transport=conn.transport,
+        channel=conn.channel,
+        duration_s=f"{time.monotonic() - started:.3f}",
+        reason=conn.reason,
+    )
+    logger.log(level, "close %s", fields)
 
 
 def _fields(**fields: object) -> str:

@@ -1,15 +1,20 @@
 """``WS /ws/{channel}``: one text frame per message; publish frames in.
 
-Reader and writer run in one task group; the first to finish cancels the
-other. Refusals after the handshake are close frames with a reason: 1008
-for a bad request or a missing right, 1013 for a lagging client or a full
+The writer is the connection's own task; the reader runs beside it in a
+task group, and the first to finish cancels the other. The reader's acks
+and errors are queued to the writer (one writer: no lock), and a write
+blocked too long is cut by the hub's watchdog, not by a timer per write.
+Refusals after the handshake are close frames with a reason: 1008 for a
+bad request or a missing right, 1013 for a lagging client or a full
 process, 1012 when the server restarts (reconnect elsewhere with your cursor).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import deque
 
 import anyio
 import orjson
@@ -26,10 +31,11 @@ logger = logging.getLogger(__name__)
 
 BATCH = 256
 MAX_CLOSE_REASON_BYTES = 123  # a control frame carries 125 bytes, 2 of them the code
-SEND_TIMEOUT_S = 30.0  # a client that takes no frame for this long is stalled
+SEND_TIMEOUT_S = 30.0  # for the close frame: a stalled client may never take it
 CLOSE_CODES = {
     CloseReason.SLOW_CONSUMER: 1013,
     CloseReason.SHUTDOWN: 1012,
+    CloseReason.STALLED: 1013,
     CloseReason.CLIENT_GONE: 1000,
 }
 
@@ -84,21 +90,26 @@ def _close_reason(reason: str) -> str:
 async def _serve(
     websocket: WebSocket, gateway: Gateway, sub: Subscription, rights: Rights, conn: Connection
 ) -> None:
-    lock = anyio.Lock()
+    replies: deque[str] = deque()  # acks and errors, written by the writer: one writer, no lock
     refusals: list[GatewayError] = []
-    async with anyio.create_task_group() as tasks:
+    sub.writer = asyncio.current_task()
+    try:
+        async with anyio.create_task_group() as tasks:
 
-        async def writer() -> None:
-            await _write(websocket, sub, lock)
+            async def reader() -> None:
+                refusal = await _read(websocket, gateway, sub, rights, replies)
+                refusals.extend([refusal] if refusal else [])
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(reader)
+            await _write(websocket, sub, replies)
             tasks.cancel_scope.cancel()
-
-        async def reader() -> None:
-            refusal = await _read(websocket, gateway, sub, rights, lock)
-            refusals.extend([refusal] if refusal else [])
-            tasks.cancel_scope.cancel()
-
-        tasks.start_soon(writer)
-        tasks.start_soon(reader)
+    except asyncio.CancelledError:
+        if sub.close_reason is not CloseReason.STALLED:
+            raise
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        conn.reason = CloseReason.STALLED.value
+        return  # no close frame: it would block like the write did
     if refusals:
         conn.reason = refusals[0].reason
         await _close(websocket, refusals[0].close_code, refusals[0].reason)
@@ -107,36 +118,42 @@ async def _serve(
         await _close(websocket, CLOSE_CODES[sub.close_reason], sub.close_reason.value)
 
 
-async def _write(websocket: WebSocket, sub: Subscription, lock: anyio.Lock) -> None:
+async def _write(websocket: WebSocket, sub: Subscription, replies: deque[str]) -> None:
+    """Frames to the client; a write blocked for ``hub.STALL_S`` is cut by the hub's watchdog."""
     while True:
+        while replies:
+            if not await _send(websocket, replies.popleft(), sub):
+                return
         items = sub.take(BATCH)
         if not items:
             if sub.closed:
                 return
             await sub.wait()
             continue
-        with anyio.move_on_after(SEND_TIMEOUT_S) as sending:
-            async with lock:
-                for item in items:
-                    if not await _send(websocket, _encode(item), sub):
-                        return
-        if sending.cancelled_caught:  # the client stopped reading: treat it as lagging
-            sub.close(CloseReason.SLOW_CONSUMER)
-            return
+        for item in items:
+            if not await _send(websocket, _encode(item), sub):
+                return
 
 
 async def _send(websocket: WebSocket, text: str, sub: Subscription) -> bool:
     """Send one frame; False (and the subscription closed) when the client is gone."""
+    sub.sending_since = time.monotonic()
     try:
         await websocket.send_text(text)
     except (WebSocketDisconnect, RuntimeError, OSError):  # closing under our feet
         sub.close(CloseReason.CLIENT_GONE)
         return False
+    finally:
+        sub.sending_since = 0.0
     return True
 
 
 async def _read(
-    websocket: WebSocket, gateway: Gateway, sub: Subscription, rights: Rights, lock: anyio.Lock
+    websocket: WebSocket,
+    gateway: Gateway,
+    sub: Subscription,
+    rights: Rights,
+    replies: deque[str],
 ) -> GatewayError | None:
     """Answer the client's frames until it leaves; a frame too large ends it (1009)."""
     limiter = _RateLimit(gateway.settings.publish_rate)
@@ -157,10 +174,8 @@ async def _read(
         # (the Procfile and ``python -m gateway`` do); this holds without it.
         if size > most:
             return TooLarge(f"frame larger than {most} bytes")
-        reply = await _handle_frame(text, gateway, sub.channel, rights, limiter)
-        async with lock:
-            if not await _send(websocket, reply, sub):
-                return None
+        replies.append(await _handle_frame(text, gateway, sub.channel, rights, limiter))
+        sub.poke()  # wake the writer; WebSocket subscriptions take no heartbeat from it
 
 
 async def _handle_frame(
