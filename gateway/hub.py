@@ -171,6 +171,13 @@ class Hub:
         if not done.cancelled():
             done.exception()  # retrieved here: every waiter may have left
 
+    def waiting(self, channel: str, cursor: Cursor, limit: int) -> list[Message] | None:
+        """Messages after ``cursor`` this process surely holds (no broker read, no join)."""
+        state = self.channels.get(channel)
+        if state is None or state.pending is not None:
+            return None
+        return state.recent.after(cursor, limit)
+
     def latest(self, channel: str) -> Cursor:
         """The newest id this process delivered on a joined channel."""
         state = self.channels.get(channel)
