@@ -70,7 +70,7 @@ def test_overflow_closes_the_subscription_and_drops_its_buffer():
     assert all(sub.offer(_message(n)) for n in range(3))
     assert sub.offer(_message(3)) is False
     assert sub.close_reason is CloseReason.SLOW_CONSUMER
-    assert sub.take(10) == [] and len(sub.live) == 0
+    assert sub.take(10) == [] and len(sub.queue) == 0
 
 
 def test_history_and_live_overlap_is_delivered_once_in_order():
