@@ -6,6 +6,7 @@ without touching anyone else's. Nothing here mocks anything.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -13,14 +14,30 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 20.0
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the test process dies, however it dies.
+
+    A test run killed mid-way (a timeout, ^C) would otherwise leave servers
+    running, and their CPU would skew every later test and benchmark.
+    """
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _death_pact() -> Callable[[], None] | None:
+    """PDEATHSIG follows the *thread* that started the child: only the main one lives long."""
+    return _die_with_parent if threading.current_thread() is threading.main_thread() else None
 
 
 def free_port() -> int:
@@ -90,7 +107,9 @@ class RedisServer:
                 "--tls-key-file",
                 f"{self.tls_dir}/key.pem",
             ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_death_pact()
+        )
         wait_until(self.ping)
         return self
 
@@ -164,7 +183,9 @@ class GatewayServer:
             "warning",
         ]
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=log)
+        self.proc = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=log, stderr=log, preexec_fn=_death_pact()
+        )
         log.close()
         try:
             wait_until(self.ready if wait_ready else self.alive)
