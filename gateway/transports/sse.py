@@ -4,9 +4,11 @@ Why not sse-starlette's ``EventSourceResponse`` (which we used first): per
 connection it runs a task group of four tasks (stream, ping, exit listener,
 disconnect listener) and opens a cancel scope around every send. Measured
 with ``bench/`` (see bench/README.md), that was most of our 48 KB of RSS per
-idle connection and a fifth of the CPU per delivery. Here one connection
-costs the ASGI task itself plus one parked ``receive()`` that notices the
-client leaving; the heartbeat is a timeout on the subscription's wait.
+idle connection and a fifth of the CPU per delivery. Here a connection is
+the ASGI task alone: no extra task, no timer. A client that left is noticed
+by a receive that does not wait, asked about once a second while messages
+flow and at each heartbeat when idle (uvicorn drops sends to it silently
+meanwhile).
 
 * Items are pre-encoded ``bytes`` (``Message.sse``, built once per message);
   everything queued is written in one chunk, so a burst costs one write.
@@ -27,6 +29,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -39,6 +42,7 @@ from gateway.transports.common import check_channel, resume_from
 
 BATCH = 256
 WRITE_BYTES = 65536
+LEFT_CHECK_S = 1.0
 OPENING = b": subscribed\n\n"
 HEARTBEAT = b":\n\n"
 RECONNECT_HINT = b"retry: 1000\n\n"
@@ -87,15 +91,13 @@ class EventStream(Response):
                 async with gateway.hub.subscribe(self.channel, self.cursor, self.last) as sub:
                     sub.wants_heartbeat = True
                     sub.writer = asyncio.current_task()
-                    leaving = await _watch_disconnect(receive, sub)
+                    await receive()  # the (empty) request body of a GET
                     try:
-                        await _pump(sub, _writer(sub, send))
+                        await _pump(sub, _writer(sub, send), receive)
                     except asyncio.CancelledError:
                         if sub.close_reason is not CloseReason.STALLED:
                             raise
                         asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                    finally:
-                        leaving.cancel()
                     conn.reason = (sub.close_reason or CloseReason.CLIENT_GONE).value
                     return sub.close_reason is not CloseReason.STALLED
             except GatewayError as exc:  # the broker went away while we joined
@@ -117,30 +119,37 @@ def _writer(sub: Subscription, send: Send) -> Write:
     return write
 
 
-async def _watch_disconnect(receive: Receive, sub: Subscription) -> asyncio.Task[object]:
-    """Close ``sub`` when the client leaves: uvicorn ignores sends after that."""
-    await receive()  # the (empty) request body of a GET
-
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        sub.close(CloseReason.CLIENT_GONE)
-
-    return asyncio.ensure_future(watch())
+async def _client_left(receive: Receive) -> bool:
+    """Whether the client has gone, without waiting (uvicorn ignores sends after that)."""
+    with anyio.CancelScope() as scope:
+        scope.cancel()  # a receive that would wait is cancelled at once
+        message = await receive()
+        return bool(message["type"] == "http.disconnect")
+    return False
 
 
-async def _pump(sub: Subscription, write: Write) -> None:
+async def _pump(sub: Subscription, write: Write, receive: Receive) -> None:
     await write(OPENING)
+    checked_at = time.monotonic()
     while True:
         items = sub.take(BATCH)
         if items:
+            # A busy stream asks whether its client left about once a second.
+            if time.monotonic() - checked_at > LEFT_CHECK_S:
+                checked_at = time.monotonic()
+                if await _client_left(receive):
+                    sub.close(CloseReason.CLIENT_GONE)
+                    return
             await _write_batch(write, items)
             continue
         if sub.closed:
             if sub.close_reason is not CloseReason.CLIENT_GONE:
                 await write(RECONNECT_HINT)
             return
-        if sub.poked():
+        if sub.poked():  # a heartbeat: also the time to notice a client that left
+            if await _client_left(receive):
+                sub.close(CloseReason.CLIENT_GONE)
+                return
             await write(HEARTBEAT)
             continue
         await sub.wait()
