@@ -144,9 +144,8 @@ class Hub:
         self, channel: str, cursor: Cursor | None, last: int | None
     ) -> list[Item]:
         if cursor is not None:
-            state = self.channels.get(channel)
             size = self.settings.history_size
-            recent = state.recent.after(cursor, size) if state is not None else None
+            recent = self.waiting(channel, cursor, size)
             if recent is not None:
                 return list(recent)
             history = await self._read_history(channel, cursor, size)

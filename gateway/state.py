@@ -36,7 +36,6 @@ class Gateway:
     metrics: Metrics
     guard: Guard
     open_connections: int = 0
-    draining: bool = field(default=False)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def check_capacity(self) -> None:
