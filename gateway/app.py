@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from gateway.auth import Guard
 from gateway.brokers import make_broker
@@ -30,6 +31,7 @@ from gateway.publish import publish_endpoint
 from gateway.settings import Settings
 from gateway.state import Gateway, gateway_of
 from gateway.stats import stats_running
+from gateway.transports.direct import RAW_SEND
 from gateway.transports.longpoll import poll_endpoint
 from gateway.transports.sse import sse_endpoint
 from gateway.transports.websocket import ws_endpoint
@@ -53,6 +55,18 @@ class _AnyText(Convertor[str]):
 
 
 register_url_convertor("anytext", _AnyText())
+
+
+class GatewayApp(Starlette):
+    """Starlette, keeping the server's own ``send`` in the scope for the fan-out's fast path.
+
+    Middleware wraps ``send``; the transports need the server's object
+    behind it to write straight to a socket (transports/direct.py).
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[RAW_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -84,7 +98,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
     middleware = [_cors(settings)] if settings.allowed_origins else []
-    return Starlette(
+    return GatewayApp(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -32,7 +32,7 @@ from gateway.metrics import Metrics
 from gateway.recent import RECENT_SIZE, Recent
 from gateway.settings import Settings
 from gateway.shutdown import wait_for_exit_signal
-from gateway.subscription import GAP, CloseReason, Item, Subscription
+from gateway.subscription import GAP, Batch, CloseReason, Item, Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ LINGER_S = 5.0
 CANARY_INTERVAL_S = 1.0
 READY_WINDOW_S = 3.0
 STALL_S = 30.0  # a client write blocked this long: the client is gone or stalled
+# A fan-out batch: one write per subscriber whose socket takes it at once.
+# Bounded so that a backfill of a whole history never lands in one write.
+BATCH_ITEMS = 64
+BATCH_BYTES = 65536
 
 
 class _Channel:
@@ -120,14 +124,16 @@ class Hub:
 
     # -- broker listener ------------------------------------------------
 
-    def on_message(self, message: Message) -> None:
-        state = self.channels.get(message.channel)
-        if state is None:
+    def on_messages(self, messages: list[Message]) -> None:
+        """Live messages, as many as the broker read at once, in order."""
+        if len(messages) == 1:
+            self._arrived(messages[0].channel, messages)
             return
-        if state.pending is not None:
-            state.pending.append(message)
-            return
-        self._deliver(state, message)
+        by_channel: dict[str, list[Message]] = {}
+        for message in messages:
+            by_channel.setdefault(message.channel, []).append(message)
+        for channel, batch in by_channel.items():
+            self._arrived(channel, batch)
 
     def on_link_restored(self) -> None:
         self.metrics.broker_reconnects.inc()
@@ -204,6 +210,15 @@ class Hub:
             if self.channels.get(channel) is not state:
                 raise BrokerUnavailable("the broker could not subscribe this channel")
 
+    def _arrived(self, channel: str, messages: list[Message]) -> None:
+        state = self.channels.get(channel)
+        if state is None:
+            return
+        if state.pending is not None:
+            state.pending.extend(messages)
+            return
+        self._deliver(state, messages)
+
     def _leave(self, channel: str, sub: Subscription) -> None:
         state = self.channels.get(channel)
         if state is not None:
@@ -211,34 +226,37 @@ class Hub:
             if not state.subs:
                 state.idle_since = time.monotonic()
 
-    def _deliver(self, state: _Channel, message: Message) -> None:
-        if message.epoch is not None:
-            last = state.last
-            if (
-                last is not None
-                and last.epoch == message.epoch
-                and message.position <= last.position
-            ):
-                return
-            if last is not None and last.epoch is not None and last.epoch != message.epoch:
-                self._fan_out(state, GAP)
-            state.last = message.cursor
-            state.recent.append(message)
-            if message.published_at:
-                self.metrics.latency.observe(max(0.0, time.time() - message.published_at))
-        self._fan_out(state, message)
-        self.metrics.delivered.inc(len(state.subs))
+    def _deliver(self, state: _Channel, messages: list[Message]) -> None:
+        """Drop what the channel delivered already, say a new epoch as a gap, fan out the rest."""
+        items: list[Item] = []
+        delivered = 0
+        for message in messages:
+            if message.epoch is not None:
+                last = state.last
+                if last is not None and last.epoch == message.epoch:
+                    if message.position <= last.position:
+                        continue
+                elif last is not None and last.epoch is not None:
+                    items.append(GAP)
+                state.last = message.cursor
+                state.recent.append(message)
+                if message.published_at:
+                    self.metrics.latency.observe(max(0.0, time.time() - message.published_at))
+            items.append(message)
+            delivered += 1
+        for batch in _batches(items):
+            self._fan_out(state, batch)
+        self.metrics.delivered.inc(delivered * len(state.subs))
 
-    def _fan_out(self, state: _Channel, item: Item) -> None:
-        dropped = [sub for sub in state.subs if not sub.offer(item)]
+    def _fan_out(self, state: _Channel, batch: Batch) -> None:
+        dropped = [sub for sub in state.subs if not sub.offer_batch(batch)]
         for sub in dropped:
             state.subs.discard(sub)
             self.metrics.slow_consumer_drops.inc()
 
     def _flush_pending(self, state: _Channel) -> None:
         pending, state.pending = state.pending or [], None
-        for message in pending:
-            self._deliver(state, message)
+        self._deliver(state, pending)
 
     async def _backfill(self, channel: str, state: _Channel) -> None:
         try:
@@ -250,11 +268,10 @@ class Hub:
             self._flush_pending(state)
             return
         if history.gap:
-            self._fan_out(state, GAP)
+            self._fan_out(state, Batch([GAP]))
             state.last = None  # said once: the new epoch's messages follow
             state.recent.reset(None)
-        for message in history.messages:
-            self._deliver(state, message)
+        self._deliver(state, history.messages)
         self._flush_pending(state)
 
     async def _exit_watcher(self) -> None:
@@ -306,3 +323,16 @@ class Hub:
                     await self.broker.unsubscribe(name)
                 except Exception:
                     logger.warning("unsubscribe of %s failed", name, exc_info=True)
+
+
+def _batches(items: list[Item]) -> Iterator[Batch]:
+    """``items`` cut into batches of at most ``BATCH_ITEMS`` items and about ``BATCH_BYTES``."""
+    if len(items) == 1:
+        yield Batch(items)
+        return
+    start = size = 0
+    for end, item in enumerate(items, 1):
+        size += len(item.data) if isinstance(item, Message) else 0
+        if end - start >= BATCH_ITEMS or size >= BATCH_BYTES or end == len(items):
+            yield Batch(items[start:end])
+            start, size = end, 0

@@ -95,6 +95,7 @@ class Message:
     published_at: float = 0.0
     _sse: bytes | None = None
     _ws: str | None = None
+    _ws_frame: bytes | None = None
     _json: bytes | None = None
 
     @property
@@ -125,11 +126,58 @@ class Message:
         return self._ws
 
     @property
+    def ws_frame(self) -> bytes:
+        """``ws_text`` as a whole server-to-client WebSocket frame (RFC 6455, unmasked)."""
+        if self._ws_frame is None:
+            self._ws_frame = ws_frame(self.ws_text.encode())
+        return self._ws_frame
+
+    @property
     def sse(self) -> bytes:
         """One complete SSE event, per the WHATWG event-stream grammar."""
         if self._sse is None:
             self._sse = sse_frame(self.event, self.data, self.id)
         return self._sse
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """History no longer holds everything after the client's cursor."""
+
+
+GAP = Gap()
+Item = Message | Gap
+
+
+class Batch:
+    """Items fanned out together: each wire's bytes are built once for every subscriber.
+
+    A subscriber that takes the whole batch gets the very same ``bytes``
+    object (one write of it per client), however many subscribers there are.
+    """
+
+    __slots__ = ("_sse", "_ws", "items")
+
+    def __init__(self, items: list[Item]) -> None:
+        self.items = items
+        self._sse: bytes | None = None
+        self._ws: bytes | None = None
+
+    @property
+    def sse_chunk(self) -> bytes:
+        """The SSE events of the batch as one HTTP/1.1 chunk: size in hex, CRLF, events, CRLF."""
+        if self._sse is None:
+            body = b"".join(GAP_SSE if isinstance(i, Gap) else i.sse for i in self.items)
+            self._sse = b"%x\r\n%b\r\n" % (len(body), body)
+        return self._sse
+
+    @property
+    def ws_frames(self) -> bytes:
+        """One WebSocket frame per item, back to back."""
+        if self._ws is None:
+            frames = (GAP_WS_FRAME if isinstance(i, Gap) else i.ws_frame for i in self.items)
+            self._ws = b"".join(frames)
+        return self._ws
 
 
 def sse_frame(event: str, data: str, event_id: str = "") -> bytes:
@@ -148,5 +196,16 @@ def _sse_lines(data: str) -> list[str]:
     return data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
+def ws_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame: what a server sends (RFC 6455 section 5.2)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 1 << 16:
+        return bytes((0x81, 126)) + size.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + size.to_bytes(8, "big") + payload
+
+
 GAP_SSE = sse_frame("gap", '{"type":"gap"}')
 GAP_WS = '{"type":"gap"}'
+GAP_WS_FRAME = ws_frame(GAP_WS.encode())

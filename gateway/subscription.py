@@ -8,8 +8,15 @@ close after what it already took, and its transport tells the client to
 resume from its cursor (SSE: the stream ends; WebSocket: close 1013
 "lagged"; long-poll never lags, it takes what is queued).
 
-History read on resume goes to ``backlog`` and is not counted against the
+History read on resume is queued ahead and is not counted against the
 limit: it is bounded by the history size and read by the subscriber itself.
+
+Fast path: once the transport has attached a ``sink`` (transports/direct.py),
+an offer that finds nothing queued and the socket writable goes straight
+to the socket (the batch's bytes, framed once for all subscribers): no
+queue, no wakeup. Anything queued, a paused socket, or a resume still
+loading sends the offer to the queue instead, so order holds; the writer
+drains the queue through the same sink when the socket takes writes again.
 
 Duplicates are dropped by id: a message at or before ``last`` (same epoch)
 was already given to this client, from history or live.
@@ -20,9 +27,14 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import deque
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from gateway.message import Cursor, Message
+from gateway.message import GAP, Batch, Cursor, Gap, Item, Message
+
+if TYPE_CHECKING:
+    from gateway.transports.direct import Sink
+
+__all__ = ["GAP", "Batch", "CloseReason", "Gap", "Item", "Subscription"]
 
 
 class CloseReason(enum.Enum):
@@ -30,15 +42,6 @@ class CloseReason(enum.Enum):
     STALLED = "stalled: a write blocked too long"
     SLOW_CONSUMER = "lagged"
     SHUTDOWN = "server shutting down"
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """History no longer holds everything after the client's cursor."""
-
-
-GAP = Gap()
-Item = Message | Gap
 
 
 class Subscription:
@@ -54,14 +57,17 @@ class Subscription:
         "_poked",
         "_signalled",
         "_waiter",
+        "caught_up",
         "channel",
         "close_reason",
         "history_left",
         "last",
         "limit",
         "queue",
+        "replies_owed",
         "resuming",
         "sending_since",
+        "sink",
         "wants_heartbeat",
         "writer",
     )
@@ -79,6 +85,7 @@ class Subscription:
         # While history is being read, live items queue unfiltered: the
         # dedupe against history happens in ``load_history``.
         self.resuming = True
+        self.caught_up = False
         self.close_reason: CloseReason | None = None
         self._signalled = False
         self._waiter: asyncio.Future[None] | None = None
@@ -88,21 +95,43 @@ class Subscription:
         self.sending_since = 0.0
         self.wants_heartbeat = False
         self._poked = False
+        self.sink: Sink | None = None  # set by the transport once its stream is open
+        self.replies_owed = 0  # answers (WS acks) to write before any message goes direct
 
     @property
     def closed(self) -> bool:
         return self.close_reason is not None
 
     def offer(self, item: Item) -> bool:
-        """Queue a live item without waiting; False when it overflowed the buffer."""
+        """``offer_batch`` of one item."""
+        return self.offer_batch(Batch([item]))
+
+    def offer_batch(self, batch: Batch) -> bool:
+        """Write or queue live items without waiting; False when they overflowed the buffer."""
         if self.close_reason is not None:
             return True
-        if not self.resuming and not self._is_new(item):
+        if self.resuming:
+            return self._enqueue(batch.items)
+        if not self.caught_up:
+            items = batch.items
+            fresh = [item for item in items if self._is_new(item)]
+            if len(fresh) != len(items):  # some came in the history already: not the shared bytes
+                if not fresh:
+                    return True
+                batch = Batch(fresh)
+            # Past the history's end: the hub delivers each id once, so no more checks.
+            self.caught_up = any(isinstance(i, Message) and i.epoch is not None for i in fresh)
+        sink = self.sink
+        if sink is not None and not self.queue and not self.replies_owed and sink.ready():
+            sink.write(batch)
             return True
-        if len(self.queue) - self.history_left >= self.limit:
+        return self._enqueue(batch.items)
+
+    def _enqueue(self, items: list[Item]) -> bool:
+        if len(self.queue) - self.history_left + len(items) > self.limit:
             self.close(CloseReason.SLOW_CONSUMER)
             return False
-        self.queue.append(item)
+        self.queue.extend(items)
         self._signal()
         return True
 
@@ -127,10 +156,23 @@ class Subscription:
             self.history_left = 0
         self._signal()
 
-    def take(self, most: int) -> list[Item]:
-        """Remove and return up to ``most`` queued items, history first."""
+    def take(self, most: int, budget: int = 0) -> list[Item]:
+        """Remove and return up to ``most`` queued items, history first.
+
+        With a ``budget``, stop once the data taken reaches that many
+        characters (at least one item is taken).
+        """
         queue = self.queue
-        taken = [queue.popleft() for _ in range(min(most, len(queue)))]
+        count = min(most, len(queue))
+        if budget:
+            size = 0
+            for index in range(count):
+                item = queue[index]
+                size += len(item.data) if isinstance(item, Message) else 0
+                if size >= budget:
+                    count = index + 1
+                    break
+        taken = [queue.popleft() for _ in range(count)]
         self.history_left = max(0, self.history_left - len(taken))
         if not queue and self.close_reason is None:
             self._signalled = False

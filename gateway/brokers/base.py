@@ -19,8 +19,12 @@ class History(NamedTuple):
 
 
 class BrokerListener(Protocol):
-    def on_message(self, message: Message) -> None:
-        """A live message of a subscribed channel; must return without waiting."""
+    def on_messages(self, messages: list[Message]) -> None:
+        """Live messages of subscribed channels, in order; must return without waiting.
+
+        A broker hands over together what it received together (one socket
+        read), so that the hub fans them out as one batch: one write per client.
+        """
 
     def on_link_restored(self) -> None:
         """The broker link was lost and is back: backfill every channel."""

@@ -54,7 +54,7 @@ class MemoryBroker:
         if len(state.history) > self.history_size:
             state.trimmed = state.history.popleft().position
         if channel in self._subscribed and self._listener is not None:
-            self._listener.on_message(message)
+            self._listener.on_messages([message])
         return message
 
     async def subscribe(self, channel: str) -> None:

@@ -12,9 +12,11 @@ Decisions:
   (never a ``PSUBSCRIBE`` firehose). We own that connection's loop instead of
   redis-py's ``PubSub``, whose reconnect-and-resubscribe happens silently:
   the hub must *know* the link was lost so it can backfill from history.
-* The reader never waits on subscribers: each message is handed to the hub
-  by a plain call. A reader that lagged would be cut off by Redis itself
-  (``client-output-buffer-limit pubsub``).
+* The reader never waits on subscribers: messages are handed to the hub by
+  a plain call. A reader that lagged would be cut off by Redis itself
+  (``client-output-buffer-limit pubsub``). Every message parsed from what
+  one socket read brought is handed over together, at the end of that loop
+  turn (``call_soon``), so a burst is fanned out as one batch.
 * A half-open TCP link looks alive. The hub's canary publishes to this
   process's own canary name and waits for it on the pub/sub link; after
   ``DEAF_AFTER`` failed round-trips the link is dropped and rebuilt.
@@ -68,6 +70,7 @@ class RedisBroker:
         self._failed_canaries = 0
         self._heard_at = 0.0  # when the pub/sub link last delivered anything
         self._reader: asyncio.Task[None] | None = None
+        self._burst: list[Message] = []  # parsed, not yet handed to the listener
 
     # -- lifetime -----------------------------------------------------------
 
@@ -252,10 +255,17 @@ class RedisBroker:
                 arrived = self._canaries.get(payload)
                 if arrived is not None and not arrived.done():
                     arrived.set_result(None)
-            elif self._listener is not None:
-                self._listener.on_message(self._decode(name, payload))
+            else:
+                if not self._burst:
+                    asyncio.get_running_loop().call_soon(self._hand_over)
+                self._burst.append(self._decode(name, payload))
         elif kind == b"subscribe":
             self._confirmed.setdefault(name, asyncio.Event()).set()
+
+    def _hand_over(self) -> None:
+        burst, self._burst = self._burst, []
+        if self._listener is not None:
+            self._listener.on_messages(burst)
 
     def _decode(self, name: bytes, payload: bytes) -> Message:
         channel = name.decode()[len(self.prefix) + 2 : -1]

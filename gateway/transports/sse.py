@@ -10,8 +10,11 @@ by a receive that does not wait, asked about once a second while messages
 flow and at each heartbeat when idle (uvicorn drops sends to it silently
 meanwhile).
 
-* Items are pre-encoded ``bytes`` (``Message.sse``, built once per message);
-  everything queued is written in one chunk, so a burst costs one write.
+* Under uvicorn, once the stream is open the hub writes each batch's
+  chunk straight to the socket (transports/direct.py): no task wakes per
+  message. Elsewhere, items are pre-encoded ``bytes`` (``Message.sse``,
+  built once per message) written through ASGI, everything queued in one
+  chunk, so a burst costs one write.
 * The stream opens with a comment (the first bytes say "subscribed", and
   no client dispatches an event for a comment); the heartbeat is a bare
   comment every ``GATEWAY_HEARTBEAT`` seconds.
@@ -39,6 +42,7 @@ from gateway.message import GAP_SSE, Cursor
 from gateway.state import Gateway, gateway_of
 from gateway.subscription import CloseReason, Gap, Item, Subscription
 from gateway.transports.common import check_channel, resume_from
+from gateway.transports.direct import chunked_sink, write_queued
 
 BATCH = 256
 WRITE_BYTES = 65536
@@ -79,11 +83,11 @@ class EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-        if scope.get("method") == "HEAD" or await self._stream(receive, send):
+        if scope.get("method") == "HEAD" or await self._stream(scope, receive, send):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         # else a stalled client: no last write to block on; uvicorn drops the connection
 
-    async def _stream(self, receive: Receive, send: Send) -> bool:
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Stream until the subscription ends; False when the client stalled."""
         gateway = self.gateway
         with gateway.connection("sse", self.channel) as conn:
@@ -93,7 +97,7 @@ class EventStream(Response):
                     sub.writer = asyncio.current_task()
                     await receive()  # the (empty) request body of a GET
                     try:
-                        await _pump(sub, _writer(sub, send), receive)
+                        await _pump(sub, _writer(sub, send), receive, scope)
                     except asyncio.CancelledError:
                         if sub.close_reason is not CloseReason.STALLED:
                             raise
@@ -128,10 +132,15 @@ async def _client_left(receive: Receive) -> bool:
     return False
 
 
-async def _pump(sub: Subscription, write: Write, receive: Receive) -> None:
+async def _pump(sub: Subscription, write: Write, receive: Receive, scope: Scope) -> None:
     await write(OPENING)
+    sink = sub.sink = chunked_sink(scope)
     checked_at = time.monotonic()
     while True:
+        if sink is not None and sub.queue:
+            if not await write_queued(sub, sink):
+                sub.close(CloseReason.CLIENT_GONE)
+            continue
         items = sub.take(BATCH)
         if items:
             # A busy stream asks whether its client left about once a second.

@@ -1,7 +1,10 @@
 """``WS /ws/{channel}``: one text frame per message; publish frames in.
 
 The writer is the connection's own task; the reader runs beside it in a
-task group, and the first to finish cancels the other. The reader's acks
+task group, and the first to finish cancels the other. Under uvicorn, once
+the socket is accepted the hub writes each batch's frames straight to it
+(transports/direct.py) and the writer only drains what queued while the
+socket was paused. The reader's acks
 and errors are queued to the writer (one writer: no lock), and a write
 blocked too long is cut by the hub's watchdog, not by a timer per write.
 Refusals after the handshake are close frames with a reason: 1008 for a
@@ -26,6 +29,7 @@ from gateway.message import GAP_WS, check_event
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason, Gap, Item, Subscription
 from gateway.transports.common import check_channel, resume_from
+from gateway.transports.direct import frame_sink, write_queued
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +124,18 @@ async def _serve(
 
 async def _write(websocket: WebSocket, sub: Subscription, replies: deque[str]) -> None:
     """Frames to the client; a write blocked for ``hub.STALL_S`` is cut by the hub's watchdog."""
+    sink = sub.sink = frame_sink(websocket.scope)
     while True:
         while replies:
-            if not await _send(websocket, replies.popleft(), sub):
+            sent = await _send(websocket, replies.popleft(), sub)
+            sub.replies_owed -= 1
+            if not sent:
                 return
+        if sink is not None and sub.queue:
+            if not await write_queued(sub, sink):
+                sub.close(CloseReason.CLIENT_GONE)
+                return
+            continue
         items = sub.take(BATCH)
         if not items:
             if sub.closed:
@@ -174,6 +186,9 @@ async def _read(
         # (the Procfile and ``python -m gateway`` do); this holds without it.
         if size > most:
             return TooLarge(f"frame larger than {most} bytes")
+        # Until its answer is written, messages go through the writer's queue:
+        # the client gets the ack of its publish before the message itself.
+        sub.replies_owed += 1
         replies.append(await _handle_frame(text, gateway, sub.channel, rights, limiter))
         sub.poke()  # wake the writer; WebSocket subscriptions take no heartbeat from it
 
