@@ -47,7 +47,7 @@ BATCH_BYTES = 65536
 
 
 class _Channel:
-    __slots__ = ("idle_since", "last", "pending", "ready", "recent", "subs")
+    __slots__ = ("delivered_at", "idle_since", "last", "pending", "ready", "recent", "subs")
 
     def __init__(self, recent_size: int) -> None:
         self.subs: set[Subscription] = set()
@@ -57,6 +57,7 @@ class _Channel:
         self.pending: list[Message] | None = []
         self.ready = asyncio.Event()
         self.idle_since: float | None = None
+        self.delivered_at = 0.0
 
 
 class Hub:
@@ -244,6 +245,8 @@ class Hub:
                     self.metrics.latency.observe(max(0.0, time.time() - message.published_at))
             items.append(message)
             delivered += 1
+        if items:
+            state.delivered_at = time.monotonic()
         for batch in _batches(items):
             self._fan_out(state, batch)
         self.metrics.delivered.inc(delivered * len(state.subs))
@@ -291,21 +294,27 @@ class Hub:
             await anyio.sleep(CANARY_INTERVAL_S)
 
     async def _heartbeat_loop(self) -> None:
-        """Every heartbeat: poke the subscriptions that want one, cut stalled writers.
+        """Keep quiet streams alive and cut stalled writers, for every client in one loop.
 
-        One loop for all clients instead of a timer per client per write.
+        No timer per client per write. It ticks every half heartbeat and
+        beats the channels that sent nothing for that long, so no stream is
+        silent for much more than ``GATEWAY_HEARTBEAT`` and a busy one gets
+        no heartbeat at all. A subscription on the fast path gets its
+        heartbeat from its sink, without waking its writer.
         """
-        interval = self.settings.heartbeat_s
+        tick = self.settings.heartbeat_s / 2
         while True:
-            await anyio.sleep(interval)
-            stalled_before = time.monotonic() - STALL_S
+            await anyio.sleep(tick)
+            now = time.monotonic()
+            stalled_before = now - STALL_S
             for state in list(self.channels.values()):
+                quiet = now - state.delivered_at >= tick
                 for sub in list(state.subs):
                     if sub.sending_since and sub.sending_since < stalled_before:
                         sub.close(CloseReason.STALLED)
                         if sub.writer is not None:
                             sub.writer.cancel()
-                    elif sub.wants_heartbeat:
+                    elif sub.wants_heartbeat and not sub.beat(quiet) and quiet:
                         sub.poke()
 
     async def _reaper_loop(self) -> None:

@@ -12,8 +12,8 @@ per client and no task woken at all: what Nchan does in C.
 
 How: ``GatewayApp`` (app.py) puts the server's own ``send`` into the scope
 under ``RAW_SEND``. Once a transport has opened its stream through ASGI
-(SSE: response started; WebSocket: accepted), ``chunked_sink`` or
-``frame_sink`` recognise the uvicorn object behind that ``send`` (its
+(SSE: response started; WebSocket: accepted), ``sse_sink`` or
+``ws_sink`` recognise the uvicorn object behind that ``send`` (its
 httptools HTTP/1.1 cycle with a chunked response, its websockets-sansio
 protocol) and return a sink. For anything else (h11, wsproto, Starlette's
 TestClient, another server, uvicorn at trace level, which wraps ``send``)
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 RAW_SEND = "gateway.raw_send"
 WRITE_ITEMS = 64
 WRITE_BYTES = 65536  # of data per write: a slow client's transport holds about this much
+HEARTBEAT_CHUNK = b"3\r\n:\n\n\r\n"  # an SSE comment as an HTTP/1.1 chunk
 
 
 class Sink(Protocol):
@@ -57,11 +58,14 @@ class Sink(Protocol):
     def write(self, batch: Batch) -> None:
         """Write the batch's bytes now; only after ``ready()`` said so."""
 
+    def heartbeat(self) -> None:
+        """Keep an idle stream alive (SSE: a comment; WebSocket: nothing, uvicorn pings)."""
+
     async def drain(self) -> None:
         """Return once the transport takes writes again (or the connection is lost)."""
 
 
-class ChunkedSink:
+class SseSink:
     """An SSE stream on uvicorn's httptools protocol: chunks written to its transport."""
 
     __slots__ = ("_cycle", "_flow", "_transport")
@@ -81,11 +85,14 @@ class ChunkedSink:
     def write(self, batch: Batch) -> None:
         self._transport.write(batch.sse_chunk)
 
+    def heartbeat(self) -> None:
+        self._transport.write(HEARTBEAT_CHUNK)
+
     async def drain(self) -> None:
         await self._flow.drain()
 
 
-class FrameSink:
+class WsSink:
     """A WebSocket on uvicorn's websockets-sansio protocol: frames written to its transport."""
 
     __slots__ = ("_proto", "_transport")
@@ -108,6 +115,9 @@ class FrameSink:
 
     def write(self, batch: Batch) -> None:
         self._transport.write(batch.ws_frames)
+
+    def heartbeat(self) -> None:
+        pass
 
     async def drain(self) -> None:
         await self._proto.writable.wait()
@@ -134,22 +144,22 @@ async def write_queued(sub: Subscription, sink: Sink) -> bool:
     return True
 
 
-def chunked_sink(scope: Scope) -> ChunkedSink | None:
+def sse_sink(scope: Scope) -> SseSink | None:
     """The fast path for an HTTP response already started with chunked encoding, if any."""
     cycle = _owner(scope, "uvicorn.protocols.http.httptools_impl", "RequestResponseCycle")
     if cycle is None or not cycle.response_started or cycle.chunked_encoding is not True:
         return None
-    return ChunkedSink(cycle)
+    return SseSink(cycle)
 
 
-def frame_sink(scope: Scope) -> FrameSink | None:
+def ws_sink(scope: Scope) -> WsSink | None:
     """The fast path for an accepted WebSocket, if any."""
     proto = _owner(
         scope, "uvicorn.protocols.websockets.websockets_sansio_impl", "WebSocketsSansIOProtocol"
     )
     if proto is None or not proto.handshake_complete or proto.conn.state is not State.OPEN:
         return None
-    return FrameSink(proto)
+    return WsSink(proto)
 
 
 def _owner(scope: Scope, module: str, name: str) -> Any:

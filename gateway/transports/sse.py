@@ -42,7 +42,7 @@ from gateway.message import GAP_SSE, Cursor
 from gateway.state import Gateway, gateway_of
 from gateway.subscription import CloseReason, Gap, Item, Subscription
 from gateway.transports.common import check_channel, resume_from
-from gateway.transports.direct import chunked_sink, write_queued
+from gateway.transports.direct import sse_sink, write_queued
 
 BATCH = 256
 WRITE_BYTES = 65536
@@ -134,7 +134,7 @@ async def _client_left(receive: Receive) -> bool:
 
 async def _pump(sub: Subscription, write: Write, receive: Receive, scope: Scope) -> None:
     await write(OPENING)
-    sink = sub.sink = chunked_sink(scope)
+    sink = sub.sink = sse_sink(scope)
     checked_at = time.monotonic()
     while True:
         if sink is not None and sub.queue:

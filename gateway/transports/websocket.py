@@ -29,7 +29,7 @@ from gateway.message import GAP_WS, check_event
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason, Gap, Item, Subscription
 from gateway.transports.common import check_channel, resume_from
-from gateway.transports.direct import frame_sink, write_queued
+from gateway.transports.direct import write_queued, ws_sink
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ async def _serve(
 
 async def _write(websocket: WebSocket, sub: Subscription, replies: deque[str]) -> None:
     """Frames to the client; a write blocked for ``hub.STALL_S`` is cut by the hub's watchdog."""
-    sink = sub.sink = frame_sink(websocket.scope)
+    sink = sub.sink = ws_sink(websocket.scope)
     while True:
         while replies:
             sent = await _send(websocket, replies.popleft(), sub)
