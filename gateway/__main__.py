@@ -57,7 +57,8 @@ def _serve(settings: Settings, host: str, port: int) -> int:
         "gateway.app:app",
         host=host,
         port=port,
-        loop="auto",
+        loop="gateway.loop:GreedyAcceptLoop",  # uvloop, accepting every waiting connection
+        access_log=False,  # the platform's router logs requests; ours logs connections
         http="auto",
         ws_ping_interval=settings.heartbeat_s,
         ws_ping_timeout=settings.heartbeat_s,

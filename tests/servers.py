@@ -175,6 +175,8 @@ class GatewayServer:
             "127.0.0.1",
             "--port",
             str(self.port),
+            "--loop",
+            "gateway.loop:GreedyAcceptLoop",
             "--ws-per-message-deflate",
             "false",
             "--timeout-graceful-shutdown",

@@ -184,3 +184,39 @@ async def test_a_resume_within_recent_needs_no_broker_read():
             hub.broker.history = no_reads  # type: ignore[method-assign]
             async with hub.subscribe("c", first.cursor) as resumed:
                 assert [m.data for m in resumed.take(10)] == ["b"]
+
+
+def test_a_busy_loop_accepts_every_waiting_connection_at_once():
+    """GreedyAcceptLoop takes all queued connections per wake-up (libuv alone takes one)."""
+    import asyncio
+    import socket
+
+    from gateway.loop import GreedyAcceptLoop
+
+    made: list[asyncio.BaseTransport] = []
+
+    class Count(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            made.append(transport)
+
+    async def scenario() -> int:
+        server = await asyncio.get_running_loop().create_server(Count, "127.0.0.1", 0, backlog=512)
+        port = server.sockets[0].getsockname()[1]
+        # The kernel completes these handshakes on its own: 200 connections wait to be accepted.
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]
+        for _ in range(10):  # ten loop iterations, no more
+            await asyncio.sleep(0)
+        accepted = len(made)
+        for client in clients:
+            client.close()
+        for transport in made:
+            transport.close()
+        server.close()
+        await server.wait_closed()
+        return accepted
+
+    loop = GreedyAcceptLoop()
+    try:
+        assert loop.run_until_complete(scenario()) == 200
+    finally:
+        loop.close()
