@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.auth import Guard
 from gateway.brokers import make_broker
+from gateway.collector import Collector, collector_running
 from gateway.errors import GatewayError
 from gateway.hub import Hub
 from gateway.metrics import Metrics
@@ -82,8 +83,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             logger.warning(
                 "GATEWAY_SECRET is not set: the gateway is OPEN, anyone may read and publish"
             )
-        async with hub.running(), stats_running(hub, metrics, settings.stats_interval_s):
-            yield {"gateway": Gateway(settings, hub, metrics, guard)}
+        gateway = Gateway(settings, hub, metrics, guard)
+        collector = Collector(lambda: gateway.open_connections, lambda: gateway.closed_connections)
+        async with (
+            hub.running(),
+            stats_running(hub, metrics, settings.stats_interval_s),
+            collector_running(collector),
+        ):
+            yield {"gateway": gateway}
 
     routes = [
         Route("/", _index),

@@ -36,6 +36,7 @@ class Gateway:
     metrics: Metrics
     guard: Guard
     open_connections: int = 0
+    closed_connections: int = 0
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def check_capacity(self) -> None:
@@ -75,6 +76,7 @@ class Gateway:
             raise
         finally:
             self.open_connections -= 1
+            self.closed_connections += 1
             self.metrics.closed(transport)
             routine = transport == "poll" and conn.reason in ROUTINE_POLL_ENDS
             if logs or not routine:

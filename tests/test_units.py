@@ -220,3 +220,32 @@ def test_a_busy_loop_accepts_every_waiting_connection_at_once():
         assert loop.run_until_complete(scenario()) == 200
     finally:
         loop.close()
+
+
+def test_the_collector_freezes_long_lived_connections_and_gives_them_back_on_churn():
+    """Quiet ticks freeze survivors; a tick of churn unfreezes; enough closes bring a full pass."""
+    import gc
+
+    from gateway.collector import RECLAIM_AFTER_CLOSED, Collector
+
+    counts = {"open": 2000, "closed": 0}
+    collector = Collector(lambda: counts["open"], lambda: counts["closed"])
+    try:
+        collector.tick()  # nothing closed: survivors frozen out of automatic passes
+        assert collector.frozen and gc.get_freeze_count() > 0
+        counts["closed"] += 50  # 2.5 % of the open ones: still long-lived connections
+        collector.tick()
+        assert collector.frozen
+        counts["closed"] += 500  # 25 % in one tick: long-polls, say; freezing them would leak
+        collector.tick()
+        assert not collector.frozen and gc.get_freeze_count() == 0
+        collector.tick()  # quiet again
+        assert collector.frozen
+        full_passes = []
+        collector.reclaim = lambda freeze: full_passes.append(freeze)  # type: ignore[method-assign]
+        for _ in range(20):  # slow churn adds up past the open count: one full pass, frozen again
+            counts["closed"] += RECLAIM_AFTER_CLOSED // 10
+            collector.tick()
+        assert full_passes == [True]
+    finally:
+        gc.unfreeze()

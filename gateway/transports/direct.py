@@ -66,40 +66,59 @@ class Sink(Protocol):
 
 
 class SseSink:
-    """An SSE stream on uvicorn's httptools protocol: chunks written to its transport."""
+    """An SSE stream on uvicorn's httptools protocol: chunks written to its transport.
 
-    __slots__ = ("_cycle", "_flow", "_transport")
+    ``ready`` and ``write`` run once per subscriber per message: the
+    lookups they need are bound once here.
+    """
+
+    __slots__ = ("_closing", "_cycle", "_flow", "_transport", "_write")
 
     def __init__(self, cycle: Any) -> None:
         self._cycle = cycle
         self._flow = cycle.flow
         self._transport: asyncio.Transport = cycle.transport
+        self._write = self._transport.write
+        self._closing = self._transport.is_closing
 
     def gone(self) -> bool:
         cycle = self._cycle
-        return bool(cycle.disconnected or cycle.response_complete or self._transport.is_closing())
+        return bool(cycle.disconnected or cycle.response_complete or self._closing())
 
     def ready(self) -> bool:
-        return not self._flow.write_paused and not self.gone()
+        cycle = self._cycle
+        return not (
+            self._flow.write_paused
+            or cycle.disconnected
+            or cycle.response_complete
+            or self._closing()
+        )
 
     def write(self, batch: Batch) -> None:
-        self._transport.write(batch.sse_chunk)
+        self._write(batch.sse_chunk)
 
     def heartbeat(self) -> None:
-        self._transport.write(HEARTBEAT_CHUNK)
+        self._write(HEARTBEAT_CHUNK)
 
     async def drain(self) -> None:
         await self._flow.drain()
 
 
 class WsSink:
-    """A WebSocket on uvicorn's websockets-sansio protocol: frames written to its transport."""
+    """A WebSocket on uvicorn's websockets-sansio protocol: frames written to its transport.
 
-    __slots__ = ("_proto", "_transport")
+    uvicorn closes the transport or sets ``close_sent`` on every path that
+    sends a close frame, so ``ready`` need not ask the protocol's state.
+    """
+
+    __slots__ = ("_closing", "_proto", "_writable", "_write")
 
     def __init__(self, proto: Any) -> None:
         self._proto = proto
-        self._transport: asyncio.Transport = proto.transport
+        self._writable: asyncio.Event = proto.writable
+        transport: asyncio.Transport = proto.transport
+        self._write = transport.write
+        self._closing = transport.is_closing
 
     def gone(self) -> bool:
         proto = self._proto
@@ -107,20 +126,23 @@ class WsSink:
             proto.close_sent
             or proto.disconnected
             or proto.conn.state is not State.OPEN
-            or self._transport.is_closing()
+            or self._closing()
         )
 
     def ready(self) -> bool:
-        return self._proto.writable.is_set() and not self.gone()
+        proto = self._proto
+        return self._writable.is_set() and not (
+            proto.close_sent or proto.disconnected or self._closing()
+        )
 
     def write(self, batch: Batch) -> None:
-        self._transport.write(batch.ws_frames)
+        self._write(batch.ws_frames)
 
     def heartbeat(self) -> None:
         pass
 
     async def drain(self) -> None:
-        await self._proto.writable.wait()
+        await self._writable.wait()
 
 
 async def write_queued(sub: Subscription, sink: Sink) -> bool:
