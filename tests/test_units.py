@@ -249,3 +249,59 @@ def test_the_collector_freezes_long_lived_connections_and_gives_them_back_on_chu
         assert full_passes == [True]
     finally:
         gc.unfreeze()
+
+
+def test_the_fast_path_recognises_the_installed_uvicorn():
+    """Under uvicorn as the Procfile runs it, SSE and WebSocket streams get a sink (else all is slow)."""
+    import asyncio
+
+    import httpx
+    import uvicorn
+    import websockets
+
+    from gateway.loop import GreedyAcceptLoop
+    from gateway.transports.direct import RAW_SEND, SseSink, WsSink, sse_sink, ws_sink
+    from tests.servers import free_port
+
+    found: dict[str, object] = {}
+
+    async def app(scope, receive, send):  # the raw ASGI callable, as GatewayApp sees it
+        scope = {**scope, RAW_SEND: send}
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+        elif scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            found["sse"] = sse_sink(scope)
+            await send({"type": "http.response.body", "body": b"ok"})
+        else:
+            await receive()
+            found["ws before accept"] = ws_sink(scope)
+            await send({"type": "websocket.accept"})
+            found["ws"] = ws_sink(scope)
+            await send({"type": "websocket.close", "code": 1000})
+
+    async def scenario() -> None:
+        port = free_port()
+        config = uvicorn.Config(app, port=port, loop="none", log_level="warning",
+                                ws_per_message_deflate=False)
+        server = uvicorn.Server(config)
+        serving = asyncio.ensure_future(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/sse/c")).text == "ok"
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws/c") as ws:
+            await ws.wait_closed()
+        server.should_exit = True
+        await serving
+
+    loop = GreedyAcceptLoop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert isinstance(found["sse"], SseSink)
+    assert found["ws before accept"] is None
+    assert isinstance(found["ws"], WsSink)
