@@ -6,9 +6,10 @@ disconnect listener) and opens a cancel scope around every send. Measured
 with ``bench/`` (see bench/README.md), that was most of our 48 KB of RSS per
 idle connection and a fifth of the CPU per delivery. Here a connection is
 the ASGI task alone: no extra task, no timer. A client that left is noticed
-by a receive that does not wait, asked about once a second while messages
-flow and at each heartbeat when idle (uvicorn drops sends to it silently
-meanwhile).
+at the next message or heartbeat for it: on the fast path by the sink
+(uvicorn marks the connection lost), else by a receive that does not wait,
+asked about once a second while messages flow (uvicorn drops sends to a
+lost client silently meanwhile).
 
 * Under uvicorn, once the stream is open the hub writes each batch's
   chunk straight to the socket (transports/direct.py): no task wakes per
@@ -17,7 +18,7 @@ meanwhile).
   chunk, so a burst costs one write.
 * The stream opens with a comment (the first bytes say "subscribed", and
   no client dispatches an event for a comment); the heartbeat is a bare
-  comment every ``GATEWAY_HEARTBEAT`` seconds.
+  comment, sent when the channel was quiet for half ``GATEWAY_HEARTBEAT``.
 * When the hub closes the subscription (this client lagged, or the server
   is shutting down) the stream writes ``retry:`` and ends: the browser
   reconnects with ``Last-Event-ID`` and resumes, here or on another node.

@@ -4,9 +4,10 @@ The writer is the connection's own task; the reader runs beside it in a
 task group, and the first to finish cancels the other. Under uvicorn, once
 the socket is accepted the hub writes each batch's frames straight to it
 (transports/direct.py) and the writer only drains what queued while the
-socket was paused. The reader's acks
-and errors are queued to the writer (one writer: no lock), and a write
-blocked too long is cut by the hub's watchdog, not by a timer per write.
+socket was paused. The reader's acks and errors are queued to the writer
+(one writer: no lock); until an ack is written, messages take the queue
+too, so a publisher sees its ack before its message. A write blocked too
+long is cut by the hub's watchdog, not by a timer per write.
 Refusals after the handshake are close frames with a reason: 1008 for a
 bad request or a missing right, 1013 for a lagging client or a full
 process, 1012 when the server restarts (reconnect elsewhere with your cursor).
