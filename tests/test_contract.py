@@ -293,6 +293,15 @@ async def test_sse_headers_and_heartbeat(gateway, channel):
     assert len(_heartbeats(seen)) >= 2
 
 
+async def test_sse_answers_only_get_and_head(gateway, channel):
+    """Another method on an SSE route is 405 with Allow, as on every route."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        answer = await client.post(f"{gateway.url}/sse/{channel}", content=b"x")
+        head = await client.head(f"{gateway.url}/sse/{channel}")
+    assert answer.status_code == 405 and answer.headers["allow"] == "GET, HEAD"
+    assert head.status_code == 200
+
+
 def _heartbeats(stream: bytes) -> list[bytes]:
     """The bare comments (``:`` alone) among an SSE stream's blocks."""
     return [block for block in stream.split(b"\n\n") if block == b":"]

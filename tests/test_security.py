@@ -225,6 +225,17 @@ async def test_cors_answers_listed_origins_only(secured, channel):
         poll = await client.get(f"{secured.url}/poll/{channel}", params={"timeout": 0},
                                 headers={"Origin": APP_ORIGIN, **bearer(EVERYTHING)})
         assert poll.headers["access-control-allow-origin"] == APP_ORIGIN
+        # SSE is served past the router (GatewayApp): CORS must wrap it all the same.
+        sse_preflight = await client.options(f"{secured.url}/sse/{channel}", headers={
+            "Origin": APP_ORIGIN, "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization, last-event-id",
+        })
+        assert sse_preflight.status_code == 200
+        assert sse_preflight.headers["access-control-allow-origin"] == APP_ORIGIN
+        async with client.stream("GET", f"{secured.url}/sse/{channel}",
+                                 headers={"Origin": APP_ORIGIN, **bearer(EVERYTHING)}) as sse:
+            assert sse.status_code == 200
+            assert sse.headers["access-control-allow-origin"] == APP_ORIGIN
         simple = await client.post(f"{secured.url}/publish/{channel}", content=b"x", headers={
             "Origin": "https://evil.example", **bearer(EVERYTHING)})
         assert simple.status_code == 403 and "origin" in simple.json()["error"]

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateway.errors import BadRequest
-from gateway.message import Cursor, check_channel
+from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse, Response
 
-__all__ = ["Resume", "check_channel", "int_param", "resume_from"]
+from gateway.errors import BadRequest, GatewayError
+from gateway.message import Cursor, check_channel
+from gateway.state import gateway_of
+
+__all__ = ["Resume", "check_channel", "int_param", "refusal", "resume_from"]
 
 Resume = tuple[Cursor | None, int | None]
+
+
+def refusal(conn: HTTPConnection, exc: GatewayError) -> Response:
+    """A refused request as every route answers it: ``{"error": reason}`` with its status."""
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    gateway_of(conn).metrics.refused.labels(str(exc.status)).inc()
+    return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=headers)
 
 
 def resume_from(query: Mapping[str, str], last_event_id: str | None = None) -> Resume:

@@ -35,16 +35,17 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError, NotServed
 from gateway.message import GAP_SSE, Cursor
 from gateway.state import Gateway, gateway_of
 from gateway.subscription import CloseReason, Gap, Item, Subscription
-from gateway.transports.common import check_channel, resume_from
+from gateway.transports.common import check_channel, refusal, resume_from
 from gateway.transports.direct import sse_sink, write_queued
 
+SSE_PATH_PREFIX = "/sse/"
 BATCH = 256
 WRITE_BYTES = 65536
 LEFT_CHECK_S = 1.0
@@ -59,6 +60,27 @@ HEADERS = [
 ]
 
 Write = Callable[[bytes], Awaitable[None]]
+
+
+async def sse_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/sse/{channel}`` as a bare ASGI app: ``GatewayApp`` sends it here past the router.
+
+    Refusals are answered as on every route (``refusal``); a method other
+    than GET or HEAD is 405, as the router would say.
+    """
+    if scope["method"] not in ("GET", "HEAD"):
+        response: Response = PlainTextResponse(
+            "Method Not Allowed", status_code=405, headers={"Allow": "GET, HEAD"}
+        )
+        await response(scope, receive, send)
+        return
+    scope["path_params"] = {"channel": scope["path"][len(SSE_PATH_PREFIX) :]}
+    request = Request(scope, receive)
+    try:
+        response = await sse_endpoint(request)
+    except GatewayError as exc:
+        response = refusal(request, exc)
+    await response(scope, receive, send)
 
 
 async def sse_endpoint(request: Request) -> Response:
