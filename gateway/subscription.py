@@ -103,10 +103,6 @@ class Subscription:
     def closed(self) -> bool:
         return self.close_reason is not None
 
-    def offer(self, item: Item) -> bool:
-        """``offer_batch`` of one item."""
-        return self.offer_batch(Batch([item]))
-
     def offer_batch(self, batch: Batch) -> bool:
         """Write or queue live items without waiting; False when they overflowed the buffer."""
         if self.close_reason is not None:

@@ -13,7 +13,7 @@ from gateway.hub import Hub
 from gateway.message import START, Cursor, Message, check_channel, check_event
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.subscription import GAP, CloseReason, Subscription
+from gateway.subscription import GAP, Batch, CloseReason, Subscription
 
 
 def _message(n: int, epoch: str = "e1") -> Message:
@@ -67,8 +67,8 @@ def test_overflow_closes_the_subscription_and_drops_its_buffer():
     """Past its limit a subscription closes as SLOW_CONSUMER and holds nothing."""
     sub = Subscription("c", limit=3)
     sub.load_history([])
-    assert all(sub.offer(_message(n)) for n in range(3))
-    assert sub.offer(_message(3)) is False
+    assert all(sub.offer_batch(Batch([_message(n)])) for n in range(3))
+    assert sub.offer_batch(Batch([_message(3)])) is False
     assert sub.close_reason is CloseReason.SLOW_CONSUMER
     assert sub.take(10) == [] and len(sub.queue) == 0
 
@@ -77,10 +77,10 @@ def test_history_and_live_overlap_is_delivered_once_in_order():
     """Live messages queued while history was read are not repeated."""
     sub = Subscription("c", limit=10, cursor=Cursor("e1", (1000, 1)))
     for n in (4, 5, 6):
-        sub.offer(_message(n))
+        sub.offer_batch(Batch([_message(n)]))
     sub.load_history([_message(n) for n in (2, 3, 4, 5)])
     assert [m.data for m in sub.take(10)] == ["m2", "m3", "m4", "m5", "m6"]
-    sub.offer(_message(6))
+    sub.offer_batch(Batch([_message(6)]))
     assert sub.take(10) == []
 
 
@@ -305,3 +305,65 @@ def test_the_fast_path_recognises_the_installed_uvicorn():
     assert isinstance(found["sse"], SseSink)
     assert found["ws before accept"] is None
     assert isinstance(found["ws"], WsSink)
+
+
+class _FakeSink:
+    """A socket that takes writes while ``open`` and not ``paused``; what it got, in order."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+        self.paused = False
+        self.open = True
+
+    def ready(self) -> bool:
+        return self.open and not self.paused
+
+    def gone(self) -> bool:
+        return not self.open
+
+    def write(self, batch: Batch) -> None:
+        self.written.extend(m.data for m in batch.items)
+
+    def heartbeat(self) -> None:
+        self.written.append(":")
+
+    async def drain(self) -> None:
+        self.paused = False
+
+
+def test_offers_go_straight_to_a_ready_sink_and_queue_behind_anything_waiting():
+    """The fast path never passes queued items: paused socket, queue, owed acks all queue."""
+    sub = Subscription("c", limit=10)
+    sub.load_history([])
+    sink = sub.sink = _FakeSink()
+    sub.offer_batch(Batch([_message(1)]))
+    assert sink.written == ["m1"] and not sub.queue  # no wakeup, no queue
+    sink.paused = True
+    sub.offer_batch(Batch([_message(2)]))
+    sink.paused = False
+    sub.offer_batch(Batch([_message(3)]))  # ready again, but m2 waits: queue behind it
+    assert sink.written == ["m1"] and [m.data for m in sub.queue] == ["m2", "m3"]
+    assert [m.data for m in sub.take(10)] == ["m2", "m3"]
+    sub.replies_owed = 1  # a WebSocket ack not yet written: the message waits for it
+    sub.offer_batch(Batch([_message(4)]))
+    assert [m.data for m in sub.queue] == ["m4"]
+
+
+@pytest.mark.anyio
+async def test_write_queued_drains_in_order_and_reports_a_gone_client():
+    """The writer's slow path: waits for the drain, writes what queued, stops when the client left."""
+    from gateway.transports.direct import write_queued
+
+    sub = Subscription("c", limit=10)
+    sub.load_history([])
+    sink = sub.sink = _FakeSink()
+    sink.paused = True
+    for n in range(3):
+        sub.offer_batch(Batch([_message(n)]))
+    assert await write_queued(sub, sink) is True
+    assert sink.written == ["m0", "m1", "m2"] and not sub.queue
+    sub.offer_batch(Batch([_message(3)]))  # straight through again
+    sink.open = False
+    sub.offer_batch(Batch([_message(4)]))  # queued: the sink is not ready
+    assert await write_queued(sub, sink) is False
+    assert sink.written == ["m0", "m1", "m2", "m3"]
