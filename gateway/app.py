@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -37,7 +37,7 @@ from gateway.transports.common import refusal
 from gateway.transports.direct import RAW_SEND
 from gateway.transports.longpoll import poll_endpoint
 from gateway.transports.sse import SSE_PATH_PREFIX, sse_app
-from gateway.transports.websocket import ws_endpoint
+from gateway.transports.websocket import WS_PATH_PREFIX, ws_app
 
 logger = logging.getLogger("gateway")
 
@@ -66,10 +66,11 @@ class GatewayApp(Starlette):
     * The server's own ``send`` is kept in the scope: middleware wraps
       ``send``, and the transports need the server's object behind it to
       write straight to a socket (transports/direct.py).
-    * ``/sse/…`` goes to ``sse_app`` directly, past the router and the
-      exception middleware: an SSE connection's task stays inside every
-      frame on its way for its whole life, and those held about 4 KB per
-      idle connection (tracemalloc), a fifth of what one may cost.
+    * ``/sse/…`` and ``/ws/…`` go to their transports directly, past the
+      router and the exception middleware: a streaming connection's task
+      stays inside every frame on its way for its whole life, and those
+      held about 4 KB per idle SSE connection (tracemalloc), a fifth of
+      what one may cost. CORS (HTTP only) still wraps SSE.
     """
 
     def __init__(self, *args: Any, sse: ASGIApp, **kwargs: Any) -> None:
@@ -78,11 +79,15 @@ class GatewayApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[RAW_SEND] = send
-        if scope["type"] == "http" and scope["path"].startswith(SSE_PATH_PREFIX):
+        kind = scope["type"]
+        if kind == "http" and scope["path"].startswith(SSE_PATH_PREFIX):
             scope["app"] = self
             await self._sse(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
+        elif kind == "websocket" and scope["path"].startswith(WS_PATH_PREFIX):
+            scope["app"] = self
+            await ws_app(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -115,7 +120,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", _metrics),
         Route("/poll/{channel:anytext}", poll_endpoint),
         Route("/publish/{channel:anytext}", publish_endpoint, methods=["POST"]),
-        WebSocketRoute("/ws/{channel:anytext}", ws_endpoint),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
     cors = _cors_options(settings)

@@ -22,6 +22,7 @@ from collections import deque
 
 import anyio
 import orjson
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gateway.auth import Rights
@@ -43,6 +44,15 @@ CLOSE_CODES = {
     CloseReason.STALLED: 1013,
     CloseReason.CLIENT_GONE: 1000,
 }
+
+
+WS_PATH_PREFIX = "/ws/"
+
+
+async def ws_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/ws/{channel}`` as a bare ASGI app: ``GatewayApp`` sends it here past the router."""
+    scope["path_params"] = {"channel": scope["path"][len(WS_PATH_PREFIX) :]}
+    await ws_endpoint(WebSocket(scope, receive, send))
 
 
 async def ws_endpoint(websocket: WebSocket) -> None:
