@@ -33,7 +33,7 @@ from gateway.publish import publish_endpoint
 from gateway.settings import Settings
 from gateway.state import Gateway, gateway_of
 from gateway.stats import stats_running
-from gateway.transports.common import refusal
+from gateway.transports.common import refusal, route_path
 from gateway.transports.direct import RAW_SEND
 from gateway.transports.longpoll import poll_endpoint
 from gateway.transports.sse import SSE_PATH_PREFIX, sse_app
@@ -80,10 +80,10 @@ class GatewayApp(Starlette):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[RAW_SEND] = send
         kind = scope["type"]
-        if kind == "http" and scope["path"].startswith(SSE_PATH_PREFIX):
+        if kind == "http" and route_path(scope).startswith(SSE_PATH_PREFIX):
             scope["app"] = self
             await self._sse(scope, receive, send)
-        elif kind == "websocket" and scope["path"].startswith(WS_PATH_PREFIX):
+        elif kind == "websocket" and route_path(scope).startswith(WS_PATH_PREFIX):
             scope["app"] = self
             await ws_app(scope, receive, send)
         else:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -148,9 +148,15 @@ class RedisServer:
 class GatewayServer:
     """``uvicorn gateway.app:app`` in a subprocess, on a free port."""
 
-    def __init__(self, env: Mapping[str, str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
         self.env = dict(env or {})
         self.port = port or free_port()
+        self.args = list(args)  # more uvicorn options
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="gw-server-", suffix=".log")[1])
 
@@ -183,6 +189,7 @@ class GatewayServer:
             grace,
             "--log-level",
             "warning",
+            *self.args,
         ]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

@@ -305,3 +305,29 @@ async def test_sse_answers_only_get_and_head(gateway, channel):
 def _heartbeats(stream: bytes) -> list[bytes]:
     """The bare comments (``:`` alone) among an SSE stream's blocks."""
     return [block for block in stream.split(b"\n\n") if block == b":"]
+
+
+async def test_every_transport_works_under_a_root_path(channel):
+    """Behind a proxy that strips a prefix (``--root-path``), SSE and WebSocket, served past the router, still answer."""
+    from tests.servers import GatewayServer
+
+    # uvicorn puts the root path in front of the path the proxy forwards.
+    server = GatewayServer({"REDIS_URL": ""}, args=["--root-path", "/gw"]).start()
+    try:
+        mounted = server
+        readers = {transport: Reader() for transport in TRANSPORTS}
+        async with anyio.create_task_group() as tasks:
+            for transport, reader in readers.items():
+                read = reader_for(transport, mounted)
+                tasks.start_soon(lambda r=read, rd=reader: r(channel, rd, 1))
+            with anyio.fail_after(10):
+                for reader in readers.values():
+                    await reader.ready.wait()
+            message_id = await publish(mounted.url, channel, "under /gw")
+        for transport, reader in readers.items():
+            assert [m["id"] for m in reader.messages] == [message_id], transport
+        async with httpx.AsyncClient(timeout=10) as client:
+            bad = await client.get(f"{mounted.url}/sse/bad%20channel")
+        assert bad.status_code == 400 and "invalid channel" in bad.json()["error"]
+    finally:
+        server.close()

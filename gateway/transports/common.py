@@ -6,14 +6,22 @@ from collections.abc import Mapping
 
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
 
 from gateway.errors import BadRequest, GatewayError
 from gateway.message import Cursor, check_channel
 from gateway.state import gateway_of
 
-__all__ = ["Resume", "check_channel", "int_param", "refusal", "resume_from"]
+__all__ = ["Resume", "check_channel", "int_param", "refusal", "resume_from", "route_path"]
 
 Resume = tuple[Cursor | None, int | None]
+
+
+def route_path(scope: Scope) -> str:
+    """The path as routes see it: without the root path we are mounted under (``--root-path``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def refusal(conn: HTTPConnection, exc: GatewayError) -> Response:

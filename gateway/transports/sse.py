@@ -42,7 +42,7 @@ from gateway.errors import GatewayError, NotServed
 from gateway.message import GAP_SSE, Cursor
 from gateway.state import Gateway, gateway_of
 from gateway.subscription import CloseReason, Gap, Item, Subscription
-from gateway.transports.common import check_channel, refusal, resume_from
+from gateway.transports.common import check_channel, refusal, resume_from, route_path
 from gateway.transports.direct import sse_sink, write_queued
 
 SSE_PATH_PREFIX = "/sse/"
@@ -74,7 +74,7 @@ async def sse_app(scope: Scope, receive: Receive, send: Send) -> None:
         )
         await response(scope, receive, send)
         return
-    scope["path_params"] = {"channel": scope["path"][len(SSE_PATH_PREFIX) :]}
+    scope["path_params"] = {"channel": route_path(scope)[len(SSE_PATH_PREFIX) :]}
     request = Request(scope, receive)
     try:
         response = await sse_endpoint(request)

@@ -30,7 +30,7 @@ from gateway.errors import BadRequest, GatewayError, RateLimited, TooLarge
 from gateway.message import GAP_WS, check_event
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason, Gap, Item, Subscription
-from gateway.transports.common import check_channel, resume_from
+from gateway.transports.common import check_channel, resume_from, route_path
 from gateway.transports.direct import write_queued, ws_sink
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ WS_PATH_PREFIX = "/ws/"
 
 async def ws_app(scope: Scope, receive: Receive, send: Send) -> None:
     """``/ws/{channel}`` as a bare ASGI app: ``GatewayApp`` sends it here past the router."""
-    scope["path_params"] = {"channel": scope["path"][len(WS_PATH_PREFIX) :]}
+    scope["path_params"] = {"channel": route_path(scope)[len(WS_PATH_PREFIX) :]}
     await ws_endpoint(WebSocket(scope, receive, send))
 
 
