@@ -37,7 +37,7 @@ import anyio
 
 logger = logging.getLogger(__name__)
 
-FREEZE_EVERY_S = 2.0
+FREEZE_EVERY_S = 0.5
 RECLAIM_AFTER_CLOSED = 1000
 CHURN_LIMIT = 0.05  # of the open connections closing within one tick
 SLOW_PASS_S = 0.1  # a full pass this long is worth a line in the log
