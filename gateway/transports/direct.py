@@ -18,12 +18,12 @@ httptools HTTP/1.1 cycle with a chunked response, its websockets-sansio
 protocol) and return a sink. For anything else (h11, wsproto, Starlette's
 TestClient, another server, uvicorn at trace level, which wraps ``send``)
 they return None and the transport writes through ASGI as before, only
-slower. The ASGI path stays for everything but the messages: the opening,
-heartbeats, acks, the end of a stream and close frames.
+slower. The ASGI path stays for everything but messages and SSE
+heartbeats: the opening, acks, the end of a stream and close frames.
 
 Safety: a sink writes only while the connection is open and its transport
 below its high-water mark; the subscription writes directly only when
-nothing of its own is queued (``Subscription.offer``), so order holds. A
+nothing of its own is queued (``Subscription.offer_batch``), so order holds. A
 paused transport sends items to the bounded queue and the connection's
 writer, which waits for the drain: the slow-consumer policy is unchanged.
 """
