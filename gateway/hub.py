@@ -27,7 +27,7 @@ import anyio.abc
 
 from gateway.brokers.base import Broker, History
 from gateway.errors import BrokerUnavailable
-from gateway.message import START, Cursor, Message
+from gateway.message import BATCH_BYTES, BATCH_ITEMS, START, Cursor, Message, data_size
 from gateway.metrics import Metrics
 from gateway.recent import RECENT_SIZE, Recent
 from gateway.settings import Settings
@@ -40,10 +40,6 @@ LINGER_S = 5.0
 CANARY_INTERVAL_S = 1.0
 READY_WINDOW_S = 3.0
 STALL_S = 30.0  # a client write blocked this long: the client is gone or stalled
-# A fan-out batch: one write per subscriber whose socket takes it at once.
-# Bounded so that a backfill of a whole history never lands in one write.
-BATCH_ITEMS = 64
-BATCH_BYTES = 65536
 
 
 class _Channel:
@@ -335,13 +331,17 @@ class Hub:
 
 
 def _batches(items: list[Item]) -> Iterator[Batch]:
-    """``items`` cut into batches of at most ``BATCH_ITEMS`` items and about ``BATCH_BYTES``."""
+    """``items`` cut into batches of at most ``BATCH_ITEMS`` items and about ``BATCH_BYTES``.
+
+    One write per subscriber whose socket takes a batch at once; a backfill
+    of a whole history never lands in one write.
+    """
     if len(items) == 1:
         yield Batch(items)
         return
     start = size = 0
     for end, item in enumerate(items, 1):
-        size += len(item.data) if isinstance(item, Message) else 0
+        size += data_size(item)
         if end - start >= BATCH_ITEMS or size >= BATCH_BYTES or end == len(items):
             yield Batch(items[start:end])
             start, size = end, 0

@@ -148,6 +148,21 @@ class Gap:
 GAP = Gap()
 Item = Message | Gap
 
+# A fan-out batch, and a writer's one write: at most this many items and
+# about this much data, so a slow client's transport never takes much more.
+BATCH_ITEMS = 64
+BATCH_BYTES = 65536
+
+
+def data_size(item: Item) -> int:
+    """What an item counts against ``BATCH_BYTES``: its data's length."""
+    return len(item.data) if isinstance(item, Message) else 0
+
+
+def sse_event(item: Item) -> bytes:
+    """The item's SSE event (a gap is ``event: gap``)."""
+    return GAP_SSE if isinstance(item, Gap) else item.sse
+
 
 class Batch:
     """Items fanned out together: each wire's bytes are built once for every subscriber.
@@ -167,7 +182,7 @@ class Batch:
     def sse_chunk(self) -> bytes:
         """The SSE events of the batch as one HTTP/1.1 chunk: size in hex, CRLF, events, CRLF."""
         if self._sse is None:
-            body = b"".join(GAP_SSE if isinstance(i, Gap) else i.sse for i in self.items)
+            body = b"".join(sse_event(item) for item in self.items)
             self._sse = b"%x\r\n%b\r\n" % (len(body), body)
         return self._sse
 

@@ -28,7 +28,7 @@ import asyncio
 import enum
 from typing import TYPE_CHECKING
 
-from gateway.message import GAP, Batch, Cursor, Gap, Item, Message
+from gateway.message import GAP, Batch, Cursor, Gap, Item, Message, data_size
 
 if TYPE_CHECKING:
     from gateway.transports.direct import Sink
@@ -164,7 +164,7 @@ class Subscription:
             size = 0
             for index in range(count):
                 item = queue[index]
-                size += len(item.data) if isinstance(item, Message) else 0
+                size += data_size(item)
                 if size >= budget:
                     count = index + 1
                     break

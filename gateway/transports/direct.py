@@ -37,14 +37,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from starlette.types import Scope, Send
 from websockets.protocol import State
 
-from gateway.message import Batch
+from gateway.message import BATCH_BYTES, BATCH_ITEMS, Batch
 
 if TYPE_CHECKING:
     from gateway.subscription import Subscription
 
 RAW_SEND = "gateway.raw_send"
-WRITE_ITEMS = 64
-WRITE_BYTES = 65536  # of data per write: a slow client's transport holds about this much
 HEARTBEAT_CHUNK = b"3\r\n:\n\n\r\n"  # an SSE comment as an HTTP/1.1 chunk
 
 
@@ -156,7 +154,7 @@ async def write_queued(sub: Subscription, sink: Sink) -> bool:
         if sink.gone():
             return False
         if sink.ready():
-            sink.write(Batch(sub.take(WRITE_ITEMS, WRITE_BYTES)))
+            sink.write(Batch(sub.take(BATCH_ITEMS, BATCH_BYTES)))
             continue
         sub.sending_since = time.monotonic()
         try:

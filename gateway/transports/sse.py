@@ -39,9 +39,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError, NotServed
-from gateway.message import GAP_SSE, Cursor
+from gateway.message import Cursor, sse_event
 from gateway.state import Gateway, gateway_of
-from gateway.subscription import CloseReason, Gap, Item, Subscription
+from gateway.subscription import CloseReason, Item, Subscription
 from gateway.transports.common import check_channel, refusal, resume_from, route_path
 from gateway.transports.direct import sse_sink, write_queued
 
@@ -196,7 +196,7 @@ async def _write_batch(write: Write, items: list[Item]) -> None:
     chunk: list[bytes] = []
     size = 0
     for item in items:
-        frame = _encode(item)
+        frame = sse_event(item)
         chunk.append(frame)
         size += len(frame)
         if size >= WRITE_BYTES:
@@ -206,5 +206,3 @@ async def _write_batch(write: Write, items: list[Item]) -> None:
         await write(b"".join(chunk))
 
 
-def _encode(item: Item) -> bytes:
-    return GAP_SSE if isinstance(item, Gap) else item.sse
