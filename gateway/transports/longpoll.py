@@ -44,7 +44,7 @@ async def poll_endpoint(request: Request) -> Response:
             if waiting:  # the common case of a client behind: answered from memory at once
                 conn.reason = "answered"
                 return _answer(channel, waiting, cursor)
-        async with gateway.hub.subscribe(channel, cursor, last) as sub:
+        async with gateway.hub.subscribe(channel, cursor, last, most=limit) as sub:
             start = cursor if cursor is not None else gateway.hub.latest(channel)
             items = sub.take(limit)
             if not items and not sub.closed:
