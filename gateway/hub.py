@@ -32,7 +32,7 @@ from gateway.metrics import Metrics
 from gateway.recent import RECENT_SIZE, Recent
 from gateway.settings import Settings
 from gateway.shutdown import wait_for_exit_signal
-from gateway.subscription import GAP, Batch, CloseReason, Item, Subscription
+from gateway.subscription import GAP, Batch, CloseReason, Item, Owner, Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +96,18 @@ class Hub:
 
     @asynccontextmanager
     async def subscribe(
-        self, channel: str, cursor: Cursor | None = None, last: int | None = None
+        self,
+        channel: str,
+        cursor: Cursor | None = None,
+        last: int | None = None,
+        owner: Owner | None = None,
     ) -> AsyncIterator[Subscription]:
-        """A subscription to live messages, preceded by the history asked for."""
-        sub = Subscription(channel, self.settings.queue_size, cursor)
+        """A subscription to live messages, preceded by the history asked for.
+
+        ``owner``: the connection that carries this channel among others
+        (multiplex.py), told of every item queued here.
+        """
+        sub = Subscription(channel, self.settings.queue_size, cursor, owner)
         if self.closing:
             sub.close(CloseReason.SHUTDOWN)
         await self._join(channel, sub)

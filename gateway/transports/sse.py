@@ -120,7 +120,7 @@ class EventStream(Response):
                     sub.writer = asyncio.current_task()
                     await receive()  # the (empty) request body of a GET
                     try:
-                        await _pump(sub, _writer(sub, send), receive, scope)
+                        await _pump(sub, stream_writer(sub, send), receive, scope)
                     except asyncio.CancelledError:
                         if sub.close_reason is not CloseReason.STALLED:
                             raise
@@ -135,7 +135,7 @@ class EventStream(Response):
                 return True
 
 
-def _writer(sub: Subscription, send: Send) -> Write:
+def stream_writer(sub: Subscription, send: Send) -> Write:
     """A write that the hub's watchdog can see blocked (``sending_since``)."""
 
     async def write(chunk: bytes) -> None:
@@ -146,7 +146,7 @@ def _writer(sub: Subscription, send: Send) -> Write:
     return write
 
 
-async def _client_left(receive: Receive) -> bool:
+async def client_left(receive: Receive) -> bool:
     """Whether the client has gone, without waiting (uvicorn ignores sends after that)."""
     with anyio.CancelScope() as scope:
         scope.cancel()  # a receive that would wait is cancelled at once
@@ -169,7 +169,7 @@ async def _pump(sub: Subscription, write: Write, receive: Receive, scope: Scope)
             # A busy stream asks whether its client left about once a second.
             if time.monotonic() - checked_at > LEFT_CHECK_S:
                 checked_at = time.monotonic()
-                if await _client_left(receive):
+                if await client_left(receive):
                     sub.close(CloseReason.CLIENT_GONE)
                     return
             await _write_batch(write, items)
@@ -179,7 +179,7 @@ async def _pump(sub: Subscription, write: Write, receive: Receive, scope: Scope)
                 await write(RECONNECT_HINT)
             return
         if sub.poked():  # a heartbeat: also the time to notice a client that left
-            if await _client_left(receive):
+            if await client_left(receive):
                 sub.close(CloseReason.CLIENT_GONE)
                 return
             await write(HEARTBEAT)
