@@ -389,6 +389,7 @@ async def test_ws_refuses_bad_connect_parameters_with_1008(gateway, channel):
         ("channel=has%20space", "invalid channel"),
         ("channel=a@junk", "cursor"),
         ("channel=a&cursor=junk", "cursor"),
+        ("&".join(f"channel=c{n}" for n in range(65)), "65 channels"),
     ):
         code, said = await ws_closed(f"{gateway.ws_url}/ws?{query}")
         assert code == 1008 and reason in said, (query, said)
@@ -573,12 +574,26 @@ async def test_ws_refuses_one_channel_and_serves_the_others(secured):
         await anonymous.until("subscribed", channel="public:z")
 
 
+async def test_a_subscribe_past_max_channels_is_an_error_frame(limited, channel):
+    """GATEWAY_MAX_CHANNELS holds for frames too; leaving a channel makes room."""
+    a, b, c = names(channel, 3)
+    async with socket(limited.ws_url, [a, b]) as ws:
+        await ws.send(type="subscribe", channel=c)
+        assert "GATEWAY_MAX_CHANNELS" in (await ws.until("error", channel=c))["reason"]
+        await ws.send(type="unsubscribe", channel=a)
+        await ws.send(type="subscribe", channel=c)
+        await ws.until("subscribed", channel=c)
+
+
 # -- slow consumers --------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def limited() -> Iterator[GatewayServer]:
-    env = {"REDIS_URL": "", "GATEWAY_QUEUE_SIZE": "16", "GATEWAY_HEARTBEAT": "1"}
+    env = {
+        "REDIS_URL": "", "GATEWAY_QUEUE_SIZE": "16", "GATEWAY_HEARTBEAT": "1",
+        "GATEWAY_MAX_CHANNELS": "2",
+    }
     server = GatewayServer(env).start()
     yield server
     server.close()
