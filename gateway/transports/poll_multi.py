@@ -23,31 +23,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import composite
-from gateway.errors import NotServed
 from gateway.hub import Hub
 from gateway.message import START, Cursor, Gap, Item
 from gateway.multiplex import Multiplex
 from gateway.state import gateway_of
 from gateway.transports.channels import ChannelSpec, channel_specs, label
-from gateway.transports.common import float_param, int_param
-from gateway.transports.longpoll import DEFAULT_LIMIT, GATHER_S
+from gateway.transports.longpoll import GATHER_S, check_served, poll_bounds
 
 Runs = list[tuple[str, list[Item]]]
 
 
 async def poll_multi_endpoint(request: Request) -> Response:
     gateway = gateway_of(request)
-    settings = gateway.settings
-    if not settings.serves("poll"):
-        raise NotServed("the poll transport is turned off on this server")
-    specs = channel_specs(request, settings.max_channels)
+    check_served(gateway.settings)
+    specs = channel_specs(request, gateway.settings.max_channels)
     channels = [spec.channel for spec in specs]
     gateway.guard.authorize_read_all(request, channels)
-    query = request.query_params
-    ceiling = settings.poll_timeout_s
-    timeout = float_param(query, "timeout", ceiling, 0.0, ceiling)
-    limit = int_param(query, "limit", DEFAULT_LIMIT, 1, settings.poll_limit_max)
-    assert limit is not None
+    timeout, limit = poll_bounds(request, gateway.settings)
     gateway.check_capacity()
     gateway.hub.check_broker()
     with gateway.connection("poll", label(channels)) as conn:

@@ -28,7 +28,7 @@ import time
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.composite import Composite
@@ -38,7 +38,6 @@ from gateway.multiplex import Multiplex
 from gateway.state import Gateway, gateway_of
 from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, label
-from gateway.transports.common import refusal
 from gateway.transports.direct import ChannelSink, sse_sink, write_arrivals
 from gateway.transports.sse import (
     HEADERS,
@@ -47,7 +46,11 @@ from gateway.transports.sse import (
     RECONNECT_HINT,
     WRITE_BYTES,
     Write,
+    answer,
+    broker_gone,
     client_left,
+    ended,
+    stream_writer,
 )
 
 SSE_MULTI_PATH = "/sse"
@@ -56,18 +59,7 @@ BATCH = 256
 
 async def sse_multi_app(scope: Scope, receive: Receive, send: Send) -> None:
     """``/sse`` as a bare ASGI app, past the router like ``/sse/{channel}``."""
-    if scope["method"] not in ("GET", "HEAD"):
-        response: Response = PlainTextResponse(
-            "Method Not Allowed", status_code=405, headers={"Allow": "GET, HEAD"}
-        )
-        await response(scope, receive, send)
-        return
-    request = Request(scope, receive)
-    try:
-        response = await sse_multi_endpoint(request)
-    except GatewayError as exc:
-        response = refusal(request, exc)
-    await response(scope, receive, send)
+    await answer(scope, receive, send, sse_multi_endpoint)
 
 
 async def sse_multi_endpoint(request: Request) -> Response:
@@ -143,35 +135,12 @@ class MultiEventStream(Response):
                     assert lead is not None
                     lead.wants_heartbeat = True
                     await receive()  # the (empty) request body of a GET
-                    write = _writer(mux, send)
+                    write = stream_writer(lead, send)  # the lead stands for the whole stream
                     await write(opening(encoder, channels, starts))
-                    try:
-                        await _pump(mux, encoder, write, receive, scope)
-                    except asyncio.CancelledError:
-                        if mux.close_reason is not CloseReason.STALLED:
-                            raise
-                        asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                    conn.reason = (mux.close_reason or CloseReason.CLIENT_GONE).value
-                    return mux.close_reason is not CloseReason.STALLED
+                    pump = _pump(mux, encoder, write, receive, scope)
+                    return await ended(conn, pump, lambda: mux.close_reason)
             except GatewayError as exc:  # the broker went away while we joined
-                conn.reason = exc.reason
-                await send(
-                    {"type": "http.response.body", "body": RECONNECT_HINT, "more_body": True}
-                )
-                return True
-
-
-def _writer(mux: Multiplex, send: Send) -> Write:
-    """A write through ASGI that the hub's watchdog sees blocked (on the lead subscription)."""
-
-    async def write(chunk: bytes) -> None:
-        lead = mux.lead
-        assert lead is not None
-        lead.sending_since = time.monotonic()
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        lead.sending_since = 0.0
-
-    return write
+                return await broker_gone(conn, exc, send)
 
 
 async def _pump(

@@ -19,7 +19,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
 import orjson
@@ -31,7 +32,13 @@ from gateway.errors import BadRequest, GatewayError, RateLimited, TooLarge
 from gateway.message import GAP_WS, Message, check_event
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason, Gap, Item, Subscription
-from gateway.transports.common import check_channel, resume_from, route_path
+from gateway.transports.common import (
+    Resume,
+    check_channel,
+    resume_from,
+    route_path,
+    unless_stalled,
+)
 from gateway.transports.direct import write_queued, ws_sink
 
 logger = logging.getLogger(__name__)
@@ -48,6 +55,7 @@ CLOSE_CODES = {
 
 
 WS_PATH_PREFIX = "/ws/"
+T = TypeVar("T")
 
 
 async def ws_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -58,20 +66,10 @@ async def ws_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def ws_endpoint(websocket: WebSocket) -> None:
     gateway = gateway_of(websocket)
-    if not gateway.settings.serves("websocket"):
-        await websocket.close(code=1008, reason="the websocket transport is turned off")
+    admitted = await admit(websocket, gateway, lambda: _asked(websocket, gateway))
+    if admitted is None:
         return
-    try:
-        gateway.guard.check_origin(websocket)
-        channel = check_channel(websocket.path_params["channel"])
-        rights = gateway.guard.authorize_read(websocket, channel)
-        cursor, last = resume_from(websocket.query_params)
-        gateway.check_capacity()
-        gateway.hub.check_broker()
-    except GatewayError as exc:
-        gateway.metrics.refused.labels(str(exc.status)).inc()
-        await refuse(websocket, exc.close_code, exc.reason)
-        return
+    channel, rights, (cursor, last) = admitted
     with gateway.connection("websocket", channel) as conn:
         try:
             async with gateway.hub.subscribe(channel, cursor, last) as sub:
@@ -81,6 +79,33 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         except GatewayError as exc:
             conn.reason = exc.reason
             await refuse(websocket, exc.close_code, exc.reason)
+
+
+def _asked(websocket: WebSocket, gateway: Gateway) -> tuple[str, Rights, Resume]:
+    channel = check_channel(websocket.path_params["channel"])
+    rights = gateway.guard.authorize_read(websocket, channel)
+    return channel, rights, resume_from(websocket.query_params)
+
+
+async def admit(websocket: WebSocket, gateway: Gateway, asked: Callable[[], T]) -> T | None:
+    """What the handshake ``asked`` for (read by ``asked``), or None once refused (close 1008 ...).
+
+    A socket is admitted when the transport is served, its Origin allowed,
+    its request sound and its rights enough, and the process has room.
+    """
+    if not gateway.settings.serves("websocket"):
+        await websocket.close(code=1008, reason="the websocket transport is turned off")
+        return None
+    try:
+        gateway.guard.check_origin(websocket)
+        found = asked()
+        gateway.check_capacity()
+        gateway.hub.check_broker()
+    except GatewayError as exc:
+        gateway.metrics.refused.labels(str(exc.status)).inc()
+        await refuse(websocket, exc.close_code, exc.reason)
+        return None
+    return found
 
 
 async def refuse(websocket: WebSocket, code: int, reason: str) -> None:
@@ -109,7 +134,8 @@ async def _serve(
     replies: deque[str] = deque()  # acks and errors, written by the writer: one writer, no lock
     refusals: list[GatewayError] = []
     sub.writer = asyncio.current_task()
-    try:
+
+    async def serve() -> None:
         async with anyio.create_task_group() as tasks:
 
             async def reader() -> None:
@@ -120,10 +146,8 @@ async def _serve(
             tasks.start_soon(reader)
             await _write(websocket, sub, replies)
             tasks.cancel_scope.cancel()
-    except asyncio.CancelledError:
-        if sub.close_reason is not CloseReason.STALLED:
-            raise
-        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+
+    if not await unless_stalled(serve(), lambda: sub.close_reason):
         conn.reason = CloseReason.STALLED.value
         return  # no close frame: it would block like the write did
     if refusals:

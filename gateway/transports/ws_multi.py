@@ -40,12 +40,14 @@ from gateway.message import Batch, Cursor, Gap, Item, ws_frame
 from gateway.multiplex import Multiplex
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason
-from gateway.transports.channels import channel_specs, frame_spec, label, named
+from gateway.transports.channels import ChannelSpec, channel_specs, frame_spec, label, named
+from gateway.transports.common import unless_stalled
 from gateway.transports.direct import ChannelSink, write_arrivals, ws_sink
 from gateway.transports.websocket import (
     BATCH,
     CLOSE_CODES,
     RateLimit,
+    admit,
     close_socket,
     parse_frame,
     publish_checked,
@@ -65,20 +67,11 @@ async def ws_multi_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def ws_multi_endpoint(websocket: WebSocket) -> None:
     gateway = gateway_of(websocket)
-    if not gateway.settings.serves("websocket"):
-        await websocket.close(code=1008, reason="the websocket transport is turned off")
+    admitted = await admit(websocket, gateway, lambda: _asked(websocket, gateway))
+    if admitted is None:
         return
-    try:
-        gateway.guard.check_origin(websocket)
-        specs = channel_specs(websocket, gateway.settings.max_channels, required=False)
-        channels = [spec.channel for spec in specs]
-        rights = gateway.guard.authorize_read_all(websocket, channels)
-        gateway.check_capacity()
-        gateway.hub.check_broker()
-    except GatewayError as exc:
-        gateway.metrics.refused.labels(str(exc.status)).inc()
-        await refuse(websocket, exc.close_code, exc.reason)
-        return
+    specs, rights = admitted
+    channels = [spec.channel for spec in specs]
     with gateway.connection("websocket", label(channels)) as conn:
         async with Multiplex(gateway.hub) as mux:
             mux.writer = asyncio.current_task()
@@ -95,6 +88,12 @@ async def ws_multi_endpoint(websocket: WebSocket) -> None:
                 mux.replies_owed += 1
                 session.subscribed(channel, start)
             await session.serve(conn)
+
+
+def _asked(websocket: WebSocket, gateway: Gateway) -> tuple[list[ChannelSpec], Rights]:
+    specs = channel_specs(websocket, gateway.settings.max_channels, required=False)
+    rights = gateway.guard.authorize_read_all(websocket, [spec.channel for spec in specs])
+    return specs, rights
 
 
 def _frame(**fields: Any) -> str:
@@ -139,7 +138,8 @@ class Session:
     async def serve(self, conn: Connection) -> None:
         mux = self.mux
         refusals: list[GatewayError] = []
-        try:
+
+        async def serve() -> None:
             async with anyio.create_task_group() as tasks:
 
                 async def reader() -> None:
@@ -150,10 +150,8 @@ class Session:
                 tasks.start_soon(reader)
                 await self._write()
                 tasks.cancel_scope.cancel()
-        except asyncio.CancelledError:
-            if mux.close_reason is not CloseReason.STALLED:
-                raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+
+        if not await unless_stalled(serve(), lambda: mux.close_reason):
             conn.reason = CloseReason.STALLED.value
             return  # no close frame: it would block like the write did
         reason = mux.close_reason
