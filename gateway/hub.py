@@ -32,7 +32,7 @@ from gateway.metrics import Metrics
 from gateway.recent import RECENT_SIZE, Recent
 from gateway.settings import Settings
 from gateway.shutdown import wait_for_exit_signal
-from gateway.subscription import GAP, Batch, CloseReason, Item, Subscription
+from gateway.subscription import GAP, Batch, CloseReason, Item, Owner, Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +102,17 @@ class Hub:
         cursor: Cursor | None = None,
         last: int | None = None,
         most: int | None = None,
+        owner: Owner | None = None,
     ) -> AsyncIterator[Subscription]:
         """A subscription to live messages, preceded by the history asked for.
 
         All history after ``cursor`` is read, however much the broker holds,
         unless the caller takes at ``most`` that many items (a poll): then
         one page of that size is read and the client asks again for more.
+        ``owner``: the connection that carries this channel among others
+        (multiplex.py), told of every item queued here.
         """
-        sub = Subscription(channel, self.settings.queue_size, cursor)
+        sub = Subscription(channel, self.settings.queue_size, cursor, owner)
         if self.closing:
             sub.close(CloseReason.SHUTDOWN)
         await self._join(channel, sub)

@@ -40,6 +40,7 @@ class Settings:
     ws_max_frame_bytes: int = 131072
     publish_rate: float = 50.0
     stats_interval_s: float = 1.0
+    max_channels: int = 64
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -67,6 +68,7 @@ class Settings:
             ws_max_frame_bytes=_int(env, "GATEWAY_WS_MAX_FRAME_BYTES", 131072, minimum=1024),
             publish_rate=_float(env, "GATEWAY_PUBLISH_RATE", 50.0, minimum=0.0),
             stats_interval_s=_float(env, "GATEWAY_STATS_INTERVAL", 1.0, minimum=0.1),
+            max_channels=_int(env, "GATEWAY_MAX_CHANNELS", 64, minimum=1),
         )
 
     def serves(self, transport: str) -> bool:
