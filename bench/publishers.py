@@ -4,7 +4,7 @@
   keep-alive connections (the gateway, the tutorial app, the Socket.IO app
   and Nchan all take this form).
 * ``redis-fcall``: straight into Redis through the gateway's atomic Redis
-  Function (``FCALL <prefix>_publish 1 <prefix>:{channel} data``), as any
+  Function (``FCALL <prefix>_publish_v2 3 <the channel's keys> data``), as any
   other service would publish without an HTTP hop.
 * ``redis-publish``: a plain ``PUBLISH channel data`` (the tutorial's own
   fan-out path, fire-and-forget).
@@ -130,8 +130,9 @@ class RedisPublisher:
 
     @classmethod
     def fcall(cls, url: str, prefix: str, channel: str) -> RedisPublisher:
-        function = "".join(c if c.isalnum() else "_" for c in prefix) + "_publish"
-        return cls(url, ("FCALL", function, 1, f"{prefix}:{{{channel}}}"))
+        function = "".join(c if c.isalnum() else "_" for c in prefix) + "_publish_v2"
+        base = f"{prefix}:{{{channel}}}"
+        return cls(url, ("FCALL", function, 3, base, f"{base}:h", f"{base}:e"))
 
     @classmethod
     def plain(cls, url: str, channel: str) -> RedisPublisher:

@@ -53,9 +53,11 @@ async def test_every_path_of_publishing_reaches_both_nodes_with_one_id(pair):
                 "-p",
                 str(redis.port),
                 "FCALL",
-                f"{prefix}_publish",
-                "1",
+                f"{prefix}_publish_v2",
+                "3",
                 f"{prefix}:{{{channel}}}",
+                f"{prefix}:{{{channel}}}:h",
+                f"{prefix}:{{{channel}}}:e",
                 "from redis-cli",
                 "cli",
             ],
@@ -63,9 +65,8 @@ async def test_every_path_of_publishing_reaches_both_nodes_with_one_id(pair):
         ids.append(cli.stdout.decode().strip())
         client = aioredis.Redis(port=redis.port)
         try:
-            raw = await client.fcall(
-                f"{prefix}_publish", 1, f"{prefix}:{{{channel}}}", "from redis-py", "py"
-            )
+            keys = [f"{prefix}:{{{channel}}}", f"{prefix}:{{{channel}}}:h", f"{prefix}:{{{channel}}}:e"]
+            raw = await client.fcall(f"{prefix}_publish_v2", 3, *keys, "from redis-py", "py")
             ids.append(raw.decode())
         finally:
             await client.aclose()

@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
-from importlib.resources import files
+import time
 from typing import Any, NamedTuple
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
+from gateway.brokers import functions
 from gateway.brokers.backoff import Backoff
 from gateway.brokers.base import BrokerListener, History
 from gateway.errors import BrokerUnavailable
@@ -49,6 +49,8 @@ MARKER = b"\x00gw\x00"
 SUBSCRIBE_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 2.0
 DEAF_AFTER = 2  # failed canaries in a row before the pub/sub link is rebuilt
+ANNOUNCE_EVERY_S = 10.0  # each node says its settings in the deployment's roll call
+ANNOUNCE_TTL_S = 35.0  # a node not heard of for this long has left the roll call
 
 
 class RedisBroker:
@@ -56,8 +58,10 @@ class RedisBroker:
         assert settings.redis_url
         self.settings = settings
         self.prefix = settings.redis_prefix
-        self.function_prefix = re.sub(r"\W", "_", self.prefix)
         self.node = secrets.token_hex(4)
+        self.roll_call = f"{self.prefix}:nodes"
+        self._announced_at = 0.0
+        self._disagreements: set[str] = set()
         self.canary_name = f"{self.prefix}:canary:{self.node}".encode()
         self.connected = False
         self._pool = BlockingConnectionPool.from_url(settings.redis_url, **_pool_options(settings))
@@ -97,8 +101,8 @@ class RedisBroker:
     # -- the Broker protocol ------------------------------------------------
 
     async def publish(self, channel: str, event: str, data: str) -> Message:
-        fn = f"{self.function_prefix}_publish"
-        raw = await self._call("FCALL", fn, 1, self.base(channel), data, event)
+        cap = self.settings.history_size
+        raw = await self._call(*functions.publish_args(self.prefix, channel, data, event, cap))
         epoch, _, position = raw.decode().partition(":")
         return Message(channel, event, data, epoch, parse_position(position))
 
@@ -116,6 +120,11 @@ class RedisBroker:
         except (RedisError, OSError, TimeoutError):
             self._channels.discard(channel)
             raise BrokerUnavailable("the broker did not confirm the subscription") from None
+        # The channel's cap, for publishes that pass none (redis-cli): this deployment's.
+        try:
+            await self._call("SET", name, self.settings.history_size)
+        except BrokerUnavailable:
+            logger.debug("recording the history cap of %s failed", channel)
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
@@ -149,6 +158,11 @@ class RedisBroker:
         A process so busy that the canary comes late is not deaf: when the
         link delivered anything within the canary's timeout, it counts.
         """
+        if time.monotonic() - self._announced_at > ANNOUNCE_EVERY_S:
+            try:
+                await self._announce()
+            except (RedisError, OSError):
+                logger.debug("roll call failed", exc_info=True)
         token = secrets.token_hex(8).encode()
         loop = asyncio.get_running_loop()
         arrived = loop.create_future()
@@ -187,8 +201,7 @@ class RedisBroker:
             raise BrokerUnavailable(f"the broker is unavailable: {exc}") from None
 
     async def _read(self, channel: str, mode: str, arg: str, count: int) -> _Read:
-        fn = f"{self.function_prefix}_read"
-        reply = await self._call("FCALL_RO", fn, 1, self.base(channel), mode, arg, count)
+        reply = await self._call(*functions.read_args(self.prefix, channel, mode, arg, count))
         epoch, deleted, first_kept, entries = reply
         if not epoch:
             return _Read(None, (0, 0), (0, 0), [])
@@ -201,14 +214,59 @@ class RedisBroker:
         )
 
     async def _load_functions(self) -> None:
-        source = files("gateway.brokers").joinpath("gateway.lua").read_text()
-        source = (
-            source.replace("__LIBRARY__", f"{self.function_prefix}_gateway")
-            .replace("__FN__", self.function_prefix)
-            .replace("__PREFIX__", self.prefix)
-            .replace("__MAXLEN__", str(self.settings.history_size))
+        """Load this version's library unless it is there; never replace another's.
+
+        The same version's library with other code means a modified build
+        shares this Redis under the same version: said loudly, left alone.
+        """
+        source = functions.library_source(self.prefix)
+        name = functions.library_name(self.prefix)
+        try:
+            await self._redis.execute_command("FUNCTION", "LOAD", source)
+            logger.info("loaded the Redis function library %s", name)
+            return
+        except RedisError as exc:
+            if "already exists" not in str(exc):
+                raise
+        listed = await self._redis.execute_command(
+            "FUNCTION", "LIST", "LIBRARYNAME", name, "WITHCODE"
         )
-        await self._redis.execute_command("FUNCTION", "LOAD", "REPLACE", source)
+        codes = [_field(library, b"library_code") for library in listed]
+        if source.encode() not in codes:
+            logger.error(
+                "the Redis function library %s on this Redis differs from this node's: "
+                "another build under the same version; calls go to the code loaded first",
+                name,
+            )
+
+    async def _announce(self) -> None:
+        """Say this node's history size in the roll call; warn when another node's differs.
+
+        Each publish trims the channel's history to its publisher's
+        ``GATEWAY_HISTORY_SIZE``: nodes that disagree take turns cutting
+        each other's history. Never silent: said here, once per node.
+        """
+        self._announced_at = time.monotonic()
+        now = time.time()
+        size = self.settings.history_size
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.roll_call, {f"{self.node}:{size}": now})
+            pipe.zremrangebyscore(self.roll_call, "-inf", now - ANNOUNCE_TTL_S)
+            pipe.expire(self.roll_call, int(ANNOUNCE_TTL_S) * 2)
+            pipe.zrange(self.roll_call, 0, -1)
+            *_, members = await pipe.execute()
+        for member in members:
+            node, _, theirs = member.decode().partition(":")
+            if node != self.node and theirs != str(size) and member not in self._disagreements:
+                self._disagreements.add(member)
+                logger.warning(
+                    "GATEWAY_HISTORY_SIZE differs between gateway nodes on this Redis: "
+                    "%s here, %s on node %s; each publish trims a channel's history to "
+                    "its publisher's setting: give every node the same",
+                    size,
+                    theirs,
+                    node,
+                )
 
     # -- the pub/sub link -------------------------------------------------------
 
@@ -289,6 +347,12 @@ class _Read(NamedTuple):
     max_deleted: Position
     first_kept: Position  # (0, 0) while nothing was trimmed
     messages: list[Message]
+
+
+def _field(reply: list[Any], name: bytes) -> Any:
+    """A field of a RESP2 reply laid out as name, value, name, value …"""
+    fields = dict(zip(reply[::2], reply[1::2], strict=True))
+    return fields.get(name)
 
 
 def _entry(channel: str, epoch: str, entry: list[Any]) -> Message:

@@ -1,0 +1,81 @@
+"""The gateway's Redis Function library: its name, its source, and how to call it.
+
+The one place that knows the ``FCALL`` lines, shared by the Redis broker and
+anything else that publishes through Redis.
+
+* **Versioned.** The library and its functions carry ``VERSION`` in their
+  names (``gw_publish_v2``): two gateway versions on one Redis, as in a
+  rolling deploy, each load and call their own and never replace the
+  other's. Change ``gateway.lua`` and you must bump ``VERSION``: a unit test
+  holds the source's digest (``SOURCE_SHA256``) and fails otherwise.
+* **No settings inside.** Until v1 the history size was written into the
+  library, so whichever node loaded last capped every channel for every
+  node (and for ``redis-cli``). Now each call passes its cap; the function
+  records the last one on the channel's own key so that a ``redis-cli``
+  publish, which passes none, follows the deployment.
+* **Every key declared.** A channel's three keys go in every call (a Redis
+  Cluster routes and migrates by declared keys; they share one slot).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from importlib.resources import files
+
+VERSION = "v2"
+DEFAULT_CAP = 1000  # a redis-cli publish on a channel no gateway recorded a cap for
+# The digest of gateway.lua as released under VERSION (tests/test_units.py compares).
+SOURCE_SHA256 = "189b53b06dadfab4ce7739ceef7def1659d2151b9d09b777911387cd06e3c093"
+
+
+def source_text() -> str:
+    return files("gateway.brokers").joinpath("gateway.lua").read_text()
+
+
+def source_digest() -> str:
+    return hashlib.sha256(source_text().encode()).hexdigest()
+
+
+def function_prefix(prefix: str) -> str:
+    """``GATEWAY_REDIS_PREFIX`` as a function-name part: non-word characters become ``_``."""
+    return re.sub(r"\W", "_", prefix)
+
+
+def library_name(prefix: str) -> str:
+    return f"{function_prefix(prefix)}_gateway_{VERSION}"
+
+
+def function_name(prefix: str, action: str) -> str:
+    return f"{function_prefix(prefix)}_{action}_{VERSION}"
+
+
+def channel_keys(prefix: str, channel: str) -> tuple[str, str, str]:
+    """The pub/sub name (and cap key), the history stream, the epoch key."""
+    base = f"{prefix}:{{{channel}}}"
+    return base, f"{base}:h", f"{base}:e"
+
+
+def library_source(prefix: str) -> str:
+    return (
+        source_text()
+        .replace("__LIBRARY__", library_name(prefix))
+        .replace("__VERSION__", VERSION)
+        .replace("__FN__", function_prefix(prefix))
+        .replace("__PREFIX__", prefix)
+        .replace("__DEFAULT_CAP__", str(DEFAULT_CAP))
+    )
+
+
+def publish_args(
+    prefix: str, channel: str, data: str, event: str, cap: int | None = None
+) -> tuple[str | int, ...]:
+    """The ``FCALL`` arguments that publish ``data`` on ``channel`` (one atomic call)."""
+    keys = channel_keys(prefix, channel)
+    extra = () if cap is None else (str(cap),)
+    return ("FCALL", function_name(prefix, "publish"), len(keys), *keys, data, event, *extra)
+
+
+def read_args(prefix: str, channel: str, mode: str, arg: str, count: int) -> tuple[str | int, ...]:
+    keys = channel_keys(prefix, channel)
+    return ("FCALL_RO", function_name(prefix, "read"), len(keys), *keys, mode, arg, count)
