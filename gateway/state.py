@@ -83,7 +83,7 @@ class Gateway:
                 _log_close(level if routine else logging.INFO, conn, started)
 
 
-ROUTINE_POLL_ENDS = frozenset({"answered", "timed out"})
+ROUTINE_POLL_ENDS = frozenset({"answered", "timed out", "client gone"})
 
 
 def _log_close(level: int, conn: Connection, started: float) -> None:

@@ -240,6 +240,32 @@ async def write_arrivals(mux: Multiplex, sink: RawSink, encode: Encode) -> bool:
     return True
 
 
+def on_http_lost(scope: Scope, lost: Callable[[], None]) -> bool:
+    """Call ``lost`` once uvicorn's HTTP protocol learns the client is gone; False if it can't.
+
+    A client that closes or resets its connection is told to the protocol
+    (``connection_lost``), which marks the request's cycle ``disconnected``
+    and sets its ``message_event``, for a ``receive()`` that may be
+    waiting. An SSE stream or a poll waits on its subscription instead, and
+    would notice only at its next write (a heartbeat, up to
+    ``GATEWAY_HEARTBEAT`` away) or its timeout, holding its place in
+    ``GATEWAY_MAX_CONNECTIONS`` meanwhile. So that event's ``set`` is
+    wrapped, for this request only: no task, no timer, no sweep.
+    """
+    cycle = _owner(scope, "uvicorn.protocols.http.httptools_impl", "RequestResponseCycle")
+    if cycle is None:
+        return False
+    event: asyncio.Event = cycle.message_event
+
+    def set_and_check() -> None:
+        asyncio.Event.set(event)
+        if cycle.disconnected:
+            lost()
+
+    event.set = set_and_check  # type: ignore[method-assign]
+    return True
+
+
 def sse_sink(scope: Scope) -> SseSink | None:
     """The fast path for an HTTP response already started with chunked encoding, if any."""
     cycle = _owner(scope, "uvicorn.protocols.http.httptools_impl", "RequestResponseCycle")

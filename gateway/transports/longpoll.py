@@ -18,8 +18,9 @@ from gateway.errors import NotServed
 from gateway.message import START, Cursor, Message
 from gateway.settings import Settings
 from gateway.state import gateway_of
-from gateway.subscription import Gap, Item, Subscription
+from gateway.subscription import CloseReason, Gap, Item, Subscription
 from gateway.transports.common import check_channel, float_param, int_param, resume_from
+from gateway.transports.direct import on_http_lost
 
 DEFAULT_LIMIT = 100
 GATHER_S = 0.005  # after a wake-up, let a burst land so it leaves in one answer
@@ -44,6 +45,7 @@ async def poll_endpoint(request: Request) -> Response:
             start = cursor if cursor is not None else gateway.hub.latest(channel)
             items = sub.take(limit)
             if not items and not sub.closed:
+                on_http_lost(request.scope, lambda: sub.close(CloseReason.CLIENT_GONE))
                 with anyio.move_on_after(timeout):
                     await sub.wait()
                     await anyio.sleep(GATHER_S)

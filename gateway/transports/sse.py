@@ -49,7 +49,7 @@ from gateway.transports.common import (
     route_path,
     unless_stalled,
 )
-from gateway.transports.direct import sse_sink, write_queued
+from gateway.transports.direct import on_http_lost, sse_sink, write_queued
 
 SSE_PATH_PREFIX = "/sse/"
 BATCH = 256
@@ -177,6 +177,7 @@ async def client_left(receive: Receive) -> bool:
 async def _pump(sub: Subscription, write: Write, receive: Receive, scope: Scope) -> None:
     await write(OPENING)
     sink = sub.sink = sse_sink(scope)
+    on_http_lost(scope, lambda: sub.close(CloseReason.CLIENT_GONE))
     checked_at = time.monotonic()
     while True:
         if sink is not None and sub.queue:

@@ -38,7 +38,7 @@ from gateway.multiplex import Multiplex
 from gateway.state import Gateway, gateway_of
 from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, label
-from gateway.transports.direct import ChannelSink, sse_sink, write_arrivals
+from gateway.transports.direct import ChannelSink, on_http_lost, sse_sink, write_arrivals
 from gateway.transports.sse import (
     HEADERS,
     HEARTBEAT,
@@ -147,6 +147,7 @@ async def _pump(
     mux: Multiplex, encoder: Encoder, write: Write, receive: Receive, scope: Scope
 ) -> None:
     raw = sse_sink(scope)
+    on_http_lost(scope, lambda: mux.close(CloseReason.CLIENT_GONE))
     if raw is not None:
         for channel, sub in mux.subs.items():
             sub.sink = ChannelSink(raw, mux, channel, encoder.chunk)
