@@ -6,7 +6,6 @@ Real uvicorn processes serve the parent apps; the gateway lives at
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import anyio
@@ -16,7 +15,7 @@ import websockets
 
 from tests.clients import on_every_transport, publish
 from tests.conftest import gateway_env
-from tests.servers import GatewayServer, wait_until
+from tests.servers import GatewayServer, free_port, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -28,7 +27,11 @@ def parent(broker: str, request: pytest.FixtureRequest) -> Iterator[GatewayServe
     """A parent app with the gateway mounted at ``/realtime``, on the broker of this run."""
     redis = request.getfixturevalue("redis_server") if broker == "redis" else None
     app = f"tests.embedded_apps:{request.param}"
-    server = GatewayServer(gateway_env(broker, redis), app=app, mount="/realtime").start()
+    port = free_port()
+    env = gateway_env(broker, redis)
+    if broker == "memory":  # the parent's publisher reaches its embedded broker over HTTP
+        env["GATEWAY_URL"] = f"http://127.0.0.1:{port}/realtime"
+    server = GatewayServer(env, port=port, app=app, mount="/realtime").start()
     yield server
     server.close()
 
@@ -41,6 +44,19 @@ async def test_a_mounted_gateway_delivers_one_message_on_every_transport(parent,
     for transport, reader in readers.items():
         assert [(m["id"], m["data"]) for m in reader.messages] == [
             (message_id, "from inside a parent app")
+        ], transport
+
+
+async def test_a_route_of_the_parent_publishes_with_gateway_publisher(parent, channel):
+    """The parent's own route publishes (Redis: the function call; embedded: HTTP); subscribers get that id."""
+    with anyio.fail_after(20):
+        async with on_every_transport(parent, channel, 1) as readers:
+            async with httpx.AsyncClient(timeout=10) as client:
+                answer = await client.post(f"{parent.origin}/notify/{channel}", content=b"shipped")
+            assert answer.status_code == 200, answer.text
+    for transport, reader in readers.items():
+        assert [(m["id"], m["event"], m["data"]) for m in reader.messages] == [
+            (answer.json()["id"], "notice", "shipped")
         ], transport
 
 

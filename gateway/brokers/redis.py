@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 from importlib.resources import files
 from typing import Any, NamedTuple
@@ -39,6 +38,7 @@ from redis.exceptions import RedisError
 
 from gateway.brokers.backoff import Backoff
 from gateway.brokers.base import BrokerListener, History
+from gateway.brokers.functions import channel_key, function_prefix, missing_function, publish_call
 from gateway.errors import BrokerUnavailable
 from gateway.message import START, Cursor, Message, Position, format_position, parse_position
 from gateway.settings import Settings
@@ -56,7 +56,7 @@ class RedisBroker:
         assert settings.redis_url
         self.settings = settings
         self.prefix = settings.redis_prefix
-        self.function_prefix = re.sub(r"\W", "_", self.prefix)
+        self.function_prefix = function_prefix(self.prefix)
         self.node = secrets.token_hex(4)
         self.canary_name = f"{self.prefix}:canary:{self.node}".encode()
         self.connected = False
@@ -97,8 +97,7 @@ class RedisBroker:
     # -- the Broker protocol ------------------------------------------------
 
     async def publish(self, channel: str, event: str, data: str) -> Message:
-        fn = f"{self.function_prefix}_publish"
-        raw = await self._call("FCALL", fn, 1, self.base(channel), data, event)
+        raw = await self._call(*publish_call(self.prefix, channel, event, data))
         epoch, _, position = raw.decode().partition(":")
         return Message(channel, event, data, epoch, parse_position(position))
 
@@ -175,13 +174,13 @@ class RedisBroker:
     # -- helpers --------------------------------------------------------------
 
     def base(self, channel: str) -> str:
-        return f"{self.prefix}:{{{channel}}}"
+        return channel_key(self.prefix, channel)
 
     async def _call(self, *args: Any) -> Any:
         try:
             return await self._redis.execute_command(*args)
         except (RedisError, OSError) as exc:
-            if "No matching function" in str(exc):
+            if missing_function(exc):
                 await self._load_functions()
                 return await self._redis.execute_command(*args)
             raise BrokerUnavailable(f"the broker is unavailable: {exc}") from None
