@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from gateway.transports.direct import RAW_SEND
 from gateway.transports.longpoll import poll_endpoint
 from gateway.transports.sse import SSE_PATH_PREFIX, sse_app
 from gateway.transports.websocket import MAX_CLOSE_REASON_BYTES, WS_PATH_PREFIX, ws_app
+from gateway.workers import sole_worker
 
 logger = logging.getLogger("gateway")
 
@@ -188,6 +189,7 @@ async def _started(settings: Settings) -> AsyncIterator[Gateway]:
     gateway = Gateway(settings, hub, metrics, guard)
     collector = Collector(lambda: gateway.open_connections, lambda: gateway.closed_connections)
     async with (
+        sole_worker() if not settings.redis_url else nullcontext(),
         hub.running(),
         stats_running(hub, metrics, settings.stats_interval_s),
         collector_running(collector),

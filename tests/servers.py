@@ -182,6 +182,16 @@ class GatewayServer:
         return f"ws://127.0.0.1:{self.port}{self.mount}"
 
     def start(self, *, wait_ready: bool = True) -> GatewayServer:
+        self.spawn()
+        try:
+            wait_until(self.ready if wait_ready else self.alive)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start uvicorn and return at once (``start`` waits until it serves)."""
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         env.setdefault("GATEWAY_SHUTDOWN_GRACE", "3")
         grace = env["GATEWAY_SHUTDOWN_GRACE"]
@@ -209,12 +219,7 @@ class GatewayServer:
             args, env=env, cwd=ROOT, stdout=log, stderr=log, preexec_fn=_death_pact()
         )
         log.close()
-        try:
-            wait_until(self.ready if wait_ready else self.alive)
-        except BaseException:
-            self.kill()
-            raise
-        return self
+        return self.proc
 
     def alive(self) -> bool:
         assert self.proc is not None
