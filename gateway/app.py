@@ -39,8 +39,11 @@ from gateway.stats import stats_running
 from gateway.transports.common import refusal, route_path
 from gateway.transports.direct import RAW_SEND
 from gateway.transports.longpoll import poll_endpoint
+from gateway.transports.poll_multi import poll_multi_endpoint
 from gateway.transports.sse import SSE_PATH_PREFIX, sse_app
+from gateway.transports.sse_multi import SSE_MULTI_PATH, sse_multi_app
 from gateway.transports.websocket import MAX_CLOSE_REASON_BYTES, WS_PATH_PREFIX, ws_app
+from gateway.transports.ws_multi import WS_MULTI_PATH, ws_multi_app
 from gateway.workers import sole_worker
 
 logger = logging.getLogger("gateway")
@@ -79,16 +82,19 @@ class GatewayApp(Starlette):
       write straight to a socket (transports/direct.py). Under a parent app
       its middleware has wrapped ``send`` already, so streams write through
       ASGI there: correct, slower, and safe for a parent's middleware.
-    * ``/sse/…`` and ``/ws/…`` go to their transports directly, past the
+    * ``/sse/…``, ``/sse``, ``/ws/…`` and ``/ws`` go to their transports directly, past the
       router and the exception middleware: a streaming connection's task
       stays inside every frame on its way for its whole life, and those
       held about 4 KB per idle SSE connection (tracemalloc), a fifth of
       what one may cost. CORS (HTTP only) still wraps SSE.
     """
 
-    def __init__(self, *, sse: ASGIApp, start: Callable[[], Started], **kwargs: Any) -> None:
+    def __init__(
+        self, *, sse: ASGIApp, sse_multi: ASGIApp, start: Callable[[], Started], **kwargs: Any
+    ) -> None:
         self.gateway: Gateway | None = None
         self._sse = sse
+        self._sse_multi = sse_multi
         self._start = start
         self._refused_at = -NOT_STARTED_LOG_EVERY_S
         super().__init__(lifespan=self.lifespan, **kwargs)
@@ -122,12 +128,19 @@ class GatewayApp(Starlette):
             return
         scope[GATEWAY_KEY] = gateway
         scope[RAW_SEND] = send
-        if kind == "http" and route_path(scope).startswith(SSE_PATH_PREFIX):
+        path = route_path(scope)
+        if kind == "http" and path.startswith(SSE_PATH_PREFIX):
             scope["app"] = self
             await self._sse(scope, receive, send)
-        elif kind == "websocket" and route_path(scope).startswith(WS_PATH_PREFIX):
+        elif kind == "http" and path == SSE_MULTI_PATH:
+            scope["app"] = self
+            await self._sse_multi(scope, receive, send)
+        elif kind == "websocket" and path.startswith(WS_PATH_PREFIX):
             scope["app"] = self
             await ws_app(scope, receive, send)
+        elif kind == "websocket" and path == WS_MULTI_PATH:
+            scope["app"] = self
+            await ws_multi_app(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
@@ -161,6 +174,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         Route("/healthz", _healthz),
         Route("/readyz", _readyz),
         Route("/metrics", _metrics),
+        Route("/poll", poll_multi_endpoint),
         Route("/poll/{channel:anytext}", poll_endpoint),
         Route("/publish/{channel:anytext}", publish_endpoint, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
@@ -169,6 +183,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     middleware = [Middleware(CORSMiddleware, **cors)] if cors else []
     return GatewayApp(
         sse=CORSMiddleware(sse_app, **cors) if cors else sse_app,
+        sse_multi=CORSMiddleware(sse_multi_app, **cors) if cors else sse_multi_app,
         start=lambda: _started(settings),
         routes=routes,
         middleware=middleware,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -99,18 +99,31 @@ class Guard:
 
     def authorize_read(self, conn: HTTPConnection, channel: str) -> Rights:
         """The caller's rights, when it may read ``channel``; else 401 or 403."""
+        return self.authorize_read_all(conn, (channel,))
+
+    def authorize_read_all(self, conn: HTTPConnection, channels: Sequence[str]) -> Rights:
+        """The caller's rights, when it may read every one of ``channels``; else 401 or 403."""
         if self.secret is None:
             return OPEN
-        public = _matches(channel, self.public)
         token = _token_of(conn)
-        if token is None:
-            if public:
-                return NONE
+        rights = NONE if token is None else self.decode(token)
+        self.check_read(rights, channels)
+        return rights
+
+    def check_read(self, rights: Rights, channels: Sequence[str]) -> None:
+        """401 or 403 (naming every refused channel) unless ``rights`` may read them all."""
+        if self.secret is None:
+            return
+        private = [channel for channel in channels if not _matches(channel, self.public)]
+        if not private:
+            return
+        if rights is NONE:
             raise Unauthorized("token required")
-        rights = self.decode(token)
-        if public or rights.may_read(channel):
-            return rights
-        raise Forbidden(f"token does not allow reading {channel!r}")
+        if rights.expires_at is not None and rights.expires_at <= time.time():
+            raise Unauthorized("token expired")  # a token checked again on an open connection
+        refused = [channel for channel in private if not rights.may_read(channel)]
+        if refused:
+            raise Forbidden("token does not allow reading " + ", ".join(map(repr, refused)))
 
     def authorize_publish(self, rights: Rights, channel: str) -> None:
         if rights is NONE:

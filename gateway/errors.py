@@ -37,6 +37,14 @@ class NotServed(GatewayError):
     status = 404
 
 
+class UriTooLong(GatewayError):
+    status = 414
+
+
+class HeaderTooLarge(GatewayError):
+    status = 431
+
+
 class TooLarge(GatewayError):
     status = 413
     close_code = 1009

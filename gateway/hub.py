@@ -32,7 +32,7 @@ from gateway.metrics import Metrics
 from gateway.recent import RECENT_SIZE, Recent
 from gateway.settings import Settings
 from gateway.shutdown import wait_for_exit_signal
-from gateway.subscription import GAP, Batch, CloseReason, Item, Subscription
+from gateway.subscription import GAP, Batch, CloseReason, Item, Owner, Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ LINGER_S = 5.0
 CANARY_INTERVAL_S = 1.0
 READY_WINDOW_S = 3.0
 STALL_S = 30.0  # a client write blocked this long: the client is gone or stalled
+HISTORY_PAGE_MIN = 100  # messages per history read when paging a deep resume
 
 
 class _Channel:
@@ -96,15 +97,27 @@ class Hub:
 
     @asynccontextmanager
     async def subscribe(
-        self, channel: str, cursor: Cursor | None = None, last: int | None = None
+        self,
+        channel: str,
+        cursor: Cursor | None = None,
+        last: int | None = None,
+        most: int | None = None,
+        owner: Owner | None = None,
     ) -> AsyncIterator[Subscription]:
-        """A subscription to live messages, preceded by the history asked for."""
-        sub = Subscription(channel, self.settings.queue_size, cursor)
+        """A subscription to live messages, preceded by the history asked for.
+
+        All history after ``cursor`` is read, however much the broker holds,
+        unless the caller takes at ``most`` that many items (a poll): then
+        one page of that size is read and the client asks again for more.
+        ``owner``: the connection that carries this channel among others
+        (multiplex.py), told of every item queued here.
+        """
+        sub = Subscription(channel, self.settings.queue_size, cursor, owner)
         if self.closing:
             sub.close(CloseReason.SHUTDOWN)
         await self._join(channel, sub)
         try:
-            sub.load_history(await self._history_for(channel, cursor, last))
+            sub.load_history(await self._history_for(channel, cursor, last, most))
             yield sub
         finally:
             self._leave(channel, sub)
@@ -144,18 +157,45 @@ class Hub:
     # -- inside -----------------------------------------------------------
 
     async def _history_for(
-        self, channel: str, cursor: Cursor | None, last: int | None
+        self, channel: str, cursor: Cursor | None, last: int | None, most: int | None
     ) -> list[Item]:
         if cursor is not None:
             size = self.settings.history_size
-            recent = self.waiting(channel, cursor, size)
+            recent = self.waiting(channel, cursor, most or size)
             if recent is not None:
                 return list(recent)
-            history = await self._read_history(channel, cursor, size)
-            return [GAP, *history.messages] if history.gap else list(history.messages)
+            if most is not None:  # one page: the caller takes no more (a poll)
+                history = await self._read_history(channel, cursor, most)
+                return [GAP, *history.messages] if history.gap else list(history.messages)
+            state = self.channels.get(channel)
+            return await self._read_all(channel, cursor, state.last if state else None)
         if last:
             return list(await self.broker.tail(channel, last))
         return []
+
+    async def _read_all(self, channel: str, cursor: Cursor, live: Cursor | None) -> list[Item]:
+        """Everything history holds after ``cursor``, page by page, up to ``live``.
+
+        A Redis stream trimmed with ``MAXLEN ~`` holds more than the history
+        size: one page of that size would deliver a part and then jump to
+        live messages, silently. ``live`` is the newest id the channel had
+        delivered when the subscription joined: what comes after it reaches
+        the subscription live, so paging stops there. A page that reports a
+        gap after the first (trimmed while we read) is a real loss: said.
+        """
+        page = max(self.settings.history_size, HISTORY_PAGE_MIN)
+        items: list[Item] = []
+        while True:
+            history = await self._read_history(channel, cursor, page)
+            if history.gap:
+                items.append(GAP)
+            items.extend(history.messages)
+            if len(history.messages) < page or not history.messages:
+                return items
+            newest = history.messages[-1]
+            cursor = newest.cursor or cursor
+            if live is not None and live.epoch == newest.epoch and newest.position >= live.position:
+                return items
 
     async def _read_history(self, channel: str, cursor: Cursor, limit: int) -> History:
         """One broker read for any number of identical requests in flight."""
@@ -258,19 +298,24 @@ class Hub:
         self._deliver(state, pending)
 
     async def _backfill(self, channel: str, state: _Channel) -> None:
+        """After a broker fault: every message history holds after the last one delivered."""
         try:
-            history = await self.broker.history(
-                channel, state.last or START, self.settings.history_size
-            )
+            items = await self._read_all(channel, state.last or START, None)
         except Exception:
             logger.warning("backfill of %s failed; waiting for the next reconnect", channel)
             self._flush_pending(state)
             return
-        if history.gap:
+        segment: list[Message] = []
+        for item in items:
+            if isinstance(item, Message):
+                segment.append(item)
+                continue
+            self._deliver(state, segment)
+            segment = []
             self._fan_out(state, Batch([GAP]))
             state.last = None  # said once: the new epoch's messages follow
             state.recent.reset(None)
-        self._deliver(state, history.messages)
+        self._deliver(state, segment)
         self._flush_pending(state)
 
     async def _exit_watcher(self) -> None:

@@ -97,6 +97,8 @@ class Message:
     _ws: str | None = None
     _ws_frame: bytes | None = None
     _json: bytes | None = None
+    _mux_sse: bytes | None = None
+    segment: bytes | None = None  # its composite-cursor segment, kept by composite.segment_of
 
     @property
     def id(self) -> str:
@@ -131,6 +133,16 @@ class Message:
         if self._ws_frame is None:
             self._ws_frame = ws_frame(self.ws_text.encode())
         return self._ws_frame
+
+    @property
+    def mux_sse(self) -> bytes:
+        """A several-channel SSE event, but its ``id:`` line: ``data: <json>`` (no ``event:``).
+
+        The ``id:`` (the connection's composite cursor) is per connection and goes before it.
+        """
+        if self._mux_sse is None:
+            self._mux_sse = b"data: " + self.json + b"\n\n"
+        return self._mux_sse
 
     @property
     def sse(self) -> bytes:

@@ -43,6 +43,7 @@ class Settings:
     # Read by gateway.publisher only: where a Python app publishes over HTTP.
     gateway_url: str | None = None
     gateway_token: str | None = None
+    max_channels: int = 64
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +73,7 @@ class Settings:
             stats_interval_s=_float(env, "GATEWAY_STATS_INTERVAL", 1.0, minimum=0.1),
             gateway_url=get("GATEWAY_URL") or None,
             gateway_token=get("GATEWAY_TOKEN") or None,
+            max_channels=_int(env, "GATEWAY_MAX_CHANNELS", 64, minimum=1),
         )
 
     def serves(self, transport: str) -> bool:

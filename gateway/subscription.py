@@ -20,20 +20,25 @@ drains the queue through the same sink when the socket takes writes again.
 
 Duplicates are dropped by id: a message at or before ``last`` (same epoch)
 was already given to this client, from history or live.
+
+Several channels on one connection (multiplex.py): each channel keeps its
+own Subscription, buffer and policy; an ``owner`` is told of every queued
+offer (``Owner.arrived``), so one writer wakes for all of them and drains
+them in the order they queued.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.message import GAP, Batch, Cursor, Gap, Item, Message, data_size
 
 if TYPE_CHECKING:
     from gateway.transports.direct import Sink
 
-__all__ = ["GAP", "Batch", "CloseReason", "Gap", "Item", "Subscription"]
+__all__ = ["GAP", "Batch", "CloseReason", "Gap", "Item", "Owner", "Subscription"]
 
 
 class CloseReason(enum.Enum):
@@ -41,6 +46,13 @@ class CloseReason(enum.Enum):
     STALLED = "stalled: a write blocked too long"
     SLOW_CONSUMER = "lagged"
     SHUTDOWN = "server shutting down"
+
+
+class Owner(Protocol):
+    """The connection a subscription belongs to, when it carries several channels."""
+
+    def arrived(self, sub: Subscription, count: int) -> None:
+        """``count`` items were queued on ``sub`` (0: it closed or was poked); must not wait."""
 
 
 class Subscription:
@@ -64,6 +76,7 @@ class Subscription:
         "history_left",
         "last",
         "limit",
+        "owner",
         "queue",
         "replies_owed",
         "resuming",
@@ -73,7 +86,9 @@ class Subscription:
         "writer",
     )
 
-    def __init__(self, channel: str, limit: int, cursor: Cursor | None = None) -> None:
+    def __init__(
+        self, channel: str, limit: int, cursor: Cursor | None = None, owner: Owner | None = None
+    ) -> None:
         assert limit > 0
         self.channel = channel
         self.limit = limit
@@ -98,6 +113,7 @@ class Subscription:
         self._poked = False
         self.sink: Sink | None = None  # set by the transport once its stream is open
         self.replies_owed = 0  # answers (WS acks) to write before any message goes direct
+        self.owner = owner
 
     @property
     def closed(self) -> bool:
@@ -129,7 +145,7 @@ class Subscription:
             self.close(CloseReason.SLOW_CONSUMER)
             return False
         self.queue.extend(items)
-        self._signal()
+        self._signal(len(items))
         return True
 
     def load_history(self, items: list[Item]) -> None:
@@ -144,6 +160,17 @@ class Subscription:
         self.resuming = False
         if self.queue:
             self._signal()
+
+    def start_after(self, cursor: Cursor) -> None:
+        """Begin after ``cursor``: drop what is queued at or before it, and refuse it later.
+
+        How a connection makes "only new" (or ``last=N``) an exact starting point
+        that it can tell its client before the first message.
+        """
+        before = len(self.queue)
+        self.last = cursor
+        self.queue = [i for i in self.queue if isinstance(i, Message) and self._is_new(i)]
+        self.history_left = max(0, self.history_left - (before - len(self.queue)))
 
     def close(self, reason: CloseReason) -> None:
         if self.close_reason is None:
@@ -210,11 +237,13 @@ class Subscription:
         finally:
             self._waiter = None
 
-    def _signal(self) -> None:
+    def _signal(self, count: int = 0) -> None:
         self._signalled = True
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self.owner is not None:
+            self.owner.arrived(self, count)
 
     def _is_new(self, item: Item) -> bool:
         if isinstance(item, Gap) or item.epoch is None:

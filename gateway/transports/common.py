@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
@@ -11,8 +12,17 @@ from starlette.types import Scope
 from gateway.errors import BadRequest, GatewayError
 from gateway.message import Cursor, check_channel
 from gateway.state import gateway_of
+from gateway.subscription import CloseReason
 
-__all__ = ["Resume", "check_channel", "int_param", "refusal", "resume_from", "route_path"]
+__all__ = [
+    "Resume",
+    "check_channel",
+    "int_param",
+    "refusal",
+    "resume_from",
+    "route_path",
+    "unless_stalled",
+]
 
 Resume = tuple[Cursor | None, int | None]
 
@@ -69,3 +79,20 @@ def float_param(
     if value != value:  # NaN
         raise BadRequest(f"{name} must be a number, got {raw[:40]!r}")
     return min(max(value, low), high)
+
+
+async def unless_stalled(work: Awaitable[None], reason: Callable[[], CloseReason | None]) -> bool:
+    """Await a connection's writing; False when the hub's watchdog cut it as stalled.
+
+    The watchdog cancels a writer blocked for ``hub.STALL_S``: that
+    cancellation ends the connection quietly (no last write: it would block
+    the same way); any other cancellation goes on.
+    """
+    try:
+        await work
+    except asyncio.CancelledError:
+        if reason() is not CloseReason.STALLED:
+            raise
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        return False
+    return True

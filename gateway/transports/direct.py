@@ -21,6 +21,13 @@ they return None and the transport writes through ASGI as before, only
 slower. The ASGI path stays for everything but messages and SSE
 heartbeats: the opening, acks, the end of a stream and close frames.
 
+Several channels on one connection (multiplex.py): each channel's
+subscription gets a ``ChannelSink`` over the connection's one sink. The
+bytes of a batch are the shared ones where the wire allows it (WebSocket
+message frames) and else are built per connection by the transport's
+``Encode`` (SSE: the composite ``id:`` line before each shared ``data:``
+part); ``write_arrivals`` drains what queued, in arrival order.
+
 Safety: a sink writes only while the connection is open and its transport
 below its high-water mark; the subscription writes directly only when
 nothing of its own is queued (``Subscription.offer_batch``), so order holds. A
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.types import Scope, Send
@@ -40,6 +48,7 @@ from websockets.protocol import State
 from gateway.message import BATCH_BYTES, BATCH_ITEMS, Batch
 
 if TYPE_CHECKING:
+    from gateway.multiplex import Multiplex
     from gateway.subscription import Subscription
 
 RAW_SEND = "gateway.raw_send"
@@ -95,6 +104,10 @@ class SseSink:
     def write(self, batch: Batch) -> None:
         self._write(batch.sse_chunk)
 
+    def write_bytes(self, data: bytes) -> None:
+        """Bytes already framed (whole HTTP chunks) for this connection alone."""
+        self._write(data)
+
     def heartbeat(self) -> None:
         self._write(HEARTBEAT_CHUNK)
 
@@ -136,6 +149,10 @@ class WsSink:
     def write(self, batch: Batch) -> None:
         self._write(batch.ws_frames)
 
+    def write_bytes(self, data: bytes) -> None:
+        """Whole frames built for this connection alone."""
+        self._write(data)
+
     def heartbeat(self) -> None:
         pass
 
@@ -161,6 +178,65 @@ async def write_queued(sub: Subscription, sink: Sink) -> bool:
             await sink.drain()
         finally:
             sub.sending_since = 0.0
+    return True
+
+
+class RawSink(Sink, Protocol):
+    def write_bytes(self, data: bytes) -> None: ...
+
+
+# A batch of one channel as this connection's bytes (the transport's own framing).
+Encode = Callable[[str, Batch], bytes]
+
+
+class ChannelSink:
+    """One channel's sink on a connection that carries several (the ``Sink`` of its subscription).
+
+    Ready only while nothing of the connection waits (``Multiplex.held``):
+    a direct write never passes what another channel queued.
+    """
+
+    __slots__ = ("_channel", "_encode", "_mux", "_raw")
+
+    def __init__(self, raw: RawSink, mux: Multiplex, channel: str, encode: Encode) -> None:
+        self._raw = raw
+        self._mux = mux
+        self._channel = channel
+        self._encode = encode
+
+    def ready(self) -> bool:
+        return not self._mux.held() and self._raw.ready()
+
+    def gone(self) -> bool:
+        return self._raw.gone()
+
+    def write(self, batch: Batch) -> None:
+        self._raw.write_bytes(self._encode(self._channel, batch))
+
+    def heartbeat(self) -> None:
+        self._raw.heartbeat()
+
+    async def drain(self) -> None:
+        await self._raw.drain()
+
+
+async def write_arrivals(mux: Multiplex, sink: RawSink, encode: Encode) -> bool:
+    """Write what the connection's channels queued, in arrival order; False when the client left."""
+    while mux.queued():
+        if sink.gone():
+            return False
+        if sink.ready():
+            runs = mux.take(BATCH_ITEMS, BATCH_BYTES)
+            sink.write_bytes(b"".join(encode(channel, Batch(items)) for channel, items in runs))
+            continue
+        lead = mux.lead
+        if lead is not None:
+            lead.sending_since = time.monotonic()
+        try:
+            await sink.drain()
+        finally:
+            if lead is not None:
+                lead.sending_since = 0.0
     return True
 
 

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from gateway.errors import NotServed
 from gateway.message import START, Cursor, Message
+from gateway.settings import Settings
 from gateway.state import gateway_of
 from gateway.subscription import Gap, Item, Subscription
 from gateway.transports.common import check_channel, float_param, int_param, resume_from
@@ -26,16 +27,11 @@ GATHER_S = 0.005  # after a wake-up, let a burst land so it leaves in one answer
 
 async def poll_endpoint(request: Request) -> Response:
     gateway = gateway_of(request)
-    settings = gateway.settings
-    if not settings.serves("poll"):
-        raise NotServed("the poll transport is turned off on this server")
+    check_served(gateway.settings)
     channel = check_channel(request.path_params["channel"])
     gateway.guard.authorize_read(request, channel)
     cursor, last = resume_from(request.query_params)
-    ceiling = settings.poll_timeout_s
-    timeout = float_param(request.query_params, "timeout", ceiling, 0.0, ceiling)
-    limit = int_param(request.query_params, "limit", DEFAULT_LIMIT, 1, settings.poll_limit_max)
-    assert limit is not None
+    timeout, limit = poll_bounds(request, gateway.settings)
     gateway.check_capacity()
     gateway.hub.check_broker()
     with gateway.connection("poll", channel) as conn:
@@ -44,7 +40,7 @@ async def poll_endpoint(request: Request) -> Response:
             if waiting:  # the common case of a client behind: answered from memory at once
                 conn.reason = "answered"
                 return _answer(channel, waiting, cursor)
-        async with gateway.hub.subscribe(channel, cursor, last) as sub:
+        async with gateway.hub.subscribe(channel, cursor, last, most=limit) as sub:
             start = cursor if cursor is not None else gateway.hub.latest(channel)
             items = sub.take(limit)
             if not items and not sub.closed:
@@ -54,6 +50,20 @@ async def poll_endpoint(request: Request) -> Response:
                 items = sub.take(limit)
             conn.reason = _outcome(items, sub)
     return _answer(channel, items, start)
+
+
+def check_served(settings: Settings) -> None:
+    if not settings.serves("poll"):
+        raise NotServed("the poll transport is turned off on this server")
+
+
+def poll_bounds(request: Request, settings: Settings) -> tuple[float, int]:
+    """``timeout`` and ``limit``, clamped to the settings; 400 when not numbers."""
+    ceiling = settings.poll_timeout_s
+    timeout = float_param(request.query_params, "timeout", ceiling, 0.0, ceiling)
+    limit = int_param(request.query_params, "limit", DEFAULT_LIMIT, 1, settings.poll_limit_max)
+    assert limit is not None
+    return timeout, limit
 
 
 def _outcome(items: list[Item], sub: Subscription) -> str:

@@ -40,9 +40,15 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError, NotServed
 from gateway.message import Cursor, sse_event
-from gateway.state import Gateway, gateway_of
+from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason, Item, Subscription
-from gateway.transports.common import check_channel, refusal, resume_from, route_path
+from gateway.transports.common import (
+    check_channel,
+    refusal,
+    resume_from,
+    route_path,
+    unless_stalled,
+)
 from gateway.transports.direct import sse_sink, write_queued
 
 SSE_PATH_PREFIX = "/sse/"
@@ -68,16 +74,23 @@ async def sse_app(scope: Scope, receive: Receive, send: Send) -> None:
     Refusals are answered as on every route (``refusal``); a method other
     than GET or HEAD is 405, as the router would say.
     """
+    scope["path_params"] = {"channel": route_path(scope)[len(SSE_PATH_PREFIX) :]}
+    await answer(scope, receive, send, sse_endpoint)
+
+
+async def answer(
+    scope: Scope, receive: Receive, send: Send, endpoint: Callable[[Request], Awaitable[Response]]
+) -> None:
+    """A route past the router: 405 but for GET and HEAD, refusals as on every route."""
     if scope["method"] not in ("GET", "HEAD"):
         response: Response = PlainTextResponse(
             "Method Not Allowed", status_code=405, headers={"Allow": "GET, HEAD"}
         )
         await response(scope, receive, send)
         return
-    scope["path_params"] = {"channel": route_path(scope)[len(SSE_PATH_PREFIX) :]}
     request = Request(scope, receive)
     try:
-        response = await sse_endpoint(request)
+        response = await endpoint(request)
     except GatewayError as exc:
         response = refusal(request, exc)
     await response(scope, receive, send)
@@ -119,23 +132,29 @@ class EventStream(Response):
                     sub.wants_heartbeat = True
                     sub.writer = asyncio.current_task()
                     await receive()  # the (empty) request body of a GET
-                    try:
-                        await _pump(sub, _writer(sub, send), receive, scope)
-                    except asyncio.CancelledError:
-                        if sub.close_reason is not CloseReason.STALLED:
-                            raise
-                        asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                    conn.reason = (sub.close_reason or CloseReason.CLIENT_GONE).value
-                    return sub.close_reason is not CloseReason.STALLED
+                    pump = _pump(sub, stream_writer(sub, send), receive, scope)
+                    return await ended(conn, pump, lambda: sub.close_reason)
             except GatewayError as exc:  # the broker went away while we joined
-                conn.reason = exc.reason
-                await send(
-                    {"type": "http.response.body", "body": RECONNECT_HINT, "more_body": True}
-                )
-                return True
+                return await broker_gone(conn, exc, send)
 
 
-def _writer(sub: Subscription, send: Send) -> Write:
+async def ended(
+    conn: Connection, pump: Awaitable[None], reason: Callable[[], CloseReason | None]
+) -> bool:
+    """Run a stream's pump to its end; False when the client stalled (no last write then)."""
+    stalled = not await unless_stalled(pump, reason)
+    conn.reason = (reason() or CloseReason.CLIENT_GONE).value
+    return not stalled
+
+
+async def broker_gone(conn: Connection, exc: GatewayError, send: Send) -> bool:
+    """The broker went away while the stream joined: tell the client to come back."""
+    conn.reason = exc.reason
+    await send({"type": "http.response.body", "body": RECONNECT_HINT, "more_body": True})
+    return True
+
+
+def stream_writer(sub: Subscription, send: Send) -> Write:
     """A write that the hub's watchdog can see blocked (``sending_since``)."""
 
     async def write(chunk: bytes) -> None:
@@ -146,7 +165,7 @@ def _writer(sub: Subscription, send: Send) -> Write:
     return write
 
 
-async def _client_left(receive: Receive) -> bool:
+async def client_left(receive: Receive) -> bool:
     """Whether the client has gone, without waiting (uvicorn ignores sends after that)."""
     with anyio.CancelScope() as scope:
         scope.cancel()  # a receive that would wait is cancelled at once
@@ -169,7 +188,7 @@ async def _pump(sub: Subscription, write: Write, receive: Receive, scope: Scope)
             # A busy stream asks whether its client left about once a second.
             if time.monotonic() - checked_at > LEFT_CHECK_S:
                 checked_at = time.monotonic()
-                if await _client_left(receive):
+                if await client_left(receive):
                     sub.close(CloseReason.CLIENT_GONE)
                     return
             await _write_batch(write, items)
@@ -179,7 +198,7 @@ async def _pump(sub: Subscription, write: Write, receive: Receive, scope: Scope)
                 await write(RECONNECT_HINT)
             return
         if sub.poked():  # a heartbeat: also the time to notice a client that left
-            if await _client_left(receive):
+            if await client_left(receive):
                 sub.close(CloseReason.CLIENT_GONE)
                 return
             await write(HEARTBEAT)

@@ -19,6 +19,8 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
 import orjson
@@ -27,10 +29,16 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gateway.auth import Rights
 from gateway.errors import BadRequest, GatewayError, RateLimited, TooLarge
-from gateway.message import GAP_WS, check_event
+from gateway.message import GAP_WS, Message, check_event
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason, Gap, Item, Subscription
-from gateway.transports.common import check_channel, resume_from, route_path
+from gateway.transports.common import (
+    Resume,
+    check_channel,
+    resume_from,
+    route_path,
+    unless_stalled,
+)
 from gateway.transports.direct import write_queued, ws_sink
 
 logger = logging.getLogger(__name__)
@@ -47,6 +55,7 @@ CLOSE_CODES = {
 
 
 WS_PATH_PREFIX = "/ws/"
+T = TypeVar("T")
 
 
 async def ws_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -57,20 +66,10 @@ async def ws_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def ws_endpoint(websocket: WebSocket) -> None:
     gateway = gateway_of(websocket)
-    if not gateway.settings.serves("websocket"):
-        await websocket.close(code=1008, reason="the websocket transport is turned off")
+    admitted = await admit(websocket, gateway, lambda: _asked(websocket, gateway))
+    if admitted is None:
         return
-    try:
-        gateway.guard.check_origin(websocket)
-        channel = check_channel(websocket.path_params["channel"])
-        rights = gateway.guard.authorize_read(websocket, channel)
-        cursor, last = resume_from(websocket.query_params)
-        gateway.check_capacity()
-        gateway.hub.check_broker()
-    except GatewayError as exc:
-        gateway.metrics.refused.labels(str(exc.status)).inc()
-        await _refuse(websocket, exc.close_code, exc.reason)
-        return
+    channel, rights, (cursor, last) = admitted
     with gateway.connection("websocket", channel) as conn:
         try:
             async with gateway.hub.subscribe(channel, cursor, last) as sub:
@@ -79,17 +78,44 @@ async def ws_endpoint(websocket: WebSocket) -> None:
                 await _serve(websocket, gateway, sub, rights, conn)
         except GatewayError as exc:
             conn.reason = exc.reason
-            await _refuse(websocket, exc.close_code, exc.reason)
+            await refuse(websocket, exc.close_code, exc.reason)
 
 
-async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
+def _asked(websocket: WebSocket, gateway: Gateway) -> tuple[str, Rights, Resume]:
+    channel = check_channel(websocket.path_params["channel"])
+    rights = gateway.guard.authorize_read(websocket, channel)
+    return channel, rights, resume_from(websocket.query_params)
+
+
+async def admit(websocket: WebSocket, gateway: Gateway, asked: Callable[[], T]) -> T | None:
+    """What the handshake ``asked`` for (read by ``asked``), or None once refused (close 1008 ...).
+
+    A socket is admitted when the transport is served, its Origin allowed,
+    its request sound and its rights enough, and the process has room.
+    """
+    if not gateway.settings.serves("websocket"):
+        await websocket.close(code=1008, reason="the websocket transport is turned off")
+        return None
+    try:
+        gateway.guard.check_origin(websocket)
+        found = asked()
+        gateway.check_capacity()
+        gateway.hub.check_broker()
+    except GatewayError as exc:
+        gateway.metrics.refused.labels(str(exc.status)).inc()
+        await refuse(websocket, exc.close_code, exc.reason)
+        return None
+    return found
+
+
+async def refuse(websocket: WebSocket, code: int, reason: str) -> None:
     """Accept, then close with a reason: a browser sees the reason only this way."""
     if websocket.application_state is WebSocketState.CONNECTING:
         await websocket.accept()
-    await _close(websocket, code, reason)
+    await close_socket(websocket, code, reason)
 
 
-async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+async def close_socket(websocket: WebSocket, code: int, reason: str) -> None:
     try:
         with anyio.move_on_after(SEND_TIMEOUT_S):  # a stalled client may never take it
             await websocket.close(code=code, reason=_close_reason(reason))
@@ -108,7 +134,8 @@ async def _serve(
     replies: deque[str] = deque()  # acks and errors, written by the writer: one writer, no lock
     refusals: list[GatewayError] = []
     sub.writer = asyncio.current_task()
-    try:
+
+    async def serve() -> None:
         async with anyio.create_task_group() as tasks:
 
             async def reader() -> None:
@@ -119,18 +146,16 @@ async def _serve(
             tasks.start_soon(reader)
             await _write(websocket, sub, replies)
             tasks.cancel_scope.cancel()
-    except asyncio.CancelledError:
-        if sub.close_reason is not CloseReason.STALLED:
-            raise
-        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+
+    if not await unless_stalled(serve(), lambda: sub.close_reason):
         conn.reason = CloseReason.STALLED.value
         return  # no close frame: it would block like the write did
     if refusals:
         conn.reason = refusals[0].reason
-        await _close(websocket, refusals[0].close_code, refusals[0].reason)
+        await close_socket(websocket, refusals[0].close_code, refusals[0].reason)
     elif sub.close_reason is not None and sub.close_reason is not CloseReason.CLIENT_GONE:
         conn.reason = sub.close_reason.value
-        await _close(websocket, CLOSE_CODES[sub.close_reason], sub.close_reason.value)
+        await close_socket(websocket, CLOSE_CODES[sub.close_reason], sub.close_reason.value)
 
 
 async def _write(websocket: WebSocket, sub: Subscription, replies: deque[str]) -> None:
@@ -138,7 +163,7 @@ async def _write(websocket: WebSocket, sub: Subscription, replies: deque[str]) -
     sink = sub.sink = ws_sink(websocket.scope)
     while True:
         while replies:
-            sent = await _send(websocket, replies.popleft(), sub)
+            sent = await send_frame(websocket, replies.popleft(), sub)
             sub.replies_owed -= 1
             if not sent:
                 return
@@ -154,20 +179,26 @@ async def _write(websocket: WebSocket, sub: Subscription, replies: deque[str]) -
             await sub.wait()
             continue
         for item in items:
-            if not await _send(websocket, _encode(item), sub):
+            if not await send_frame(websocket, _encode(item), sub):
                 return
 
 
-async def _send(websocket: WebSocket, text: str, sub: Subscription) -> bool:
-    """Send one frame; False (and the subscription closed) when the client is gone."""
-    sub.sending_since = time.monotonic()
+async def send_frame(websocket: WebSocket, text: str, sub: Subscription | None) -> bool:
+    """Send one frame; False (and the subscription closed) when the client is gone.
+
+    ``sub`` is the subscription the hub's watchdog looks at for a blocked write.
+    """
+    if sub is not None:
+        sub.sending_since = time.monotonic()
     try:
         await websocket.send_text(text)
     except (WebSocketDisconnect, RuntimeError, OSError):  # closing under our feet
-        sub.close(CloseReason.CLIENT_GONE)
+        if sub is not None:
+            sub.close(CloseReason.CLIENT_GONE)
         return False
     finally:
-        sub.sending_since = 0.0
+        if sub is not None:
+            sub.sending_since = 0.0
     return True
 
 
@@ -179,24 +210,16 @@ async def _read(
     replies: deque[str],
 ) -> GatewayError | None:
     """Answer the client's frames until it leaves; a frame too large ends it (1009)."""
-    limiter = _RateLimit(gateway.settings.publish_rate)
+    limiter = RateLimit(gateway.settings.publish_rate)
     most = gateway.settings.ws_max_frame_bytes
     while True:
-        try:
-            message = await websocket.receive()
-        except (WebSocketDisconnect, RuntimeError):
-            message = {"type": "websocket.disconnect"}
-        if message["type"] == "websocket.disconnect":
-            # uvicorn closes every socket itself (1012) when it shuts down.
-            shutdown = message.get("code") == 1012
-            sub.close(CloseReason.SHUTDOWN if shutdown else CloseReason.CLIENT_GONE)
+        received = await receive_frame(websocket, most)
+        if isinstance(received, CloseReason):
+            sub.close(received)
             return None
-        text = message.get("text")
-        size = len(message.get("bytes") or b"") if text is None else len(text.encode())
-        # uvicorn refuses larger frames itself only when started with --ws-max-size
-        # (the Procfile and ``python -m gateway`` do); this holds without it.
-        if size > most:
-            return TooLarge(f"frame larger than {most} bytes")
+        if isinstance(received, GatewayError):
+            return received
+        text = received.text
         # Until its answer is written, messages go through the writer's queue:
         # the client gets the ack of its publish before the message itself.
         sub.replies_owed += 1
@@ -204,30 +227,73 @@ async def _read(
         sub.poke()  # wake the writer; WebSocket subscriptions take no heartbeat from it
 
 
+class Frame(NamedTuple):
+    text: str | None  # None: a binary frame
+
+
+async def receive_frame(websocket: WebSocket, most: int) -> Frame | CloseReason | GatewayError:
+    """The client's next frame; why it left; or a frame past ``most`` bytes (1009)."""
+    try:
+        message = await websocket.receive()
+    except (WebSocketDisconnect, RuntimeError):
+        message = {"type": "websocket.disconnect"}
+    if message["type"] == "websocket.disconnect":
+        # uvicorn closes every socket itself (1012) when it shuts down.
+        shutdown = message.get("code") == 1012
+        return CloseReason.SHUTDOWN if shutdown else CloseReason.CLIENT_GONE
+    text = message.get("text")
+    size = len(message.get("bytes") or b"") if text is None else len(text.encode())
+    # uvicorn refuses larger frames itself only when started with --ws-max-size
+    # (the Procfile and ``python -m gateway`` do); this holds without it.
+    if size > most:
+        return TooLarge(f"frame larger than {most} bytes")
+    return Frame(text)
+
+
 async def _handle_frame(
-    text: str | None, gateway: Gateway, channel: str, rights: Rights, limiter: _RateLimit
+    text: str | None, gateway: Gateway, channel: str, rights: Rights, limiter: RateLimit
 ) -> str:
     try:
-        if text is None:
-            raise BadRequest("binary frames are not understood: send JSON text")
         event, data = _parse_publish(text)
-        gateway.guard.authorize_publish(rights, channel)
-        if len(data.encode()) > gateway.settings.max_message_bytes:
-            raise TooLarge(f"data larger than {gateway.settings.max_message_bytes} bytes")
-        limiter.take()
-        message = await gateway.hub.publish(channel, event, data)
+        message = await publish_checked(gateway, rights, limiter, channel, event, data)
     except GatewayError as exc:
         return orjson.dumps({"type": "error", "reason": exc.reason}).decode()
     return orjson.dumps({"type": "ack", "id": message.id}).decode()
 
 
-def _parse_publish(text: str) -> tuple[str, str]:
+async def publish_checked(
+    gateway: Gateway, rights: Rights, limiter: RateLimit, channel: str, event: str, data: str
+) -> Message:
+    """Publish a frame's message once its right, size and the connection's rate allow it."""
+    gateway.guard.authorize_publish(rights, channel)
+    if len(data.encode()) > gateway.settings.max_message_bytes:
+        raise TooLarge(f"data larger than {gateway.settings.max_message_bytes} bytes")
+    limiter.take()
+    return await gateway.hub.publish(channel, event, data)
+
+
+def _parse_publish(text: str | None) -> tuple[str, str]:
+    frame = parse_frame(text)
+    if frame.get("type") != "publish":
+        raise BadRequest('expected {"type": "publish", "data": ...}')
+    return publish_fields(frame)
+
+
+def parse_frame(text: str | None) -> dict[str, Any]:
+    """A client's frame: a JSON object, or a 400 saying why not."""
+    if text is None:
+        raise BadRequest("binary frames are not understood: send JSON text")
     try:
         frame = orjson.loads(text)
     except orjson.JSONDecodeError:
         raise BadRequest("frame is not JSON") from None
-    if not isinstance(frame, dict) or frame.get("type") != "publish":
-        raise BadRequest('expected {"type": "publish", "data": ...}')
+    if not isinstance(frame, dict):
+        raise BadRequest("a frame is a JSON object with a type")
+    return frame
+
+
+def publish_fields(frame: dict[str, Any]) -> tuple[str, str]:
+    """A publish frame's event and data (JSON data travels as its text)."""
     if "data" not in frame:
         raise BadRequest("publish frame without data")
     data = frame["data"]
@@ -239,7 +305,7 @@ def _parse_publish(text: str) -> tuple[str, str]:
     return check_event(event), data
 
 
-class _RateLimit:
+class RateLimit:
     """A token bucket: ``rate`` publishes a second, bursts up to one second's worth."""
 
     def __init__(self, rate: float) -> None:

@@ -1,0 +1,110 @@
+"""``GET /poll?channel=a@<id>&channel=b@<id>&timeout=&limit=``: several channels, one long-poll.
+
+Answers ``{"messages", "cursors", "gaps", "cursor"}``: the messages (each
+with its ``channel``; in order within a channel, across channels in the
+order they arrived), each channel's cursor for the next request, the
+channels whose history lost messages after their cursor, and the composite
+cursor (composite.py, which ``?cursor=`` takes back, as ``/sse`` does).
+
+* ``limit`` counts across channels. A channel cut by it keeps its cursor at
+  its last message given and continues on the next poll: only a gap the
+  broker reported is a gap.
+* One waiter per request: the channels' subscriptions share one wake-up
+  (multiplex.py), not a task per channel.
+* The common case of a client behind on every channel is answered from the
+  hub's memory at once, as on ``/poll/{channel}``.
+"""
+
+from __future__ import annotations
+
+import anyio
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway import composite
+from gateway.hub import Hub
+from gateway.message import START, Cursor, Gap, Item
+from gateway.multiplex import Multiplex
+from gateway.state import gateway_of
+from gateway.transports.channels import ChannelSpec, channel_specs, label
+from gateway.transports.longpoll import GATHER_S, check_served, poll_bounds
+
+Runs = list[tuple[str, list[Item]]]
+
+
+async def poll_multi_endpoint(request: Request) -> Response:
+    gateway = gateway_of(request)
+    check_served(gateway.settings)
+    specs = channel_specs(request, gateway.settings.max_channels)
+    channels = [spec.channel for spec in specs]
+    gateway.guard.authorize_read_all(request, channels)
+    timeout, limit = poll_bounds(request, gateway.settings)
+    gateway.check_capacity()
+    gateway.hub.check_broker()
+    with gateway.connection("poll", label(channels)) as conn:
+        waiting = _waiting(gateway.hub, specs, limit)
+        if waiting:  # every channel answered from memory, and something waits
+            conn.reason = "answered"
+            return _answer(specs, [spec.cursor or START for spec in specs], waiting)
+        async with Multiplex(gateway.hub) as mux:
+            starts = [await mux.open(s.channel, s.cursor, s.last, limit) for s in specs]
+            runs = mux.take(limit)
+            if not runs and mux.close_reason is None:
+                with anyio.move_on_after(timeout):
+                    await mux.wait()
+                    await anyio.sleep(GATHER_S)
+                runs = mux.take(limit)
+            conn.reason = "answered" if runs else _outcome(mux)
+    return _answer(specs, starts, runs)
+
+
+def _outcome(mux: Multiplex) -> str:
+    return mux.close_reason.value if mux.close_reason is not None else "timed out"
+
+
+def _waiting(hub: Hub, specs: list[ChannelSpec], limit: int) -> Runs:
+    """Messages after the channels' cursors from the hub's memory; none unless all are known.
+
+    Channels past the ``limit`` give nothing this time: they keep their cursors.
+    """
+    runs: Runs = []
+    for spec in specs:
+        if limit <= 0:
+            break
+        messages = None if spec.cursor is None else hub.waiting(spec.channel, spec.cursor, limit)
+        if messages is None:
+            return []
+        if messages:
+            runs.append((spec.channel, list(messages)))
+            limit -= len(messages)
+    return runs
+
+
+def _answer(specs: list[ChannelSpec], starts: list[Cursor], runs: Runs) -> Response:
+    cursors = {spec.channel: start for spec, start in zip(specs, starts, strict=True)}
+    gaps: list[str] = []
+    messages: list[bytes] = []
+    for channel, items in runs:
+        for item in items:
+            if isinstance(item, Gap):
+                gaps.append(channel)
+                cursors[channel] = START  # after a gap, all that remains: until a message says
+                continue
+            if item.cursor is not None:
+                cursors[channel] = item.cursor
+            messages.append(item.json)
+    body = b"".join(
+        (
+            b'{"messages":[',
+            b",".join(messages),
+            b'],"cursors":',
+            orjson.dumps({channel: str(cursor) for channel, cursor in cursors.items()}),
+            b',"gaps":',
+            orjson.dumps(gaps),
+            b',"cursor":',
+            orjson.dumps(composite.encode(list(cursors), list(cursors.values()))),
+            b"}",
+        )
+    )
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})

@@ -1,0 +1,181 @@
+"""``GET /sse?channel=a&channel=b@<id>``: several channels on one Server-Sent Events stream.
+
+One stream instead of one per channel: a browser opens at most six HTTP/1.1
+connections per origin (SPEC, "Several channels on one connection").
+
+* Each message is an event with no ``event:`` line (a native
+  ``EventSource``'s ``onmessage`` sees them all) whose ``data:`` is the
+  message's JSON ``{"id","channel","event","data"}`` (``Message.mux_sse``,
+  built once for every connection) and whose ``id:`` is the connection's
+  composite cursor (composite.py): the one per-connection part, a join of
+  segments each built once per message. A message without an id (a raw
+  Redis ``PUBLISH``) has no ``id:`` line: the browser keeps the last one.
+* It opens with ``event: subscribed``, ``id:`` the starting composite and
+  ``data: {"cursors": {channel: id}}``; a gap on one channel is
+  ``event: gap``, ``data: {"channel": NAME}``, before that channel's
+  remaining history.
+* ``Last-Event-ID`` (or ``?cursor=``) resumes every channel and wins over
+  the URL's cursors. Heartbeats, the slow-consumer cut (``retry:`` and the
+  end of the stream, for the whole connection) and shutdown are as on
+  ``/sse/{channel}``; the first channel's subscription stands for the
+  connection in the hub's heartbeat and stall loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gateway.composite import Composite
+from gateway.errors import GatewayError, NotServed
+from gateway.message import Batch, Cursor, Gap, Item
+from gateway.multiplex import Multiplex
+from gateway.state import Gateway, gateway_of
+from gateway.subscription import CloseReason
+from gateway.transports.channels import ChannelSpec, channel_specs, label
+from gateway.transports.direct import ChannelSink, sse_sink, write_arrivals
+from gateway.transports.sse import (
+    HEADERS,
+    HEARTBEAT,
+    LEFT_CHECK_S,
+    RECONNECT_HINT,
+    WRITE_BYTES,
+    Write,
+    answer,
+    broker_gone,
+    client_left,
+    ended,
+    stream_writer,
+)
+
+SSE_MULTI_PATH = "/sse"
+BATCH = 256
+
+
+async def sse_multi_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/sse`` as a bare ASGI app, past the router like ``/sse/{channel}``."""
+    await answer(scope, receive, send, sse_multi_endpoint)
+
+
+async def sse_multi_endpoint(request: Request) -> Response:
+    gateway = gateway_of(request)
+    if not gateway.settings.serves("sse"):
+        raise NotServed("the sse transport is turned off on this server")
+    resume = request.headers.get("last-event-id")
+    specs = channel_specs(request, gateway.settings.max_channels, resume)
+    gateway.guard.authorize_read_all(request, [spec.channel for spec in specs])
+    gateway.check_capacity()
+    gateway.hub.check_broker()
+    return MultiEventStream(gateway, specs)
+
+
+class Encoder:
+    """This connection's SSE bytes: the composite ``id:`` before each shared ``data:`` part."""
+
+    __slots__ = ("_composite", "_index")
+
+    def __init__(self, channels: list[str], starts: list[Cursor]) -> None:
+        self._composite = Composite(channels, starts)
+        self._index = {channel: index for index, channel in enumerate(channels)}
+
+    @property
+    def cursor(self) -> bytes:
+        return self._composite.text
+
+    def events(self, channel: str, items: list[Item]) -> bytes:
+        index = self._index[channel]
+        composite = self._composite
+        parts: list[bytes] = []
+        for item in items:
+            if isinstance(item, Gap):
+                parts.append(b'event: gap\ndata: {"channel":' + orjson.dumps(channel) + b"}\n\n")
+            elif item.epoch is None:
+                parts.append(item.mux_sse)
+            else:
+                composite.advance(index, item)
+                parts.append(b"id: " + composite.text + b"\n" + item.mux_sse)
+        return b"".join(parts)
+
+    def chunk(self, channel: str, batch: Batch) -> bytes:
+        """The events as one HTTP/1.1 chunk, for the fast path."""
+        body = self.events(channel, batch.items)
+        return b"%x\r\n%b\r\n" % (len(body), body)
+
+
+def opening(encoder: Encoder, channels: list[str], starts: list[Cursor]) -> bytes:
+    cursors = orjson.dumps({"cursors": dict(zip(channels, map(str, starts), strict=True))})
+    return b"event: subscribed\nid: " + encoder.cursor + b"\ndata: " + cursors + b"\n\n"
+
+
+class MultiEventStream(Response):
+    def __init__(self, gateway: Gateway, specs: list[ChannelSpec]) -> None:
+        self.gateway = gateway
+        self.specs = specs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        if scope.get("method") == "HEAD" or await self._stream(scope, receive, send):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Stream until a subscription ends; False when the client stalled."""
+        channels = [spec.channel for spec in self.specs]
+        with self.gateway.connection("sse", label(channels)) as conn:
+            try:
+                async with Multiplex(self.gateway.hub) as mux:
+                    mux.writer = asyncio.current_task()
+                    starts = [await mux.open(s.channel, s.cursor, s.last) for s in self.specs]
+                    encoder = Encoder(channels, starts)
+                    lead = mux.lead
+                    assert lead is not None
+                    lead.wants_heartbeat = True
+                    await receive()  # the (empty) request body of a GET
+                    write = stream_writer(lead, send)  # the lead stands for the whole stream
+                    await write(opening(encoder, channels, starts))
+                    pump = _pump(mux, encoder, write, receive, scope)
+                    return await ended(conn, pump, lambda: mux.close_reason)
+            except GatewayError as exc:  # the broker went away while we joined
+                return await broker_gone(conn, exc, send)
+
+
+async def _pump(
+    mux: Multiplex, encoder: Encoder, write: Write, receive: Receive, scope: Scope
+) -> None:
+    raw = sse_sink(scope)
+    if raw is not None:
+        for channel, sub in mux.subs.items():
+            sub.sink = ChannelSink(raw, mux, channel, encoder.chunk)
+    lead = mux.lead
+    assert lead is not None
+    checked_at = time.monotonic()
+    while True:
+        if mux.close_reason is not None:
+            if mux.close_reason is not CloseReason.CLIENT_GONE:
+                await write(RECONNECT_HINT)
+            return
+        if mux.queued():
+            if raw is not None:
+                if not await write_arrivals(mux, raw, encoder.chunk):
+                    mux.close(CloseReason.CLIENT_GONE)
+                continue
+            # Through ASGI: a busy stream asks whether its client left about once a second.
+            if time.monotonic() - checked_at > LEFT_CHECK_S:
+                checked_at = time.monotonic()
+                if await client_left(receive):
+                    mux.close(CloseReason.CLIENT_GONE)
+                    continue
+            runs = mux.take(BATCH, WRITE_BYTES)
+            await write(b"".join(encoder.events(channel, items) for channel, items in runs))
+            continue
+        if lead.poked():  # a heartbeat: also the time to notice a client that left
+            if await client_left(receive):
+                mux.close(CloseReason.CLIENT_GONE)
+                continue
+            await write(HEARTBEAT)
+            continue
+        await mux.wait()
