@@ -1,15 +1,17 @@
 """The Starlette app: routes, static pages, ``/metrics``, and the lifespan.
 
-Every app-wide object (broker, hub, metrics, guard) is made in the lifespan
-and reaches requests through ``request.state.gateway``; nothing is a module
-global, so tests can run several apps in one process.
+Every app-wide object (broker, hub, metrics, guard) is made when the app
+starts (its lifespan, or a parent app's: see ``GatewayApp``) and reaches
+requests through the scope (``gateway_of``); nothing is a module global, so
+tests can run several apps in one process.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,11 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from gateway.auth import Guard
 from gateway.brokers import make_broker
@@ -31,7 +34,7 @@ from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.publish import publish_endpoint
 from gateway.settings import Settings
-from gateway.state import Gateway, gateway_of
+from gateway.state import GATEWAY_KEY, Gateway, gateway_of
 from gateway.stats import stats_running
 from gateway.transports.common import refusal, route_path
 from gateway.transports.direct import RAW_SEND
@@ -39,8 +42,9 @@ from gateway.transports.longpoll import poll_endpoint
 from gateway.transports.poll_multi import poll_multi_endpoint
 from gateway.transports.sse import SSE_PATH_PREFIX, sse_app
 from gateway.transports.sse_multi import SSE_MULTI_PATH, sse_multi_app
-from gateway.transports.websocket import WS_PATH_PREFIX, ws_app
+from gateway.transports.websocket import MAX_CLOSE_REASON_BYTES, WS_PATH_PREFIX, ws_app
 from gateway.transports.ws_multi import WS_MULTI_PATH, ws_multi_app
+from gateway.workers import sole_worker
 
 logger = logging.getLogger("gateway")
 
@@ -64,11 +68,20 @@ register_url_convertor("anytext", _AnyText())
 
 
 class GatewayApp(Starlette):
-    """Starlette, with two things for the fan-out's fast path.
+    """Starlette, with the gateway's own lifetime and two things for the fan-out's fast path.
 
+    * The running ``Gateway`` lives on the app (``running()`` sets it) and
+      goes into each request's scope (``GATEWAY_KEY``), not into the
+      lifespan's state: mounted in a parent app (``app.mount("/realtime",
+      create_app())``) the parent's lifespan runs instead of ours, so the
+      parent starts the gateway with ``lifespan=realtime.lifespan`` or
+      ``async with realtime.running():`` inside its own. A request that
+      reaches a gateway never started is answered 503 with that reason.
     * The server's own ``send`` is kept in the scope: middleware wraps
       ``send``, and the transports need the server's object behind it to
-      write straight to a socket (transports/direct.py).
+      write straight to a socket (transports/direct.py). Under a parent app
+      its middleware has wrapped ``send`` already, so streams write through
+      ASGI there: correct, slower, and safe for a parent's middleware.
     * ``/sse/…``, ``/sse``, ``/ws/…`` and ``/ws`` go to their transports directly, past the
       router and the exception middleware: a streaming connection's task
       stays inside every frame on its way for its whole life, and those
@@ -76,15 +89,46 @@ class GatewayApp(Starlette):
       what one may cost. CORS (HTTP only) still wraps SSE.
     """
 
-    def __init__(self, *args: Any, sse: ASGIApp, sse_multi: ASGIApp, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, *, sse: ASGIApp, sse_multi: ASGIApp, start: Callable[[], Started], **kwargs: Any
+    ) -> None:
+        self.gateway: Gateway | None = None
         self._sse = sse
         self._sse_multi = sse_multi
+        self._start = start
+        self._refused_at = -NOT_STARTED_LOG_EVERY_S
+        super().__init__(lifespan=self.lifespan, **kwargs)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Gateway]:
+        """Start the gateway for the block's duration: a parent app's lifespan runs this."""
+        if self.gateway is not None:
+            raise RuntimeError("this gateway is already running")
+        async with self._start() as gateway:
+            self.gateway = gateway
+            try:
+                yield gateway
+            finally:
+                self.gateway = None
+
+    @asynccontextmanager
+    async def lifespan(self, app: object) -> AsyncIterator[None]:
+        """A lifespan for any Starlette or FastAPI app: ``lifespan=realtime.lifespan``."""
+        async with self.running():
+            yield
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[RAW_SEND] = send
         kind = scope["type"]
-        path = route_path(scope) if kind != "lifespan" else ""
+        if kind == "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        gateway = self.gateway
+        if gateway is None:
+            await self._not_started(scope, receive, send)
+            return
+        scope[GATEWAY_KEY] = gateway
+        scope[RAW_SEND] = send
+        path = route_path(scope)
         if kind == "http" and path.startswith(SSE_PATH_PREFIX):
             scope["app"] = self
             await self._sse(scope, receive, send)
@@ -100,29 +144,30 @@ class GatewayApp(Starlette):
         else:
             await super().__call__(scope, receive, send)
 
+    async def _not_started(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """503 (WebSocket: close 1011) with the reason, and a log line now and then."""
+        now = time.monotonic()
+        if now - self._refused_at >= NOT_STARTED_LOG_EVERY_S:
+            self._refused_at = now
+            logger.error("refusing %s %s: %s", scope["type"], scope.get("path"), NOT_STARTED)
+        if scope["type"] == "websocket":
+            websocket = WebSocket(scope, receive, send)
+            await websocket.accept()
+            await websocket.close(code=1011, reason=NOT_STARTED[:MAX_CLOSE_REASON_BYTES])
+        else:
+            await JSONResponse({"error": NOT_STARTED}, status_code=503)(scope, receive, send)
 
-def create_app(settings: Settings | None = None) -> Starlette:
+
+NOT_STARTED = "the gateway is not started: run its lifespan (see README, Embedding)"
+NOT_STARTED_LOG_EVERY_S = 60.0
+
+Started = AbstractAsyncContextManager[Gateway]
+
+
+def create_app(settings: Settings | None = None) -> GatewayApp:
+    """The gateway as an ASGI app: served alone, or mounted in a Starlette or FastAPI app."""
     settings = settings or Settings.from_env()
     _configure_logging()
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Gateway]]:
-        metrics = Metrics()
-        hub = Hub(make_broker(settings), settings, metrics)
-        guard = Guard(settings)
-        if guard.open:
-            logger.warning(
-                "GATEWAY_SECRET is not set: the gateway is OPEN, anyone may read and publish"
-            )
-        gateway = Gateway(settings, hub, metrics, guard)
-        collector = Collector(lambda: gateway.open_connections, lambda: gateway.closed_connections)
-        async with (
-            hub.running(),
-            stats_running(hub, metrics, settings.stats_interval_s),
-            collector_running(collector),
-        ):
-            yield {"gateway": gateway}
-
     routes = [
         Route("/", _index),
         Route("/dashboard", _dashboard),
@@ -139,11 +184,32 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return GatewayApp(
         sse=CORSMiddleware(sse_app, **cors) if cors else sse_app,
         sse_multi=CORSMiddleware(sse_multi_app, **cors) if cors else sse_multi_app,
+        start=lambda: _started(settings),
         routes=routes,
         middleware=middleware,
-        lifespan=lifespan,
         exception_handlers={GatewayError: _gateway_error},
     )
+
+
+@asynccontextmanager
+async def _started(settings: Settings) -> AsyncIterator[Gateway]:
+    """Every app-wide object, made and running for the block's duration."""
+    metrics = Metrics()
+    hub = Hub(make_broker(settings), settings, metrics)
+    guard = Guard(settings)
+    if guard.open:
+        logger.warning(
+            "GATEWAY_SECRET is not set: the gateway is OPEN, anyone may read and publish"
+        )
+    gateway = Gateway(settings, hub, metrics, guard)
+    collector = Collector(lambda: gateway.open_connections, lambda: gateway.closed_connections)
+    async with (
+        sole_worker() if not settings.redis_url else nullcontext(),
+        hub.running(),
+        stats_running(hub, metrics, settings.stats_interval_s),
+        collector_running(collector),
+    ):
+        yield gateway
 
 
 def _configure_logging() -> None:

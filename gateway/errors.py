@@ -70,3 +70,14 @@ class BrokerUnavailable(GatewayError):
     status = 503
     close_code = 1011
     retry_after = 2
+
+
+class OutcomeUnknown(GatewayError):
+    """A publish was sent, and its answer never came: it may or may not have happened.
+
+    ``gateway.publisher`` never retries one (a retry could publish twice):
+    the caller knows whether a duplicate is worse than a loss.
+    """
+
+    status = 504
+    close_code = 1011

@@ -40,6 +40,9 @@ class Settings:
     ws_max_frame_bytes: int = 131072
     publish_rate: float = 50.0
     stats_interval_s: float = 1.0
+    # Read by gateway.publisher only: where a Python app publishes over HTTP.
+    gateway_url: str | None = None
+    gateway_token: str | None = None
     max_channels: int = 64
 
     @classmethod
@@ -68,6 +71,8 @@ class Settings:
             ws_max_frame_bytes=_int(env, "GATEWAY_WS_MAX_FRAME_BYTES", 131072, minimum=1024),
             publish_rate=_float(env, "GATEWAY_PUBLISH_RATE", 50.0, minimum=0.0),
             stats_interval_s=_float(env, "GATEWAY_STATS_INTERVAL", 1.0, minimum=0.1),
+            gateway_url=get("GATEWAY_URL") or None,
+            gateway_token=get("GATEWAY_TOKEN") or None,
             max_channels=_int(env, "GATEWAY_MAX_CHANNELS", 64, minimum=1),
         )
 

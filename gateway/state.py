@@ -108,12 +108,20 @@ def _quote(value: str) -> str:
     return json.dumps(value)
 
 
-def gateway_of(conn: HTTPConnection) -> Gateway:
-    """The lifespan's ``Gateway``, read from the scope's state dict.
+# The scope key under which ``GatewayApp`` hands each request its running
+# ``Gateway``. Not the lifespan's state: a parent app that mounts the gateway
+# runs its own lifespan, and its state is what requests carry.
+GATEWAY_KEY = "gateway.gateway"
 
-    Not ``conn.state.gateway``: that builds a ``State`` object per request,
-    5 % of the CPU of 5,000 long-poll clients (py-spy, bench/).
+
+def gateway_of(conn: HTTPConnection) -> Gateway:
+    """The running ``Gateway``, which ``GatewayApp`` put into the scope.
+
+    A plain dict read: not ``conn.state.gateway``, which builds a ``State``
+    object per request, 5 % of the CPU of 5,000 long-poll clients (py-spy,
+    bench/). ``GatewayApp`` answers 503 itself before it is started, so the
+    key is always there.
     """
-    gateway = conn.scope["state"]["gateway"]
+    gateway = conn.scope[GATEWAY_KEY]
     assert isinstance(gateway, Gateway)
     return gateway

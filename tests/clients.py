@@ -210,3 +210,17 @@ async def subscribed(
         with anyio.fail_after(15):
             await reader.ready.wait()
         yield reader
+
+
+@asynccontextmanager
+async def on_every_transport(server: Any, channel: str, count: int) -> AsyncIterator[dict[str, Reader]]:
+    """One reader per transport on ``channel``, all subscribed; at exit, wait until each has ``count``."""
+    readers = {transport: Reader() for transport in TRANSPORTS}
+    async with anyio.create_task_group() as tasks:
+        for transport, reader in readers.items():
+            read = reader_for(transport, server)
+            tasks.start_soon(lambda r=read, rd=reader: r(channel, rd, count))
+        with anyio.fail_after(10):
+            for reader in readers.values():
+                await reader.ready.wait()
+        yield readers

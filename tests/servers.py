@@ -146,29 +146,52 @@ class RedisServer:
 
 
 class GatewayServer:
-    """``uvicorn gateway.app:app`` in a subprocess, on a free port."""
+    """``uvicorn gateway.app:app`` in a subprocess, on a free port.
+
+    ``app`` may name another ASGI app (a parent that mounts the gateway at
+    ``mount``): ``url`` and ``ws_url`` then lead to the gateway under it,
+    and the parent must answer ``/healthz`` itself.
+    """
 
     def __init__(
         self,
         env: Mapping[str, str] | None = None,
         port: int | None = None,
         args: Sequence[str] = (),
+        app: str = "gateway.app:app",
+        mount: str = "",
     ) -> None:
         self.env = dict(env or {})
         self.port = port or free_port()
         self.args = list(args)  # more uvicorn options
+        self.app = app
+        self.mount = mount
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="gw-server-", suffix=".log")[1])
 
     @property
-    def url(self) -> str:
+    def origin(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def url(self) -> str:
+        return f"{self.origin}{self.mount}"
+
+    @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"ws://127.0.0.1:{self.port}{self.mount}"
 
     def start(self, *, wait_ready: bool = True) -> GatewayServer:
+        self.spawn()
+        try:
+            wait_until(self.ready if wait_ready else self.alive)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start uvicorn and return at once (``start`` waits until it serves)."""
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         env.setdefault("GATEWAY_SHUTDOWN_GRACE", "3")
         grace = env["GATEWAY_SHUTDOWN_GRACE"]
@@ -176,7 +199,7 @@ class GatewayServer:
             sys.executable,
             "-m",
             "uvicorn",
-            "gateway.app:app",
+            self.app,
             "--host",
             "127.0.0.1",
             "--port",
@@ -196,18 +219,13 @@ class GatewayServer:
             args, env=env, cwd=ROOT, stdout=log, stderr=log, preexec_fn=_death_pact()
         )
         log.close()
-        try:
-            wait_until(self.ready if wait_ready else self.alive)
-        except BaseException:
-            self.kill()
-            raise
-        return self
+        return self.proc
 
     def alive(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"gateway exited {self.proc.returncode}: {self.log()[-2000:]}")
-        return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        return httpx.get(f"{self.origin}/healthz", timeout=1).status_code == 200
 
     def ready(self) -> bool:
         return self.alive() and httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200

@@ -6,7 +6,14 @@ import anyio
 import httpx
 import pytest
 
-from tests.clients import TRANSPORTS, Reader, publish, reader_for, subscribed
+from tests.clients import (
+    TRANSPORTS,
+    Reader,
+    on_every_transport,
+    publish,
+    reader_for,
+    subscribed,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -315,15 +322,9 @@ async def test_every_transport_works_under_a_root_path(channel):
     server = GatewayServer({"REDIS_URL": ""}, args=["--root-path", "/gw"]).start()
     try:
         mounted = server
-        readers = {transport: Reader() for transport in TRANSPORTS}
-        async with anyio.create_task_group() as tasks:
-            for transport, reader in readers.items():
-                read = reader_for(transport, mounted)
-                tasks.start_soon(lambda r=read, rd=reader: r(channel, rd, 1))
-            with anyio.fail_after(10):
-                for reader in readers.values():
-                    await reader.ready.wait()
-            message_id = await publish(mounted.url, channel, "under /gw")
+        with anyio.fail_after(20):
+            async with on_every_transport(mounted, channel, 1) as readers:
+                message_id = await publish(mounted.url, channel, "under /gw")
         for transport, reader in readers.items():
             assert [m["id"] for m in reader.messages] == [message_id], transport
         async with httpx.AsyncClient(timeout=10) as client:

@@ -29,6 +29,16 @@ DEFAULT_CAP = 1000  # a redis-cli publish on a channel no gateway recorded a cap
 SOURCE_SHA256 = "189b53b06dadfab4ce7739ceef7def1659d2151b9d09b777911387cd06e3c093"
 
 
+# What Redis answers when a function is not loaded ("ERR Function not found"
+# in Redis 7 and 8; the older wording kept for other servers that speak FCALL).
+MISSING_FUNCTION_ERRORS = ("Function not found", "No matching function")
+
+
+def missing_function(error: Exception) -> bool:
+    """Whether Redis refused a call because the gateway's functions are not loaded."""
+    return any(text in str(error) for text in MISSING_FUNCTION_ERRORS)
+
+
 def source_text() -> str:
     return files("gateway.brokers").joinpath("gateway.lua").read_text()
 
@@ -50,9 +60,14 @@ def function_name(prefix: str, action: str) -> str:
     return f"{function_prefix(prefix)}_{action}_{VERSION}"
 
 
+def channel_key(prefix: str, channel: str) -> str:
+    """A channel's base key and pub/sub name; the hash tag keeps its keys in one slot."""
+    return f"{prefix}:{{{channel}}}"
+
+
 def channel_keys(prefix: str, channel: str) -> tuple[str, str, str]:
     """The pub/sub name (and cap key), the history stream, the epoch key."""
-    base = f"{prefix}:{{{channel}}}"
+    base = channel_key(prefix, channel)
     return base, f"{base}:h", f"{base}:e"
 
 
@@ -67,10 +82,14 @@ def library_source(prefix: str) -> str:
     )
 
 
-def publish_args(
-    prefix: str, channel: str, data: str, event: str, cap: int | None = None
+def publish_call(
+    prefix: str, channel: str, event: str, data: str, cap: int | None = None
 ) -> tuple[str | int, ...]:
-    """The ``FCALL`` arguments that publish ``data`` on ``channel`` (one atomic call)."""
+    """The command that publishes one message; Redis answers its id, ``<epoch>:<ms>-<seq>``.
+
+    Without ``cap`` the function uses the one the gateways recorded on the
+    channel (what ``redis-cli`` and ``gateway.publisher`` do).
+    """
     keys = channel_keys(prefix, channel)
     extra = () if cap is None else (str(cap),)
     return ("FCALL", function_name(prefix, "publish"), len(keys), *keys, data, event, *extra)

@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 from gateway.brokers import functions
 from gateway.brokers.backoff import Backoff
 from gateway.brokers.base import BrokerListener, History
+from gateway.brokers.functions import channel_key, missing_function, publish_call
 from gateway.errors import BrokerUnavailable
 from gateway.message import START, Cursor, Message, Position, format_position, parse_position
 from gateway.settings import Settings
@@ -102,7 +103,7 @@ class RedisBroker:
 
     async def publish(self, channel: str, event: str, data: str) -> Message:
         cap = self.settings.history_size
-        raw = await self._call(*functions.publish_args(self.prefix, channel, data, event, cap))
+        raw = await self._call(*publish_call(self.prefix, channel, event, data, cap))
         epoch, _, position = raw.decode().partition(":")
         return Message(channel, event, data, epoch, parse_position(position))
 
@@ -189,13 +190,13 @@ class RedisBroker:
     # -- helpers --------------------------------------------------------------
 
     def base(self, channel: str) -> str:
-        return f"{self.prefix}:{{{channel}}}"
+        return channel_key(self.prefix, channel)
 
     async def _call(self, *args: Any) -> Any:
         try:
             return await self._redis.execute_command(*args)
         except (RedisError, OSError) as exc:
-            if "No matching function" in str(exc):
+            if missing_function(exc):
                 await self._load_functions()
                 return await self._redis.execute_command(*args)
             raise BrokerUnavailable(f"the broker is unavailable: {exc}") from None
