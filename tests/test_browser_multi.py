@@ -313,3 +313,28 @@ def test_the_demo_chats_in_several_rooms_over_one_connection(context, server, ch
         page.set_viewport_size({"width": 1280, "height": 960})
         page.evaluate("() => window.scrollTo(0, 0)")
         screenshot(page, "demo-rooms.png")
+
+
+@pytest.mark.parametrize("share", ["auto", "leader", False])
+def test_a_channel_joined_mid_stream_reads_what_it_asked_for_once(context, server, channel, share):
+    """A second and third subscription of a carried channel (last=N, since=<id>) catch up once."""
+    page = harness(context.new_page(), server.url)
+    ids = [publish(server.url, channel, f"old {n}") for n in range(5)]
+    page.evaluate(
+        """([c, share]) => { H.more = (name, opts) => { H.got[name] = [];
+              Gateway.subscribe(c, { ...opts, share, onMessage: (m) => H.got[name].push(m.id),
+                onError: (e) => H.errors.push(String(e)) }); };
+            H.more("first", { last: 3 }); }""",
+        [channel, share],
+    )
+    page.wait_for_function("() => H.got.first.length === 3")
+    ids += [publish(server.url, channel, f"more {n}") for n in range(2)]
+    page.wait_for_function("() => H.got.first.length === 5")
+    page.evaluate(
+        "since => { H.more('second', { last: 4 }); H.more('third', { since }); }", ids[1]
+    )
+    ids += [publish(server.url, channel, f"live {n}") for n in range(2)]
+    got = wait_got(page, {"first": ids[2:], "second": ids[3:], "third": ids[2:]})
+    assert got == {"first": ids[2:], "second": ids[3:], "third": ids[2:]}
+    assert page.evaluate("() => Gateway.connections().length") == 1
+    assert page.evaluate("() => H.errors") == []
