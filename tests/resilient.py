@@ -142,17 +142,22 @@ async def stream_through_fault(
     fault: Callable[[], Awaitable[None]],
     *,
     check: Callable[[Follower, list[str]], None] | None = None,
+    on_each: bool = False,
 ) -> tuple[dict[str, Follower], Producer, float]:
-    """Followers on every transport of every server in ``read_from``, a producer of ``count``;
-    ``fault()`` after ``fault_after`` acks; each reader checked exactly-once-in-order (or ``check``).
+    """Followers on every transport, a producer of ``count``; ``fault()`` after ``fault_after``
+    acks; each reader checked exactly-once-in-order (or by ``check``).
+
+    The followers read from ``read_from[0]`` and move on down the list after a
+    drop; ``on_each``: a set of followers starts on each server (``sse@1``
+    starts on the second).
     """
     producer = Producer()
     async with anyio.create_task_group() as tasks:
         readers: dict[str, Follower] = {}
-        for n, server in enumerate(read_from):
-            others = [server, *(s for s in read_from if s is not server)]
-            mine = await followers(others, channel, tasks)
-            name = "{}" if len(read_from) == 1 else f"{{}}@{n}"
+        for n, server in enumerate(read_from if on_each else read_from[:1]):
+            order = [server, *(s for s in read_from if s is not server)]
+            mine = await followers(order, channel, tasks)
+            name = f"{{}}@{n}" if on_each else "{}"
             readers |= {name.format(transport): reader for transport, reader in mine.items()}
         async with anyio.create_task_group() as production:
             production.start_soon(producer.run, publish_to, channel, count)

@@ -52,7 +52,7 @@ async def test_manual_failover_of_the_channels_primary(nodes, fresh_cluster):
         await anyio.to_thread.run_sync(lambda: wait_until(lambda: replica.is_primary, 20))
 
     readers, producer, fault_at = await stream_through_fault(
-        servers, servers, channel, COUNT, FAULT_AFTER, failover
+        servers, servers, channel, COUNT, FAULT_AFTER, failover, on_each=True
     )
     assert _owner(fresh_cluster, prefix, channel) is replica
     assert all(reader.gaps == 0 for reader in readers.values())
@@ -71,7 +71,7 @@ async def test_the_channels_slot_migrates_to_another_shard(nodes, fresh_cluster)
         await anyio.to_thread.run_sync(migrate_slot, fresh_cluster, fresh_cluster.slot_of(key), target)
 
     readers, producer, fault_at = await stream_through_fault(
-        servers, servers, channel, COUNT, FAULT_AFTER, reshard
+        servers, servers, channel, COUNT, FAULT_AFTER, reshard, on_each=True
     )
     assert fresh_cluster.owner_of(key) is target
     assert target.cli("EXISTS", f"{key}:h") == "1" and source.cli("EXISTS", f"{key}:h") != "1"
@@ -103,7 +103,7 @@ async def test_the_channels_primary_sigkilled(nodes, fresh_cluster):
         await anyio.to_thread.run_sync(lambda: wait_until(lambda: replica.is_primary, 30))
 
     readers, producer, fault_at = await stream_through_fault(
-        servers, servers, channel, COUNT, FAULT_AFTER, kill, check=_every_ack_or_the_gap
+        servers, servers, channel, COUNT, FAULT_AFTER, kill, check=_every_ack_or_the_gap, on_each=True
     )
     gaps = {name: reader.gaps for name, reader in readers.items()}
     record(
@@ -122,7 +122,7 @@ async def test_a_gateway_node_sigkilled_on_a_cluster(nodes):
         first.kill()
 
     readers, _, fault_at = await stream_through_fault(
-        servers, [second], "fault:gateway", COUNT, FAULT_AFTER, kill_first
+        servers, [second], "fault:gateway", COUNT, FAULT_AFTER, kill_first, on_each=True
     )
     assert all(r.reconnects >= 1 for name, r in readers.items() if name.endswith("@0"))
     record("cluster: gateway SIGKILL", readers, fault_at)
