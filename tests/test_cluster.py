@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from typing import Any
 
 import anyio
 import pytest
@@ -16,10 +15,11 @@ import pytest
 from gateway.brokers import is_cluster
 from gateway.brokers.functions import channel_keys, function_name
 from gateway.publisher import AsyncPublisher, Publisher
-from tests.clients import Reader, publish, read_poll, subscribed
+from tests.clients import publish
 from tests.cluster import RedisCluster
 from tests.conftest import gateway_env
 from tests.servers import GatewayServer, RedisServer
+from tests.test_publisher import published_and_received
 
 pytestmark = pytest.mark.anyio
 
@@ -57,14 +57,6 @@ async def test_channels_spread_over_every_shard(node, redis_cluster):
         assert where[base] == where[stream] == where[epoch]
 
 
-async def _received(node: GatewayServer, channel: str, send: Any) -> tuple[str, dict[str, Any]]:
-    async with subscribed(lambda *a, **kw: read_poll(node.url, *a, **kw), channel, 1) as reader:
-        with anyio.fail_after(10):
-            message_id = await send()
-    assert isinstance(reader, Reader)
-    return message_id, reader.messages[0]
-
-
 async def test_the_python_publisher_routes_by_slot(node, redis_cluster):
     """``Publisher`` and ``AsyncPublisher`` on a cluster URL reach subscribers on every shard."""
     prefix = node.env["GATEWAY_REDIS_PREFIX"]
@@ -72,12 +64,12 @@ async def test_the_python_publisher_routes_by_slot(node, redis_cluster):
         for n in range(6):
             channel = f"pub:sync:{n}"
             send = lambda: anyio.to_thread.run_sync(publisher.publish, channel, "s", "ev")  # noqa: B023, E731
-            message_id, received = await _received(node, channel, send)
+            message_id, received = await published_and_received(node, channel, send)
             assert received == {"id": message_id, "channel": channel, "event": "ev", "data": "s"}
     async with AsyncPublisher(redis_cluster.nodes[-1].url, prefix=prefix) as apublisher:
         for n in range(6):
             channel = f"pub:async:{n}"
-            message_id, received = await _received(
+            message_id, received = await published_and_received(
                 node, channel, lambda: apublisher.publish(channel, "a")  # noqa: B023
             )
             assert received["id"] == message_id
@@ -102,7 +94,7 @@ async def test_the_readme_redis_cli_line_works_on_a_cluster_and_a_single_redis(
         entry = redis_cluster.nodes[-1] if kind == "cluster" else redis_server
         for n in range(4):
             channel = f"cli:{n}"
-            message_id, received = await _received(
+            message_id, received = await published_and_received(
                 server,
                 channel,
                 lambda: anyio.to_thread.run_sync(_cli_publish, entry, prefix, channel, "hi"),  # noqa: B023

@@ -10,7 +10,7 @@ redis-py's ``ClusterPubSub`` did not resubscribe after a pushed
 
 Decisions:
 
-* One connection per primary (a ``_ShardLink``), one ``SSUBSCRIBE`` per
+* One connection per primary (a ``ShardLink``), one ``SSUBSCRIBE`` per
   channel on the primary that owns its slot (``{C}``: a channel's keys and
   its pub/sub name share one slot). ``PUBLISH`` would be broadcast to every
   node of the cluster: the Function publishes by ``SPUBLISH``.
@@ -37,8 +37,6 @@ import contextlib
 import functools
 import itertools
 import logging
-import secrets
-from collections import deque
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -51,21 +49,18 @@ from redis.exceptions import (
     ConnectionError,
     MovedError,
     RedisError,
-    ResponseError,
     SlotNotCoveredError,
 )
 
 from gateway.brokers.backoff import Backoff
 from gateway.brokers.base import BrokerListener
 from gateway.brokers.redis_store import (
-    COMMAND_TIMEOUT_S,
-    DEAF_AFTER,
-    MESSAGE_KINDS,
     SUBSCRIBE_TIMEOUT_S,
     RedisStore,
     connection_options,
     load_library,
 )
+from gateway.brokers.shard_link import ShardLink
 from gateway.errors import BrokerUnavailable
 from gateway.settings import Settings
 
@@ -83,7 +78,7 @@ class ClusterBroker(RedisStore):
         self._cluster = RedisCluster.from_url(
             settings.redis_url or "", retry=retry, **connection_options(settings)
         )
-        self._links: dict[str, _ShardLink] = {}
+        self._links: dict[str, ShardLink] = {}
         self._home: dict[str, str] = {}  # channel -> the node whose link carries it
         self._lost: set[str] = set()  # channels whose live messages may have had a gap
         self._homed: dict[str, asyncio.Event] = {}
@@ -240,11 +235,11 @@ class ClusterBroker(RedisStore):
     def _owner(self, key: str) -> str:
         return str(self._cluster.nodes_manager.get_node_from_slot(key_slot(key.encode())).name)
 
-    async def _open_link(self, name: str) -> _ShardLink:
+    async def _open_link(self, name: str) -> ShardLink:
         host, _, port = name.rpartition(":")
         options = {**connection_options(self.settings), "host": host, "port": int(port)}
         options.pop("ssl_cert_reqs", None)
-        link = _ShardLink(name, Connection(**options), self._canary_name(name), self)
+        link = ShardLink(name, Connection(**options), self._canary_name(name), self)
         await link.start()
         return link
 
@@ -267,35 +262,24 @@ class ClusterBroker(RedisStore):
                 return name.encode()
         raise AssertionError("unreachable")
 
-    async def _canary(self, link: _ShardLink) -> None:
-        token = secrets.token_hex(8).encode()
-        loop = asyncio.get_running_loop()
-        arrived = link.canaries[token] = loop.create_future()
-        sent_at = loop.time()
-        try:
-            node = self._cluster.get_node(node_name=link.node)
-            await self._cluster.execute_command("SPUBLISH", link.canary, token, target_nodes=node)
-            try:
-                await asyncio.wait_for(arrived, COMMAND_TIMEOUT_S)
-            except TimeoutError:
-                if link.heard_at < sent_at:
-                    raise
-            link.failed_canaries = 0
-        except BaseException:
-            link.failed_canaries += 1
-            if link.failed_canaries >= DEAF_AFTER:
-                logger.warning("pub/sub link to %s is deaf (canary lost); rebuilding", link.node)
-                await link.close()
-                self._map_changed()
-            raise
-        finally:
-            link.canaries.pop(token, None)
+    async def _canary(self, link: ShardLink) -> None:
+        node = self._cluster.get_node(node_name=link.node)
+
+        async def send(token: bytes) -> None:
+            name = link.canary.name
+            await self._cluster.execute_command("SPUBLISH", name, token, target_nodes=node)
+
+        async def deaf() -> None:
+            logger.warning("pub/sub link to %s is deaf (canary lost); rebuilding", link.node)
+            await link.close()
+
+        await link.canary.check(send, deaf)
 
     # -- what links report ------------------------------------------------------
 
-    def _unsubscribed(self, link: _ShardLink, name: bytes) -> None:
+    def _unsubscribed(self, link: ShardLink, name: bytes) -> None:
         """A pushed ``sunsubscribe``: its slot moved away from ``link``'s node."""
-        if name == link.canary:
+        if name == link.canary.name:
             logger.info("the canary slot of %s moved; rebuilding its link", link.node)
             link.alive = False
             self._map_changed()
@@ -305,107 +289,3 @@ class ClusterBroker(RedisStore):
             del self._home[channel]
             self._lost.add(channel)
             self._map_changed()
-
-
-class _ShardLink:
-    """One pub/sub connection to one primary, read by its own task."""
-
-    def __init__(self, node: str, conn: Connection, canary: bytes, broker: ClusterBroker) -> None:
-        self.node = node
-        self.conn = conn
-        self.canary = canary
-        self.broker = broker
-        self.alive = False
-        self.heard_at = 0.0
-        self.failed_canaries = 0
-        self.canaries: dict[bytes, asyncio.Future[None]] = {}
-        self._asked: deque[tuple[bytes, asyncio.Future[bool]]] = deque()
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self.conn.connect()
-        self.alive = True
-        self._reader = asyncio.get_running_loop().create_task(self._pump())
-        if self.canary not in await self.subscribe([self.canary]):
-            await self.close()
-            raise ConnectionError(f"{self.node} refused the canary's subscription")
-
-    async def send(self, *args: Any) -> None:
-        try:
-            await self.conn.send_command(*args)
-        except (RedisError, OSError):
-            self._lost()
-
-    async def subscribe(self, names: list[bytes]) -> set[bytes]:
-        """``SSUBSCRIBE`` each name (their slots differ); the names the node confirmed."""
-        loop = asyncio.get_running_loop()
-        asked = [(name, loop.create_future()) for name in names]
-        self._asked.extend(asked)
-        for name, _ in asked:
-            await self.send("SSUBSCRIBE", name)
-        done = set()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
-                for name, answer in asked:
-                    if await answer:
-                        done.add(name)
-        return done
-
-    async def close(self) -> None:
-        self._lost()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        await self.conn.disconnect(nowait=True)
-
-    def _lost(self) -> None:
-        if self.alive:
-            self.alive = False
-            self.broker._map_changed()
-        while self._asked:
-            _, answer = self._asked.popleft()
-            if not answer.done():
-                answer.set_result(False)
-
-    async def _pump(self) -> None:
-        try:
-            while True:
-                try:
-                    reply = await self.conn.read_response(
-                        timeout=float("inf"), disconnect_on_error=True
-                    )
-                except ResponseError as refused:  # MOVED, CLUSTERDOWN: for the oldest ask
-                    logger.info("%s refused a subscription: %s", self.node, refused)
-                    self._answer(None, False)
-                    self.broker._map_changed()
-                    continue
-                self.heard_at = asyncio.get_running_loop().time()
-                self._dispatch(reply)
-        except Exception as exc:  # the edge of the link
-            if self.alive:
-                logger.warning("pub/sub link to %s lost (%s)", self.node, exc)
-        finally:
-            self._lost()
-
-    def _dispatch(self, reply: Any) -> None:
-        kind, name, payload = reply[0], reply[1], reply[2]
-        if kind in MESSAGE_KINDS:
-            if name == self.canary:
-                arrived = self.canaries.get(payload)
-                if arrived is not None and not arrived.done():
-                    arrived.set_result(None)
-            else:
-                self.broker._received(name, payload)
-        elif kind == b"ssubscribe":
-            self._answer(name, True)
-        elif kind == b"sunsubscribe":
-            self.broker._unsubscribed(self, name)
-
-    def _answer(self, name: bytes | None, ok: bool) -> None:
-        if not self._asked:
-            return
-        asked, answer = self._asked.popleft()
-        assert name is None or name == asked, (name, asked)
-        if not answer.done():
-            answer.set_result(ok)

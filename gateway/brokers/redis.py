@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -44,9 +43,9 @@ from gateway.brokers.backoff import Backoff
 from gateway.brokers.base import BrokerListener
 from gateway.brokers.redis_store import (
     COMMAND_TIMEOUT_S,
-    DEAF_AFTER,
     MESSAGE_KINDS,
     SUBSCRIBE_TIMEOUT_S,
+    Canary,
     RedisStore,
     connection_options,
     load_library,
@@ -60,16 +59,13 @@ logger = logging.getLogger(__name__)
 class RedisBroker(RedisStore):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.canary_name = f"{self.prefix}:canary:{self.node}".encode()
+        self._canary = Canary(f"{self.prefix}:canary:{self.node}".encode())
         self._pool = BlockingConnectionPool.from_url(
             settings.redis_url or "", **_pool_options(settings)
         )
         self._redis = Redis(connection_pool=self._pool)
         self._link: AbstractConnection | None = None
         self._confirmed: dict[bytes, asyncio.Event] = {}
-        self._canaries: dict[bytes, asyncio.Future[None]] = {}
-        self._failed_canaries = 0
-        self._heard_at = 0.0  # when the pub/sub link last delivered anything
         self._reader: asyncio.Task[None] | None = None
 
     # -- lifetime -----------------------------------------------------------
@@ -123,34 +119,16 @@ class RedisBroker(RedisStore):
             await self._link.send_command("UNSUBSCRIBE", name)
 
     async def check_link(self) -> None:
-        """Our own canary, published and heard back on the pub/sub link.
-
-        A process so busy that the canary comes late is not deaf: when the
-        link delivered anything within the canary's timeout, it counts.
-        """
+        """Our own canary, published and heard back on the pub/sub link."""
         await self._maybe_announce()
-        token = secrets.token_hex(8).encode()
-        loop = asyncio.get_running_loop()
-        arrived = loop.create_future()
-        self._canaries[token] = arrived
-        sent_at = loop.time()
-        try:
-            await self._call("PUBLISH", self.canary_name, token)
-            try:
-                await asyncio.wait_for(arrived, COMMAND_TIMEOUT_S)
-            except TimeoutError:
-                if self._heard_at < sent_at:
-                    raise
-            self._failed_canaries = 0
-        except BaseException:
-            self._failed_canaries += 1
-            if self._failed_canaries >= DEAF_AFTER and self._link is not None:
-                logger.warning("pub/sub link is deaf (canary lost); rebuilding it")
-                self._failed_canaries = 0
-                await self._link.disconnect(nowait=True)
-            raise
-        finally:
-            self._canaries.pop(token, None)
+        await self._canary.check(
+            lambda token: self._call("PUBLISH", self._canary.name, token), self._deaf
+        )
+
+    async def _deaf(self) -> None:
+        if self._link is not None:
+            logger.warning("pub/sub link is deaf (canary lost); rebuilding it")
+            await self._link.disconnect(nowait=True)
 
     # -- commands -----------------------------------------------------------------
 
@@ -186,7 +164,7 @@ class RedisBroker(RedisStore):
         await link.connect()
         await self._load_functions()
         names = [self.base(channel).encode() for channel in self._channels]
-        await link.send_command("SUBSCRIBE", self.canary_name)
+        await link.send_command("SUBSCRIBE", self._canary.name)
         for start in range(0, len(names), 500):
             await link.send_command("SSUBSCRIBE", *names[start : start + 500])
             await link.send_command("SUBSCRIBE", *names[start : start + 500])
@@ -197,18 +175,14 @@ class RedisBroker(RedisStore):
         assert link is not None
         while True:
             reply = await link.read_response(timeout=float("inf"), disconnect_on_error=True)
-            self._heard_at = asyncio.get_running_loop().time()
             self._dispatch(reply)
 
     def _dispatch(self, reply: Any) -> None:
         kind, name, payload = reply[0], reply[1], reply[2]
-        if kind in MESSAGE_KINDS:
-            if name == self.canary_name:
-                arrived = self._canaries.get(payload)
-                if arrived is not None and not arrived.done():
-                    arrived.set_result(None)
-            else:
-                self._received(name, payload)
+        canary = kind in MESSAGE_KINDS and name == self._canary.name
+        self._canary.heard(payload if canary else None)
+        if kind in MESSAGE_KINDS and not canary:
+            self._received(name, payload)
         elif kind == b"subscribe":
             self._confirmed.setdefault(name, asyncio.Event()).set()
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from redis.exceptions import RedisError
@@ -177,6 +178,52 @@ class RedisStore:
         epoch, _, position = message_id.decode().partition(":")
         parsed = parse_position(position)
         return Message(channel, event.decode(), data.decode(), epoch, parsed, parsed[0] / 1000)
+
+
+class Canary:
+    """A pub/sub link's canary: a token published to the link's own name, heard back on it.
+
+    A process so busy that the canary comes late is not deaf: when the link
+    delivered anything within the canary's timeout, it counts. After
+    ``DEAF_AFTER`` failed round-trips in a row, ``deaf()`` drops the link.
+    """
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        self.heard_at = 0.0  # when the link last delivered anything
+        self._waiting: dict[bytes, asyncio.Future[None]] = {}
+        self._failed = 0
+
+    def heard(self, payload: bytes | None = None) -> None:
+        """The link delivered something (this canary's ``payload``, when given)."""
+        self.heard_at = asyncio.get_running_loop().time()
+        arrived = self._waiting.get(payload) if payload is not None else None
+        if arrived is not None and not arrived.done():
+            arrived.set_result(None)
+
+    async def check(
+        self, send: Callable[[bytes], Awaitable[Any]], deaf: Callable[[], Awaitable[None]]
+    ) -> None:
+        token = secrets.token_hex(8).encode()
+        loop = asyncio.get_running_loop()
+        arrived = self._waiting[token] = loop.create_future()
+        sent_at = loop.time()
+        try:
+            await send(token)
+            try:
+                await asyncio.wait_for(arrived, COMMAND_TIMEOUT_S)
+            except TimeoutError:
+                if self.heard_at < sent_at:
+                    raise
+            self._failed = 0
+        except BaseException:
+            self._failed += 1
+            if self._failed >= DEAF_AFTER:
+                self._failed = 0
+                await deaf()
+            raise
+        finally:
+            self._waiting.pop(token, None)
 
 
 async def load_library(execute: Any, prefix: str) -> None:
