@@ -4,7 +4,7 @@
   keep-alive connections (the gateway, the tutorial app, the Socket.IO app
   and Nchan all take this form).
 * ``redis-fcall``: straight into Redis through the gateway's atomic Redis
-  Function (``FCALL <prefix>_publish_v2 3 <the channel's keys> data``), as any
+  Function (``FCALL <prefix>_publish_v3 3 <the channel's keys> data``), as any
   other service would publish without an HTTP hop.
 * ``redis-publish``: a plain ``PUBLISH channel data`` (the tutorial's own
   fan-out path, fire-and-forget).
@@ -130,7 +130,7 @@ class RedisPublisher:
 
     @classmethod
     def fcall(cls, url: str, prefix: str, channel: str) -> RedisPublisher:
-        function = "".join(c if c.isalnum() else "_" for c in prefix) + "_publish_v2"
+        function = "".join(c if c.isalnum() else "_" for c in prefix) + "_publish_v3"
         base = f"{prefix}:{{{channel}}}"
         return cls(url, ("FCALL", function, 3, base, f"{base}:h", f"{base}:e"))
 

@@ -7,7 +7,8 @@
   messages *before* history is read, and ``Subscription.load_history`` drops
   the duplicates by id. Nothing published in between is missed.
 * Each channel remembers the last id it delivered. When the broker link comes
-  back after a fault, every channel is backfilled from history after that
+  back after a fault (on a cluster: a shard's link, or a slot that moved),
+  every channel it carries is backfilled from history after that
   id (live messages arriving meanwhile wait behind the backfill); when the
   history's epoch changed meanwhile, subscribers are told of the gap.
 * Fan-out offers the same ``Message`` object to every subscription: it is
@@ -146,11 +147,15 @@ class Hub:
             self._arrived(channel, batch)
 
     def on_link_restored(self) -> None:
+        self.on_channels_restored(list(self.channels))
+
+    def on_channels_restored(self, channels: list[str]) -> None:
         self.metrics.broker_reconnects.inc()
         if self._tasks is None:
             return
-        for channel, state in self.channels.items():
-            if state.pending is None:
+        for channel in channels:
+            state = self.channels.get(channel)
+            if state is not None and state.pending is None:
                 state.pending = []
                 self._tasks.start_soon(self._backfill, channel, state)
 

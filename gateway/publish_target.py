@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from gateway.brokers.functions import missing_function, publish_call
 from gateway.errors import (
@@ -133,6 +133,20 @@ def sent_to_redis() -> Iterator[None]:
         yield
     except ResponseError as exc:
         raise _redis_refusal(exc) from None
+    except (RedisError, OSError) as exc:
+        raise _unknown(exc) from None
+
+
+@contextmanager
+def sent_to_cluster() -> Iterator[None]:
+    """A call through ``RedisCluster``: a refusal (``CLUSTERDOWN``, ``MOVED`` past its
+    redirections included: nothing ran), else a connection failure of unknown outcome."""
+    try:
+        yield
+    except ResponseError as exc:
+        raise _redis_refusal(exc) from None
+    except RedisClusterException as exc:
+        raise _unreachable("the Redis Cluster", exc) from None
     except (RedisError, OSError) as exc:
         raise _unknown(exc) from None
 

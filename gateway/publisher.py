@@ -19,6 +19,12 @@ Decisions:
   gateway's ``GATEWAY_REDIS_PREFIX``); ``http://``, ``https://`` post to a
   gateway's ``/publish/{channel}`` (with a mount prefix in the URL if it is
   mounted), with ``token`` as ``Authorization: Bearer``.
+* A Redis URL that names a node of a Redis Cluster (asked once, by ``INFO
+  cluster``, when the publisher is made) is published to through redis-py's
+  ``RedisCluster``, which sends the call to the primary of the channel's
+  slot and follows ``MOVED``/``ASK``/``TRYAGAIN``. It retries nothing else:
+  ``CLUSTERDOWN`` (a failover under way) is ``BrokerUnavailable``; a
+  connection lost or timed out is ``OutcomeUnknown``, as on a single Redis.
 * Checked before anything is sent, as the HTTP route checks: channel and
   event names (``BadRequest``), the data's size in UTF-8 bytes against
   ``max_message_bytes`` (``TooLarge``). A gateway's refusals come back as
@@ -47,7 +53,11 @@ from typing import Any, Self
 import httpx
 import redis
 import redis.asyncio
+import redis.asyncio.retry
+import redis.backoff
+import redis.retry
 
+from gateway.brokers import is_cluster
 from gateway.errors import ConfigError
 from gateway.publish_target import (
     TIMEOUT_S,
@@ -56,6 +66,7 @@ from gateway.publish_target import (
     message_id,
     over_http,
     reaching_redis,
+    sent_to_cluster,
     sent_to_redis,
 )
 from gateway.settings import Settings
@@ -92,16 +103,26 @@ class Publisher(_Publisher):
     """Publish from synchronous code (Flask, Django, a Celery task); thread-safe."""
 
     _redis: redis.Redis | None = None
+    _cluster: redis.RedisCluster | None = None
     _http: httpx.Client | None = None
 
     def _connect(self, target: Target) -> None:
-        if target.over_redis:
+        if target.over_redis and is_cluster(target.url, ssl_verify=target.ssl_verify):
+            retry = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+            self._cluster = redis.RedisCluster.from_url(
+                target.url, retry=retry, **target.redis_options
+            )
+        elif target.over_redis:
             self._redis = redis.Redis.from_url(target.url, **target.redis_options)
         else:
             self._http = httpx.Client(timeout=target.timeout_s, verify=target.ssl_verify)
 
     def publish(self, channel: str, data: str, event: str | None = None) -> str:
         """Publish one message; returns its id."""
+        if self._cluster is not None:
+            command = self._target.command(channel, data, event)
+            with sent_to_cluster():
+                return message_id(self._cluster.execute_command(*command))
         if self._redis is None:
             assert self._http is not None
             with over_http(self._target.url):
@@ -119,6 +140,8 @@ class Publisher(_Publisher):
             pool.release(conn)
 
     def close(self) -> None:
+        if self._cluster is not None:
+            self._cluster.close()
         if self._redis is not None:
             self._redis.close()
         if self._http is not None:
@@ -135,16 +158,26 @@ class AsyncPublisher(_Publisher):
     """Publish from asyncio code (FastAPI, Starlette); one event loop's, like its connections."""
 
     _redis: redis.asyncio.Redis | None = None
+    _cluster: redis.asyncio.RedisCluster | None = None
     _http: httpx.AsyncClient | None = None
 
     def _connect(self, target: Target) -> None:
-        if target.over_redis:
+        if target.over_redis and is_cluster(target.url, ssl_verify=target.ssl_verify):
+            retry = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
+            self._cluster = redis.asyncio.RedisCluster.from_url(
+                target.url, retry=retry, **target.redis_options
+            )
+        elif target.over_redis:
             self._redis = redis.asyncio.Redis.from_url(target.url, **target.redis_options)
         else:
             self._http = httpx.AsyncClient(timeout=target.timeout_s, verify=target.ssl_verify)
 
     async def publish(self, channel: str, data: str, event: str | None = None) -> str:
         """Publish one message; returns its id."""
+        if self._cluster is not None:
+            command = self._target.command(channel, data, event)
+            with sent_to_cluster():
+                return message_id(await self._cluster.execute_command(*command))
         if self._redis is None:
             assert self._http is not None
             with over_http(self._target.url):
@@ -162,6 +195,8 @@ class AsyncPublisher(_Publisher):
             await pool.release(conn)
 
     async def aclose(self) -> None:
+        if self._cluster is not None:
+            await self._cluster.aclose()
         if self._redis is not None:
             await self._redis.aclose()
         if self._http is not None:

@@ -1,7 +1,8 @@
 """Fixtures: real redis-server and real uvicorn processes on free ports.
 
-``broker`` parametrises the contract suite over the embedded and the Redis
-broker: every test that takes ``gateway`` runs on both.
+``broker`` parametrises the contract suite over the embedded broker, a
+single Redis and a Redis Cluster: every test that takes
+``gateway`` runs on all three.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.cluster import RedisCluster
 from tests.servers import GatewayServer, RedisServer
 
-BROKERS = ["memory", "redis"]
+BROKERS = ["memory", "redis", "cluster"]
 _names = itertools.count()
 
 
@@ -27,6 +29,22 @@ def redis_server() -> Iterator[RedisServer]:
     server.close()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """One 3-primary, 3-replica Redis Cluster shared by tests that do not hurt it."""
+    cluster = RedisCluster().start()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def fresh_cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster of this test's own, free to fail over, reshard and kill."""
+    cluster = RedisCluster().start()
+    yield cluster
+    cluster.close()
+
+
 @pytest.fixture
 def fresh_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own, free to kill, pause and restart."""
@@ -35,9 +53,12 @@ def fresh_redis() -> Iterator[RedisServer]:
     server.close()
 
 
-def gateway_env(broker: str, redis: RedisServer | None, **extra: str) -> dict[str, str]:
+def gateway_env(
+    broker: str, redis: RedisServer | RedisCluster | None, **extra: str
+) -> dict[str, str]:
+    """A gateway's environment on ``broker``: "memory", "redis" or "cluster" (any node's URL)."""
     env = {"GATEWAY_HEARTBEAT": "1", "GATEWAY_POLL_TIMEOUT": "25", **extra}
-    if broker == "redis":
+    if broker in ("redis", "cluster"):
         assert redis is not None
         env["REDIS_URL"] = redis.url
         env["GATEWAY_REDIS_PREFIX"] = f"gw{os.getpid()}x{next(_names)}"
@@ -54,10 +75,16 @@ def broker(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="module")
 def gateway(broker: str, request: pytest.FixtureRequest) -> Iterator[GatewayServer]:
     """A gateway shared by one test module, on the broker of this run."""
-    redis = request.getfixturevalue("redis_server") if broker == "redis" else None
+    redis = redis_for(broker, request)
     server = GatewayServer(gateway_env(broker, redis)).start()
     yield server
     server.close()
+
+
+def redis_for(broker: str, request: pytest.FixtureRequest) -> RedisServer | RedisCluster | None:
+    """The shared Redis (or cluster) of ``broker``; None for the embedded one."""
+    fixtures = {"redis": "redis_server", "cluster": "redis_cluster"}
+    return request.getfixturevalue(fixtures[broker]) if broker in fixtures else None
 
 
 @pytest.fixture

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import websockets
 
-from tests.clients import Reader, reader_for
+from tests.clients import TRANSPORTS, Reader, reader_for
+from tests.servers import ROOT
 
 RETRY_PAUSE_S = 0.05
+RESULTS = ROOT / "artifacts" / "fault-recovery.txt"
 
 
 @dataclass
@@ -105,3 +108,65 @@ async def wait_for_all(readers: Sequence[Follower], last_id: str, timeout: float
     with anyio.fail_after(timeout):
         while not all(reader.has(last_id) for reader in readers):
             await anyio.sleep(0.05)
+
+
+def record(name: str, readers: dict[str, Follower], fault_at: float) -> None:
+    """Print and append to artifacts/fault-recovery.txt each reader's longest silence after the fault."""
+    silences = {t: round(r.longest_silence(fault_at), 3) for t, r in readers.items()}
+    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name}: recovery (longest silence after the fault, s) {silences}"
+    print(line)
+    Path(RESULTS).parent.mkdir(exist_ok=True)
+    with Path(RESULTS).open("a") as out:
+        out.write(line + "\n")
+
+
+async def followers(
+    servers: Sequence[Any], channel: str, tasks: Any, transports: Sequence[str] = TRANSPORTS
+) -> dict[str, Follower]:
+    """One follower per transport on ``servers`` (the first, then the next after a drop)."""
+    readers = {transport: Follower() for transport in transports}
+    for transport, reader in readers.items():
+        tasks.start_soon(follow, transport, servers, channel, reader, "0")
+    with anyio.fail_after(15):
+        for reader in readers.values():
+            await reader.ready.wait()
+    return readers
+
+
+async def stream_through_fault(
+    read_from: Sequence[Any],
+    publish_to: Sequence[Any],
+    channel: str,
+    count: int,
+    fault_after: int,
+    fault: Callable[[], Awaitable[None]],
+    *,
+    check: Callable[[Follower, list[str]], None] | None = None,
+    on_each: bool = False,
+) -> tuple[dict[str, Follower], Producer, float]:
+    """Followers on every transport, a producer of ``count``; ``fault()`` after ``fault_after``
+    acks; each reader checked exactly-once-in-order (or by ``check``).
+
+    The followers read from ``read_from[0]`` and move on down the list after a
+    drop; ``on_each``: a set of followers starts on each server (``sse@1``
+    starts on the second).
+    """
+    producer = Producer()
+    async with anyio.create_task_group() as tasks:
+        readers: dict[str, Follower] = {}
+        for n, server in enumerate(read_from if on_each else read_from[:1]):
+            order = [server, *(s for s in read_from if s is not server)]
+            mine = await followers(order, channel, tasks)
+            name = f"{{}}@{n}" if on_each else "{}"
+            readers |= {name.format(transport): reader for transport, reader in mine.items()}
+        async with anyio.create_task_group() as production:
+            production.start_soon(producer.run, publish_to, channel, count)
+            while len(producer.acked) < fault_after:
+                await anyio.sleep(0.01)
+            fault_at = time.monotonic()
+            await fault()
+        await wait_for_all(list(readers.values()), producer.acked[-1])
+        tasks.cancel_scope.cancel()
+    for reader in readers.values():
+        (check or assert_exactly_once_in_order)(reader, producer.acked)
+    return readers, producer, fault_at

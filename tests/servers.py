@@ -72,6 +72,7 @@ class RedisServer:
         self.tls_dir = tls_dir  # holding cert.pem and key.pem: serve TLS only
         self.dir = tempfile.mkdtemp(prefix="gw-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_args: list[str] = []
 
     @property
     def url(self) -> str:
@@ -97,6 +98,7 @@ class RedisServer:
             "no",
             "--loglevel",
             "warning",
+            *self.extra_args,
         ]
         if self.tls_dir:
             args[2] = "0"  # no plain port

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.clients import publish
-from tests.conftest import gateway_env
+from tests.conftest import gateway_env, redis_for
 from tests.servers import GatewayServer
 
 pytestmark = pytest.mark.anyio
@@ -31,7 +31,7 @@ FREED_WITHIN_S = 2.0
 
 @pytest.fixture(scope="module")
 def full_house(broker: str, request: pytest.FixtureRequest):
-    redis = request.getfixturevalue("redis_server") if broker == "redis" else None
+    redis = redis_for(broker, request)
     env = gateway_env(
         broker,
         redis,

@@ -14,7 +14,7 @@ import pytest
 import websockets
 
 from tests.clients import on_every_transport, publish
-from tests.conftest import gateway_env
+from tests.conftest import gateway_env, redis_for
 from tests.servers import GatewayServer, free_port, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -25,7 +25,7 @@ NOT_STARTED = "the gateway is not started: run its lifespan (see README, Embeddi
 @pytest.fixture(scope="module", params=["starlette_app", "fastapi_app"])
 def parent(broker: str, request: pytest.FixtureRequest) -> Iterator[GatewayServer]:
     """A parent app with the gateway mounted at ``/realtime``, on the broker of this run."""
-    redis = request.getfixturevalue("redis_server") if broker == "redis" else None
+    redis = redis_for(broker, request)
     app = f"tests.embedded_apps:{request.param}"
     port = free_port()
     env = gateway_env(broker, redis)

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from tests.clients import TRANSPORTS, Reader, publish, reader_for
-from tests.conftest import gateway_env
+from tests.conftest import gateway_env, redis_for
 from tests.servers import GatewayServer
 
 pytestmark = pytest.mark.anyio
@@ -16,7 +16,7 @@ HISTORY = 10
 
 @pytest.fixture(scope="module")
 def small_history(broker: str, request: pytest.FixtureRequest):
-    redis = request.getfixturevalue("redis_server") if broker == "redis" else None
+    redis = redis_for(broker, request)
     server = GatewayServer(gateway_env(broker, redis, GATEWAY_HISTORY_SIZE=str(HISTORY))).start()
     yield server
     server.close()

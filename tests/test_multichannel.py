@@ -16,7 +16,7 @@ import websockets
 from gateway import composite
 from gateway.message import START, Cursor
 from tests.clients import publish
-from tests.conftest import gateway_env
+from tests.conftest import gateway_env, redis_for
 from tests.servers import GatewayServer, RedisServer
 from tests.sse_client import events
 from tests.test_security import SECRET, mint
@@ -425,7 +425,7 @@ async def test_one_position_resumes_on_every_transport(gateway, channel):
 
 @pytest.fixture(scope="module")
 def small_history(broker: str, request: pytest.FixtureRequest) -> Iterator[GatewayServer]:
-    redis = request.getfixturevalue("redis_server") if broker == "redis" else None
+    redis = redis_for(broker, request)
     server = GatewayServer(gateway_env(broker, redis, GATEWAY_HISTORY_SIZE=str(HISTORY))).start()
     yield server
     server.close()

@@ -9,30 +9,16 @@ from __future__ import annotations
 
 import subprocess
 import time
-from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
-from tests.clients import TRANSPORTS
 from tests.conftest import gateway_env
-from tests.resilient import Follower, Producer, assert_exactly_once_in_order, follow, wait_for_all
-from tests.servers import ROOT, GatewayServer, RedisServer
+from tests.resilient import RESULTS, followers, record, stream_through_fault, wait_for_all
+from tests.servers import GatewayServer, RedisServer
 
 pytestmark = pytest.mark.anyio
-
-RESULTS = ROOT / "artifacts" / "fault-recovery.txt"
-
-
-def record(name: str, readers: dict[str, Follower], fault_at: float) -> None:
-    silences = {t: round(r.longest_silence(fault_at), 3) for t, r in readers.items()}
-    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name}: recovery (longest silence after the fault, s) {silences}"
-    print(line)
-    Path(RESULTS).parent.mkdir(exist_ok=True)
-    with Path(RESULTS).open("a") as out:
-        out.write(line + "\n")
-
 
 @pytest.fixture
 def gateways(fresh_redis: RedisServer):
@@ -49,36 +35,6 @@ def gateways(fresh_redis: RedisServer):
         server.close()
 
 
-async def _followers(servers, channel: str, tasks) -> dict[str, Follower]:
-    readers = {transport: Follower() for transport in TRANSPORTS}
-    for transport, reader in readers.items():
-        tasks.start_soon(follow, transport, servers, channel, reader, "0")
-    with anyio.fail_after(15):
-        for reader in readers.values():
-            await reader.ready.wait()
-    return readers
-
-
-async def _stream_through_fault(
-    read_from, publish_to, channel: str, count: int, fault_after: int, fault
-) -> tuple[dict[str, Follower], Producer, float]:
-    """Followers on every transport, a producer of ``count``; ``fault()`` after ``fault_after`` acks."""
-    producer = Producer()
-    async with anyio.create_task_group() as tasks:
-        readers = await _followers(read_from, channel, tasks)
-        async with anyio.create_task_group() as production:
-            production.start_soon(producer.run, publish_to, channel, count)
-            while len(producer.acked) < fault_after:
-                await anyio.sleep(0.01)
-            fault_at = time.monotonic()
-            await fault()
-        await wait_for_all(list(readers.values()), producer.acked[-1])
-        tasks.cancel_scope.cancel()
-    for reader in readers.values():
-        assert_exactly_once_in_order(reader, producer.acked)
-    return readers, producer, fault_at
-
-
 async def test_pubsub_connection_killed_mid_stream_loses_nothing(gateways, fresh_redis):
     """CLIENT KILL TYPE pubsub while 2000 messages are published: all arrive once, in order."""
     [server] = gateways(1)
@@ -87,7 +43,7 @@ async def test_pubsub_connection_killed_mid_stream_loses_nothing(gateways, fresh
     async def kill_pubsub() -> None:
         killed.append(int(_redis_cli(fresh_redis, "CLIENT", "KILL", "TYPE", "pubsub")))
 
-    readers, _, fault_at = await _stream_through_fault(
+    readers, _, fault_at = await stream_through_fault(
         [server], [server], "fault:kill", 2000, 500, kill_pubsub
     )
     assert killed[0] >= 1
@@ -101,7 +57,7 @@ async def test_redis_restarted_with_aof_loses_nothing():
     server = None
     try:
         server = GatewayServer(gateway_env("redis", redis)).start()
-        readers, producer, fault_at = await _stream_through_fault(
+        readers, producer, fault_at = await stream_through_fault(
             [server],
             [server],
             "fault:restart",
@@ -128,7 +84,7 @@ async def test_gateway_killed_clients_resume_on_the_other(gateways):
     async def kill_first() -> None:
         first.kill()
 
-    readers, _, fault_at = await _stream_through_fault(
+    readers, _, fault_at = await stream_through_fault(
         [first, second], [second], "fault:node", 1000, 300, kill_first
     )
     assert all(reader.reconnects >= 1 for reader in readers.values())
@@ -144,7 +100,7 @@ async def test_redis_restarted_without_persistence_gives_a_gap(gateways, fresh_r
             for _ in range(5)
         ]
         async with anyio.create_task_group() as tasks:
-            readers = await _followers([server], "fault:gap", tasks)
+            readers = await followers([server], "fault:gap", tasks)
             await wait_for_all(list(readers.values()), before[-1])
             fault_at = time.monotonic()
             await anyio.to_thread.run_sync(fresh_redis.restart)

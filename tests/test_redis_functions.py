@@ -76,7 +76,7 @@ async def test_redis_cli_publish_follows_the_deployments_history_size(fresh_redi
         await publish(server.url, channel, "first, over http")  # records the cap
         keys = [key for key in functions.channel_keys(prefix, channel)]
         for n in range(400):
-            _cli(fresh_redis, "FCALL", f"{prefix}_publish_v2", "3", *keys, f"cli {n}")
+            _cli(fresh_redis, "FCALL", f"{prefix}_publish_v3", "3", *keys, f"cli {n}")
         assert 20 <= _stream_length(fresh_redis, prefix, channel) < 400
         async with httpx.AsyncClient() as client:
             response = await client.get(
@@ -98,7 +98,7 @@ async def test_two_versions_of_the_library_live_side_by_side(fresh_redis):
         try:
             message_id = await publish(server.url, "versions:a", "hello")
             names = {lib[b"library_name"] for lib in _libraries(client)}
-            assert {b"gw_gateway", b"gw_gateway_v2"} <= names
+            assert {b"gw_gateway", b"gw_gateway_v3"} <= names
             assert client.fcall("gw_publish", 0) == b"v1"
             server.restart()  # loading again replaces nothing and fails nothing
             assert await publish(server.url, "versions:a", "again") > message_id
@@ -129,11 +129,11 @@ def test_the_functions_refuse_undeclared_keys(redis_server):
     client = redis.Redis(port=redis_server.port, protocol=2)
     try:
         client.function_load(functions.library_source("gwkeys"), replace=True)
-        with pytest.raises(redis.ResponseError, match="usage: FCALL gwkeys_publish_v2 3"):
-            client.fcall("gwkeys_publish_v2", 1, "gwkeys:{c}", "data")
+        with pytest.raises(redis.ResponseError, match="usage: FCALL gwkeys_publish_v3 3"):
+            client.fcall("gwkeys_publish_v3", 1, "gwkeys:{c}", "data")
         assert client.exists("gwkeys:{c}:h") == 0
         with pytest.raises(redis.ResponseError, match="invalid history cap"):
-            client.fcall("gwkeys_publish_v2", 3, *functions.channel_keys("gwkeys", "c"), "d", "message", "0")
+            client.fcall("gwkeys_publish_v3", 3, *functions.channel_keys("gwkeys", "c"), "d", "message", "0")
         assert client.exists("gwkeys:{c}:h") == 0
     finally:
         client.close()

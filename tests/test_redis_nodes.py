@@ -53,7 +53,7 @@ async def test_every_path_of_publishing_reaches_both_nodes_with_one_id(pair):
                 "-p",
                 str(redis.port),
                 "FCALL",
-                f"{prefix}_publish_v2",
+                f"{prefix}_publish_v3",
                 "3",
                 f"{prefix}:{{{channel}}}",
                 f"{prefix}:{{{channel}}}:h",
@@ -66,7 +66,7 @@ async def test_every_path_of_publishing_reaches_both_nodes_with_one_id(pair):
         client = aioredis.Redis(port=redis.port)
         try:
             keys = [f"{prefix}:{{{channel}}}", f"{prefix}:{{{channel}}}:h", f"{prefix}:{{{channel}}}:e"]
-            raw = await client.fcall(f"{prefix}_publish_v2", 3, *keys, "from redis-py", "py")
+            raw = await client.fcall(f"{prefix}_publish_v3", 3, *keys, "from redis-py", "py")
             ids.append(raw.decode())
         finally:
             await client.aclose()

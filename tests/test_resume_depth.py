@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.clients import TRANSPORTS, publish, reader_for, subscribed
-from tests.conftest import gateway_env
+from tests.conftest import gateway_env, redis_for
 from tests.servers import GatewayServer
 
 SIZES = (1, 7, 20)
@@ -31,7 +31,7 @@ PAGE = 7  # the paging poll's limit: pages never line up with the history size
 @pytest.fixture(scope="module")
 def servers(broker: str, request: pytest.FixtureRequest) -> Iterator[dict[int, GatewayServer]]:
     """One gateway per history size, on this module's broker."""
-    redis = request.getfixturevalue("redis_server") if broker == "redis" else None
+    redis = redis_for(broker, request)
     started = {
         size: GatewayServer(gateway_env(broker, redis, GATEWAY_HISTORY_SIZE=str(size))).start()
         for size in SIZES

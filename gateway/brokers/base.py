@@ -29,6 +29,10 @@ class BrokerListener(Protocol):
     def on_link_restored(self) -> None:
         """The broker link was lost and is back: backfill every channel."""
 
+    def on_channels_restored(self, channels: list[str]) -> None:
+        """These channels' live messages travel again after a gap (a shard's link
+        was lost, their slot moved or failed over): backfill just them."""
+
 
 class Broker(Protocol):
     connected: bool

@@ -4,7 +4,7 @@ The one place that knows the ``FCALL`` lines, shared by the Redis broker and
 anything else that publishes through Redis.
 
 * **Versioned.** The library and its functions carry ``VERSION`` in their
-  names (``gw_publish_v2``): two gateway versions on one Redis, as in a
+  names (``gw_publish_v3``): two gateway versions on one Redis, as in a
   rolling deploy, each load and call their own and never replace the
   other's. Change ``gateway.lua`` and you must bump ``VERSION``: a unit test
   holds the source's digest (``SOURCE_SHA256``) and fails otherwise.
@@ -23,10 +23,10 @@ import hashlib
 import re
 from importlib.resources import files
 
-VERSION = "v2"
+VERSION = "v3"
 DEFAULT_CAP = 1000  # a redis-cli publish on a channel no gateway recorded a cap for
 # The digest of gateway.lua as released under VERSION (tests/test_units.py compares).
-SOURCE_SHA256 = "189b53b06dadfab4ce7739ceef7def1659d2151b9d09b777911387cd06e3c093"
+SOURCE_SHA256 = "9e0863fb0836f5f794388eb46960060814ba3531507e79a7e33cf92e2e1ad983"
 
 
 # What Redis answers when a function is not loaded ("ERR Function not found"

@@ -15,9 +15,12 @@
 --
 -- Publish:  FCALL __FN___publish___VERSION__ 3 __PREFIX__:{C} __PREFIX__:{C}:h __PREFIX__:{C}:e <data> [<event> [<cap>]]
 --   -> id. Without <cap> (redis-cli), the cap the gateways recorded for the
---   channel, else __DEFAULT_CAP__. An id is <epoch>:<stream id>. The pub/sub
---   payload is "\0gw\0" id "\0" event "\0" data, so the gateway can tell it
---   from a raw PUBLISH of plain text (delivered live, fire-and-forget, no id).
+--   channel, else __DEFAULT_CAP__. An id is <epoch>:<stream id>. The message
+--   goes out by SPUBLISH (sharded pub/sub: on a cluster it stays within the
+--   channel's slot's shard; a single Redis 7 serves it too). Its payload is
+--   "\0gw\0" id "\0" event "\0" data, so the gateway can tell it from a raw
+--   PUBLISH (single Redis) or SPUBLISH (cluster) of plain text, which is
+--   delivered live, fire-and-forget, with no id.
 
 local DEFAULT_CAP = __DEFAULT_CAP__
 local USAGE = 'usage: FCALL __FN___publish___VERSION__ 3 __PREFIX__:{channel} '
@@ -75,7 +78,7 @@ local function publish(keys, args)
   end
   local position = redis.call('XADD', keys[2], 'MAXLEN', '~', cap, '*', 'e', event, 'd', data)
   local id = epoch .. ':' .. position
-  redis.call('PUBLISH', base, '\0gw\0' .. id .. '\0' .. event .. '\0' .. data)
+  redis.call('SPUBLISH', base, '\0gw\0' .. id .. '\0' .. event .. '\0' .. data)
   return id
 end
 

@@ -1,0 +1,291 @@
+"""The Redis Cluster broker: sharded pub/sub, one link per primary, re-homed on every move.
+
+Commands (publish, history, the roll call) go through redis-py's
+``RedisCluster``, which routes by slot and follows ``MOVED``/``ASK``/
+``TRYAGAIN`` itself; ``CLUSTERDOWN`` and lost connections are retried
+within ``COMMAND_RETRIES``, then the call is ``BrokerUnavailable`` (503).
+The pub/sub side is our own, as for a single Redis (``redis.py``), because
+redis-py's ``ClusterPubSub`` did not resubscribe after a pushed
+``sunsubscribe`` (measured with redis-py 8.1 and Redis 7.0).
+
+Decisions:
+
+* One connection per primary (a ``ShardLink``), one ``SSUBSCRIBE`` per
+  channel on the primary that owns its slot (``{C}``: a channel's keys and
+  its pub/sub name share one slot). ``PUBLISH`` would be broadcast to every
+  node of the cluster: the Function publishes by ``SPUBLISH``.
+* One task, ``_supervise``, owns the map from channel to link. Whatever may
+  have moved a channel wakes it: ``MOVED`` or an error answering an
+  ``SSUBSCRIBE``, a pushed ``sunsubscribe`` for a channel still wanted (a
+  slot migrated, a primary failed over), a lost link, ``CLUSTERDOWN`` on a
+  command, and a timer. It refreshes the slot map, opens links to new
+  primaries, closes those to nodes no longer primaries, subscribes each
+  homeless channel on its owner, and then tells the hub which channels
+  came back (``on_channels_restored``): the hub backfills just those from
+  history on their new owner and drops duplicates by id.
+* Each link has a canary, a name in a slot its primary owns: ``check_link``
+  sends one through every link, so ``/readyz`` fails while any shard's
+  messages would not arrive.
+* The Function library is loaded on every primary at start, whenever the
+  set of primaries changes, and on "Function not found".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.crc import key_slot
+from redis.exceptions import (
+    ClusterDownError,
+    ConnectionError,
+    MovedError,
+    RedisError,
+    SlotNotCoveredError,
+)
+
+from gateway.brokers.backoff import Backoff
+from gateway.brokers.base import BrokerListener
+from gateway.brokers.redis_store import (
+    SUBSCRIBE_TIMEOUT_S,
+    RedisStore,
+    connection_options,
+    load_library,
+)
+from gateway.brokers.shard_link import ShardLink
+from gateway.errors import BrokerUnavailable
+from gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+COMMAND_RETRIES = 6  # CLUSTERDOWN or a lost node: ~2 s of backoff, then 503
+REFRESH_S = 5.0  # the slot map is read again at least this often
+MAP_ERRORS = (ClusterDownError, MovedError, ConnectionError, SlotNotCoveredError)
+
+
+class ClusterBroker(RedisStore):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), COMMAND_RETRIES)
+        self._cluster = RedisCluster.from_url(
+            settings.redis_url or "", retry=retry, **connection_options(settings)
+        )
+        self._links: dict[str, ShardLink] = {}
+        self._home: dict[str, str] = {}  # channel -> the node whose link carries it
+        self._lost: set[str] = set()  # channels whose live messages may have had a gap
+        self._homed: dict[str, asyncio.Event] = {}
+        self._primaries: frozenset[str] = frozenset()
+        self._wake = asyncio.Event()
+        self._stale = True  # the slot map must be read again
+        self._supervisor: asyncio.Task[None] | None = None
+
+    # -- lifetime -----------------------------------------------------------
+
+    async def start(self, listener: BrokerListener) -> None:
+        self._listener = listener
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+
+    async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        for name in list(self._links):
+            await self._drop_link(name)
+        await self._cluster.aclose()
+        self.connected = False
+
+    # -- the Broker protocol: the links -------------------------------------
+
+    async def subscribe(self, channel: str) -> None:
+        """Ask the supervisor to home the channel; return once its owner confirmed."""
+        homed = self._homed.setdefault(channel, asyncio.Event())
+        self._channels.add(channel)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(homed.wait(), SUBSCRIBE_TIMEOUT_S)
+        except TimeoutError:
+            self._forget(channel)
+            raise BrokerUnavailable("the broker did not confirm the subscription") from None
+        await self._record_cap(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        home = self._home.get(channel)
+        self._forget(channel)
+        link = self._links.get(home or "")
+        if link is not None and link.alive:
+            await link.send("SUNSUBSCRIBE", self.base(channel))
+
+    async def check_link(self) -> None:
+        """A canary through every shard's link: any shard deaf or missing fails it."""
+        await self._maybe_announce()
+        links = list(self._links.values())
+        if not links or {link.node for link in links} != self._primaries:
+            raise BrokerUnavailable("not every shard has a live link")
+        await asyncio.gather(*(self._canary(link) for link in links))
+
+    # -- commands -------------------------------------------------------------
+
+    async def _execute(self, *args: Any, **options: Any) -> Any:
+        try:
+            return await self._cluster.execute_command(*args, **options)
+        except MAP_ERRORS:
+            self._map_changed()
+            raise
+
+    async def _load_functions(self) -> None:
+        for node in self._cluster.get_primaries():
+            execute = functools.partial(self._cluster.execute_command, target_nodes=node)
+            await load_library(execute, self.prefix)
+
+    def _map_changed(self) -> None:
+        self._stale = True
+        self._wake.set()
+
+    def _forget(self, channel: str) -> None:
+        self._channels.discard(channel)
+        self._home.pop(channel, None)
+        self._lost.discard(channel)
+        self._homed.pop(channel, None)
+
+    # -- the supervisor -----------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        backoff = Backoff(cap_s=1.0)
+        while True:
+            self._wake.clear()
+            try:
+                settled = await self._rehome()
+            except Exception as exc:  # the edge of the links: try again shortly
+                logger.warning("cluster links: %s: %s; retrying", type(exc).__name__, exc)
+                self._stale, settled = True, False
+            self.connected = any(link.alive for link in self._links.values())
+            if settled:
+                backoff.reset()
+            wait_s = REFRESH_S if settled else backoff.next_delay()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait_s)
+            if not settled or not self._wake.is_set():
+                self._stale = True  # a timer, or a retry: read the map again
+
+    async def _rehome(self) -> bool:
+        """Bring links and subscriptions in line with the slot map; whether all went well."""
+        if self._stale:
+            await self._cluster.initialize()
+            await self._cluster.nodes_manager.initialize()
+            self._stale = False
+        primaries = frozenset(node.name for node in self._cluster.get_primaries())
+        if primaries != self._primaries:
+            await self._load_functions()
+            self._primaries = primaries
+        for name, link in list(self._links.items()):
+            if name not in primaries or not link.alive:
+                await self._drop_link(name)
+        settled = True
+        for name in primaries - self._links.keys():
+            try:
+                self._links[name] = await self._open_link(name)
+            except (RedisError, OSError, TimeoutError) as exc:
+                logger.warning("cannot reach primary %s (%s)", name, exc)
+                settled = False
+        return await self._home_channels() and settled
+
+    async def _home_channels(self) -> bool:
+        wanted: dict[str, list[str]] = {}
+        for channel in self._channels:
+            owner = self._owner(self.base(channel))
+            if self._home.get(channel) != owner:
+                wanted.setdefault(owner, []).append(channel)
+        settled, restored = True, []
+        for node, channels in wanted.items():
+            link = self._links.get(node)
+            if link is None or not link.alive:
+                settled = False
+                continue
+            confirmed = await link.subscribe([self.base(c).encode() for c in channels])
+            for channel in channels:
+                if self.base(channel).encode() not in confirmed or channel not in self._channels:
+                    settled = False
+                    continue
+                old = self._home.get(channel)
+                self._home[channel] = node
+                if old is not None and old in self._links:
+                    await self._links[old].send("SUNSUBSCRIBE", self.base(channel))
+                if old is not None or channel in self._lost:
+                    restored.append(channel)
+                self._lost.discard(channel)
+                if channel in self._homed:
+                    self._homed[channel].set()
+        if not settled:
+            self._stale = True
+        if restored and self._listener is not None:
+            logger.info("%d channel(s) re-homed; backfilling them", len(restored))
+            self._listener.on_channels_restored(restored)
+        return settled
+
+    def _owner(self, key: str) -> str:
+        return str(self._cluster.nodes_manager.get_node_from_slot(key_slot(key.encode())).name)
+
+    async def _open_link(self, name: str) -> ShardLink:
+        host, _, port = name.rpartition(":")
+        options = {**connection_options(self.settings), "host": host, "port": int(port)}
+        options.pop("ssl_cert_reqs", None)
+        link = ShardLink(name, Connection(**options), self._canary_name(name), self)
+        await link.start()
+        return link
+
+    async def _drop_link(self, name: str) -> None:
+        link = self._links.pop(name, None)
+        if link is None:
+            return
+        await link.close()
+        for channel, home in list(self._home.items()):
+            if home == name:
+                del self._home[channel]
+                self._lost.add(channel)
+        self._map_changed()
+
+    def _canary_name(self, node: str) -> bytes:
+        """A canary name of this process in a slot that ``node`` owns."""
+        for n in itertools.count():
+            name = f"{self.prefix}:canary:{self.node}:{{{n}}}"
+            if self._owner(name) == node:
+                return name.encode()
+        raise AssertionError("unreachable")
+
+    async def _canary(self, link: ShardLink) -> None:
+        node = self._cluster.get_node(node_name=link.node)
+
+        async def send(token: bytes) -> None:
+            name = link.canary.name
+            await self._cluster.execute_command("SPUBLISH", name, token, target_nodes=node)
+
+        async def deaf() -> None:
+            logger.warning("pub/sub link to %s is deaf (canary lost); rebuilding", link.node)
+            await link.close()
+
+        await link.canary.check(send, deaf)
+
+    # -- what links report ------------------------------------------------------
+
+    def _unsubscribed(self, link: ShardLink, name: bytes) -> None:
+        """A pushed ``sunsubscribe``: its slot moved away from ``link``'s node."""
+        if name == link.canary.name:
+            logger.info("the canary slot of %s moved; rebuilding its link", link.node)
+            link.alive = False
+            self._map_changed()
+            return
+        channel = name.decode()[len(self.prefix) + 2 : -1]
+        if self._home.get(channel) == link.node:
+            del self._home[channel]
+            self._lost.add(channel)
+            self._map_changed()

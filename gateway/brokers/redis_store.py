@@ -1,0 +1,294 @@
+"""What the single-Redis and the Redis Cluster broker share: history, publish, decoding.
+
+Both keep a channel's history in a capped stream and publish through the
+same Function (``gateway.lua``); they differ only in how commands are
+routed (one connection pool, or redis-py's ``RedisCluster``) and in how the
+pub/sub link is held (one connection, or one per shard). A subclass
+provides ``_execute`` (one command, routed), ``_load_functions`` and the
+link; everything a request path reads or writes is here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
+
+from redis.exceptions import RedisError
+
+from gateway.brokers import functions
+from gateway.brokers.base import BrokerListener, History
+from gateway.brokers.functions import channel_key, missing_function, publish_call
+from gateway.errors import BrokerUnavailable
+from gateway.message import START, Cursor, Message, Position, format_position, parse_position
+from gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MARKER = b"\x00gw\x00"
+SUBSCRIBE_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 2.0
+DEAF_AFTER = 2  # failed canaries in a row before a pub/sub link is rebuilt
+ANNOUNCE_EVERY_S = 10.0  # each node says its settings in the deployment's roll call
+ANNOUNCE_TTL_S = 35.0  # a node not heard of for this long has left the roll call
+MESSAGE_KINDS = (b"message", b"smessage")
+
+
+class RedisStore:
+    """History, publish and the roll call over ``_execute``; live messages to the listener."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.redis_url
+        self.settings = settings
+        self.prefix = settings.redis_prefix
+        self.node = secrets.token_hex(4)
+        self.roll_call = f"{self.prefix}:nodes"
+        self._announced_at = 0.0
+        self._disagreements: set[str] = set()
+        self.connected = False
+        self._listener: BrokerListener | None = None
+        self._channels: set[str] = set()
+        self._burst: list[Message] = []  # parsed, not yet handed to the listener
+
+    async def _execute(self, *args: Any) -> Any:
+        raise NotImplementedError
+
+    async def _load_functions(self) -> None:
+        raise NotImplementedError
+
+    # -- the Broker protocol: what goes through commands ------------------------
+
+    async def publish(self, channel: str, event: str, data: str) -> Message:
+        cap = self.settings.history_size
+        raw = await self._call(*publish_call(self.prefix, channel, event, data, cap))
+        epoch, _, position = raw.decode().partition(":")
+        return Message(channel, event, data, epoch, parse_position(position))
+
+    async def history(self, channel: str, cursor: Cursor, limit: int) -> History:
+        after = "0-0" if cursor.epoch is None else format_position(cursor.position)
+        read = await self._read(channel, "after", after, limit)
+        if cursor.epoch is None:
+            return History(read.messages, gap=False)
+        if read.epoch != cursor.epoch:
+            return History(read.messages, gap=True)
+        # Lost after the cursor: an entry after it deleted (XDEL), or the
+        # stream trimmed past it (the cursor is older than the first kept).
+        lost = read.max_deleted > cursor.position or cursor.position < read.first_kept
+        return History(read.messages, gap=lost)
+
+    async def tail(self, channel: str, count: int) -> list[Message]:
+        return (await self._read(channel, "tail", str(count), count)).messages
+
+    async def latest(self, channel: str) -> Cursor:
+        messages = await self.tail(channel, 1)
+        return messages[-1].cursor or START if messages else START
+
+    async def _record_cap(self, channel: str) -> None:
+        """The channel's cap, for publishes that pass none (redis-cli): this deployment's."""
+        try:
+            await self._call("SET", self.base(channel), self.settings.history_size)
+        except BrokerUnavailable:
+            logger.debug("recording the history cap of %s failed", channel)
+
+    # -- helpers --------------------------------------------------------------
+
+    def base(self, channel: str) -> str:
+        return channel_key(self.prefix, channel)
+
+    async def _call(self, *args: Any) -> Any:
+        try:
+            return await self._execute(*args)
+        except (RedisError, OSError) as exc:
+            if missing_function(exc):
+                try:
+                    await self._load_functions()
+                    return await self._execute(*args)
+                except (RedisError, OSError) as again:
+                    exc = again
+            raise BrokerUnavailable(f"the broker is unavailable: {exc}") from None
+
+    async def _read(self, channel: str, mode: str, arg: str, count: int) -> _Read:
+        reply = await self._call(*functions.read_args(self.prefix, channel, mode, arg, count))
+        epoch, deleted, first_kept, entries = reply
+        if not epoch:
+            return _Read(None, (0, 0), (0, 0), [])
+        text = epoch.decode()
+        return _Read(
+            text,
+            parse_position(deleted.decode()),
+            parse_position(first_kept.decode()),
+            [_entry(channel, text, entry) for entry in entries],
+        )
+
+    async def _maybe_announce(self) -> None:
+        if time.monotonic() - self._announced_at > ANNOUNCE_EVERY_S:
+            try:
+                await self._announce()
+            except (RedisError, OSError):
+                logger.debug("roll call failed", exc_info=True)
+
+    async def _announce(self) -> None:
+        """Say this node's history size in the roll call; warn when another node's differs.
+
+        Each publish trims the channel's history to its publisher's
+        ``GATEWAY_HISTORY_SIZE``: nodes that disagree take turns cutting
+        each other's history. Never silent: said here, once per node.
+        """
+        self._announced_at = time.monotonic()
+        now = time.time()
+        size = self.settings.history_size
+        member = f"{self.node}:{size}"
+        await self._execute("ZADD", self.roll_call, now, member)
+        await self._execute("ZREMRANGEBYSCORE", self.roll_call, "-inf", now - ANNOUNCE_TTL_S)
+        await self._execute("EXPIRE", self.roll_call, int(ANNOUNCE_TTL_S) * 2)
+        for member in await self._execute("ZRANGE", self.roll_call, 0, -1):
+            node, _, theirs = member.decode().partition(":")
+            if node != self.node and theirs != str(size) and member not in self._disagreements:
+                self._disagreements.add(member)
+                logger.warning(
+                    "GATEWAY_HISTORY_SIZE differs between gateway nodes on this Redis: "
+                    "%s here, %s on node %s; each publish trims a channel's history to "
+                    "its publisher's setting: give every node the same",
+                    size,
+                    theirs,
+                    node,
+                )
+
+    # -- what pub/sub links hand over ---------------------------------------------
+
+    def _received(self, name: bytes, payload: bytes) -> None:
+        """A message of a channel: handed over with the rest of this socket read's."""
+        if not self._burst:
+            asyncio.get_running_loop().call_soon(self._hand_over)
+        self._burst.append(self._decode(name, payload))
+
+    def _hand_over(self) -> None:
+        burst, self._burst = self._burst, []
+        if self._listener is not None:
+            self._listener.on_messages(burst)
+
+    def _decode(self, name: bytes, payload: bytes) -> Message:
+        channel = name.decode()[len(self.prefix) + 2 : -1]
+        if not payload.startswith(MARKER):
+            return Message(channel, "message", payload.decode(errors="replace"))
+        message_id, event, data = payload[len(MARKER) :].split(b"\x00", 2)
+        epoch, _, position = message_id.decode().partition(":")
+        parsed = parse_position(position)
+        return Message(channel, event.decode(), data.decode(), epoch, parsed, parsed[0] / 1000)
+
+
+class Canary:
+    """A pub/sub link's canary: a token published to the link's own name, heard back on it.
+
+    A process so busy that the canary comes late is not deaf: when the link
+    delivered anything within the canary's timeout, it counts. After
+    ``DEAF_AFTER`` failed round-trips in a row, ``deaf()`` drops the link.
+    """
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        self.heard_at = 0.0  # when the link last delivered anything
+        self._waiting: dict[bytes, asyncio.Future[None]] = {}
+        self._failed = 0
+
+    def heard(self, payload: bytes | None = None) -> None:
+        """The link delivered something (this canary's ``payload``, when given)."""
+        self.heard_at = asyncio.get_running_loop().time()
+        arrived = self._waiting.get(payload) if payload is not None else None
+        if arrived is not None and not arrived.done():
+            arrived.set_result(None)
+
+    async def check(
+        self, send: Callable[[bytes], Awaitable[Any]], deaf: Callable[[], Awaitable[None]]
+    ) -> None:
+        token = secrets.token_hex(8).encode()
+        loop = asyncio.get_running_loop()
+        arrived = self._waiting[token] = loop.create_future()
+        sent_at = loop.time()
+        try:
+            await send(token)
+            try:
+                await asyncio.wait_for(arrived, COMMAND_TIMEOUT_S)
+            except TimeoutError:
+                if self.heard_at < sent_at:
+                    raise
+            self._failed = 0
+        except BaseException:
+            self._failed += 1
+            if self._failed >= DEAF_AFTER:
+                self._failed = 0
+                await deaf()
+            raise
+        finally:
+            self._waiting.pop(token, None)
+
+
+async def load_library(execute: Any, prefix: str) -> None:
+    """Load this version's library through ``execute`` unless it is there; never replace another's.
+
+    The same version's library with other code means a modified build
+    shares this Redis under the same version: said loudly, left alone.
+    """
+    source = functions.library_source(prefix)
+    name = functions.library_name(prefix)
+    try:
+        await execute("FUNCTION", "LOAD", source)
+        logger.info("loaded the Redis function library %s", name)
+        return
+    except RedisError as exc:
+        if "already exists" not in str(exc):
+            raise
+    listed = await execute("FUNCTION", "LIST", "LIBRARYNAME", name, "WITHCODE")
+    codes = [_field(library, b"library_code") for library in listed]
+    if source.encode() not in codes:
+        logger.error(
+            "the Redis function library %s on this Redis differs from this node's: "
+            "another build under the same version; calls go to the code loaded first",
+            name,
+        )
+
+
+class _Read(NamedTuple):
+    epoch: str | None
+    max_deleted: Position
+    first_kept: Position  # (0, 0) while nothing was trimmed
+    messages: list[Message]
+
+
+def _field(reply: list[Any], name: bytes) -> Any:
+    """A field of a RESP2 reply laid out as name, value, name, value …"""
+    if isinstance(reply, dict):
+        return reply.get(name)
+    fields = dict(zip(reply[::2], reply[1::2], strict=True))
+    return fields.get(name)
+
+
+def _entry(channel: str, epoch: str, entry: list[Any]) -> Message:
+    position_raw, fields = entry
+    values = dict(zip(fields[::2], fields[1::2], strict=True))
+    position = parse_position(position_raw.decode())
+    return Message(
+        channel, values[b"e"].decode(), values[b"d"].decode(), epoch, position, position[0] / 1000
+    )
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """Options of every connection to Redis, a single one or a cluster's nodes."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": COMMAND_TIMEOUT_S,
+        "socket_timeout": COMMAND_TIMEOUT_S,
+        "socket_keepalive": True,
+        # RESP2: pub/sub messages are plain replies on the link we read
+        # (redis-py 8 speaks RESP3 by default, where they are push frames).
+        "protocol": 2,
+    }
+    if (
+        settings.redis_url
+        and settings.redis_url.startswith("rediss://")
+        and not settings.redis_ssl_verify
+    ):
+        options["ssl_cert_reqs"] = "none"
+    return options
