@@ -99,6 +99,7 @@ class ClusterBroker(RedisStore):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
             self._supervisor = None
+        await self.stop_housekeeping()
         for name in list(self._links):
             await self._drop_link(name)
         await self._cluster.aclose()
@@ -116,7 +117,7 @@ class ClusterBroker(RedisStore):
         except TimeoutError:
             self._forget(channel)
             raise BrokerUnavailable("the broker did not confirm the subscription") from None
-        await self._record_cap(channel)
+        self._record_cap(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         home = self._home.get(channel)

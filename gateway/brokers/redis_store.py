@@ -11,6 +11,7 @@ link; everything a request path reads or writes is here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -35,6 +36,7 @@ DEAF_AFTER = 2  # failed canaries in a row before a pub/sub link is rebuilt
 ANNOUNCE_EVERY_S = 10.0  # each node says its settings in the deployment's roll call
 ANNOUNCE_TTL_S = 35.0  # a node not heard of for this long has left the roll call
 MESSAGE_KINDS = (b"message", b"smessage")
+LATEST_PIPELINE_MOST = 500
 
 
 class RedisStore:
@@ -52,6 +54,10 @@ class RedisStore:
         self._listener: BrokerListener | None = None
         self._channels: set[str] = set()
         self._burst: list[Message] = []  # parsed, not yet handed to the listener
+        self._caps_due: set[str] = set()
+        self._housekeeper: asyncio.Task[None] | None = None  # owned here: stop_housekeeping()
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._latest_waiting: dict[str, asyncio.Future[Cursor]] = {}
 
     async def _execute(self, *args: Any) -> Any:
         raise NotImplementedError
@@ -83,15 +89,97 @@ class RedisStore:
         return (await self._read(channel, "tail", str(count), count)).messages
 
     async def latest(self, channel: str) -> Cursor:
-        messages = await self.tail(channel, 1)
-        return messages[-1].cursor or START if messages else START
+        """The channel's newest id; the joins of one loop turn ask Redis in one pipeline.
 
-    async def _record_cap(self, channel: str) -> None:
-        """The channel's cap, for publishes that pass none (redis-cli): this deployment's."""
-        try:
-            await self._call("SET", self.base(channel), self.settings.history_size)
-        except BrokerUnavailable:
-            logger.debug("recording the history cap of %s failed", channel)
+        Every first subscriber of a channel on this node asks it. A storm of
+        10,000 clients on 4 channels each is 30,000 joins: one command each
+        starved the connection pool (joins refused after waiting 10 s);
+        a pipeline per loop turn is one round trip for all of them.
+        """
+        waiting = self._latest_waiting.get(channel)
+        if waiting is None:
+            if not self._latest_waiting:
+                self._spawn(self._read_latest())
+            waiting = asyncio.get_running_loop().create_future()
+            self._latest_waiting[channel] = waiting
+        return await asyncio.shield(waiting)
+
+    async def _read_latest(self) -> None:
+        await asyncio.sleep(0)  # let this loop turn's joins ask too
+        asked, self._latest_waiting = self._latest_waiting, {}
+        channels = list(asked)
+        for start in range(0, len(channels), LATEST_PIPELINE_MOST):
+            batch = channels[start : start + LATEST_PIPELINE_MOST]
+            calls = [functions.read_args(self.prefix, c, "tail", "1", 1) for c in batch]
+            try:
+                replies = await self._call_many(calls)
+            except BrokerUnavailable as exc:
+                replies = [exc] * len(batch)
+            for channel, reply in zip(batch, replies, strict=True):
+                future = asked[channel]
+                if future.done():
+                    continue
+                if isinstance(reply, BaseException):
+                    future.set_exception(_unavailable(reply))
+                    future.exception()  # retrieved: every asker may have left
+                else:
+                    messages = self._parse_read(channel, reply).messages
+                    future.set_result(messages[-1].cursor or START if messages else START)
+
+    async def _call_many(self, calls: list[tuple[str | int, ...]]) -> list[Any]:
+        """Several commands in one round trip; a failed one is its exception in the list."""
+        replies = await self._execute_many(calls)
+        if any(isinstance(r, Exception) and missing_function(r) for r in replies):
+            await self._load_functions()
+            replies = await self._execute_many(calls)
+        return replies
+
+    async def _execute_many(self, calls: list[tuple[str | int, ...]]) -> list[Any]:
+        """Default: one command at a time (a subclass pipelines)."""
+        replies: list[Any] = []
+        for call in calls:
+            try:
+                replies.append(await self._execute(*call))
+            except (RedisError, OSError) as exc:
+                replies.append(exc)
+        return replies
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        """A task owned by the store: cancelled by ``stop_housekeeping``."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _record_cap(self, channel: str) -> None:
+        """Note the channel for its cap record (for publishes that pass none: redis-cli).
+
+        Written later, a batch at a time (``_write_caps``), not on the join's
+        path: 10,000 clients joining 30,000 channels at once would otherwise
+        queue 30,000 more commands behind the joins' own (measured: the pool
+        ran dry and joins were refused).
+        """
+        self._caps_due.add(channel)
+
+    async def _write_caps(self) -> None:
+        due, self._caps_due = self._caps_due, set()
+        size = self.settings.history_size
+        channels = list(due)
+        for start in range(0, len(channels), LATEST_PIPELINE_MOST):
+            batch = channels[start : start + LATEST_PIPELINE_MOST]
+            replies = await self._call_many([("SET", self.base(c), size) for c in batch])
+            failed = [c for c, r in zip(batch, replies, strict=True) if isinstance(r, Exception)]
+            if failed:
+                logger.debug("recording the history cap of %d channels failed", len(failed))
+                self._caps_due.update(failed)
+
+    async def stop_housekeeping(self) -> None:
+        tasks = [*self._tasks, *([self._housekeeper] if self._housekeeper else [])]
+        self._housekeeper = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     # -- helpers --------------------------------------------------------------
 
@@ -112,6 +200,9 @@ class RedisStore:
 
     async def _read(self, channel: str, mode: str, arg: str, count: int) -> _Read:
         reply = await self._call(*functions.read_args(self.prefix, channel, mode, arg, count))
+        return self._parse_read(channel, reply)
+
+    def _parse_read(self, channel: str, reply: Any) -> _Read:
         epoch, deleted, first_kept, entries = reply
         if not epoch:
             return _Read(None, (0, 0), (0, 0), [])
@@ -124,11 +215,15 @@ class RedisStore:
         )
 
     async def _maybe_announce(self) -> None:
+        """Each canary tick: the roll call now and then, and the caps noted since."""
         if time.monotonic() - self._announced_at > ANNOUNCE_EVERY_S:
             try:
                 await self._announce()
             except (RedisError, OSError):
                 logger.debug("roll call failed", exc_info=True)
+        running = self._housekeeper is not None and not self._housekeeper.done()
+        if self._caps_due and not running:
+            self._housekeeper = asyncio.get_running_loop().create_task(self._write_caps())
 
     async def _announce(self) -> None:
         """Say this node's history size in the roll call; warn when another node's differs.
@@ -210,6 +305,10 @@ class Canary:
         sent_at = loop.time()
         try:
             await send(token)
+        except BaseException:
+            self._waiting.pop(token, None)
+            raise  # not sent (the command pool busy, Redis away): no word on the link's health
+        try:
             try:
                 await asyncio.wait_for(arrived, COMMAND_TIMEOUT_S)
             except TimeoutError:
@@ -224,6 +323,12 @@ class Canary:
             raise
         finally:
             self._waiting.pop(token, None)
+
+
+def _unavailable(exc: BaseException) -> BrokerUnavailable:
+    if isinstance(exc, BrokerUnavailable):
+        return exc
+    return BrokerUnavailable(f"the broker is unavailable: {exc}")
 
 
 async def load_library(execute: Any, prefix: str) -> None:
