@@ -30,6 +30,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -40,6 +41,7 @@ from gateway.brokers import functions
 from gateway.brokers.backoff import Backoff
 from gateway.brokers.base import BrokerListener, History
 from gateway.brokers.functions import channel_key, missing_function, publish_call
+from gateway.brokers.presence_redis import PRESENCE_MARKER
 from gateway.errors import BrokerUnavailable
 from gateway.message import START, Cursor, Message, Position, format_position, parse_position
 from gateway.settings import Settings
@@ -76,6 +78,8 @@ class RedisBroker:
         self._heard_at = 0.0  # when the pub/sub link last delivered anything
         self._reader: asyncio.Task[None] | None = None
         self._burst: list[Message] = []  # parsed, not yet handed to the listener
+        # Presence joins and leaves, heard on a channel's name (brokers/presence_redis.py).
+        self.presence_sink: Callable[[bytes, bytes], None] | None = None
 
     # -- lifetime -----------------------------------------------------------
 
@@ -314,6 +318,9 @@ class RedisBroker:
                 arrived = self._canaries.get(payload)
                 if arrived is not None and not arrived.done():
                     arrived.set_result(None)
+            elif payload.startswith(PRESENCE_MARKER):  # presence, not a message
+                if self.presence_sink is not None:
+                    self.presence_sink(name, payload)
             else:
                 if not self._burst:
                     asyncio.get_running_loop().call_soon(self._hand_over)

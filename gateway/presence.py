@@ -1,0 +1,319 @@
+"""Presence: who is on a channel, across every node, and who comes and goes.
+
+A member is one connection on one channel, named by its token's ``sub``
+(``?user=`` on an open gateway); a user's several connections (tabs,
+nodes) are one user. This module is one node's part: it counts its own
+connections per channel and user, tells the store (presence_wire.PresenceStore,
+in memory or on Redis) what changed, and hands the joins and leaves the
+store announces to the connections that asked for them.
+
+Decisions:
+
+* **A tick, not a call per connection.** Arrivals and departures only mark
+  a (channel, user) dirty; every ``TICK_S`` the node sends each channel's
+  changed counts in one store call. 10,000 clients arriving at once cost a
+  few hundred calls, not 10,000, and a user who leaves and comes back
+  within the tick costs nothing at all.
+* **A departure is final after ``LEAVE_GRACE_S``.** A connection that drops
+  and comes back (a transport switch, a network blip, a reconnect storm
+  after a node restarts, a tab handing the shared connection to another)
+  is no leave and join for everyone: the user stays a member meanwhile.
+  Only an anonymous connection (no ``sub``, no ``?user=``) is no member.
+* **Long-poll members hold a lease**: a poll's end keeps its user a member
+  for ``GATEWAY_POLL_TIMEOUT`` + ``POLL_EXTRA_S``, renewed by the next poll
+  (which then changes nothing in the store).
+* **Events are batched per channel per tick**: the store announces one
+  payload per call, which becomes one ``Batch`` (one write) per listener.
+  Past ``GATEWAY_PRESENCE_MAX_MEMBERS`` users a channel's events are not
+  sent (its snapshot is counts only): a huge room's joins would multiply
+  by its listeners (N joins x N listeners).
+* **Leases and sweeps**: every ``LEASE_RENEW_S`` the node sweeps each
+  channel it holds members on or listens to: its own lease is renewed,
+  dead nodes' members dropped. A sweep that finds our lease gone (Redis
+  wiped) makes the node re-assert every member it holds there.
+* **SIGTERM** removes this node's members at once (no grace): its clients
+  are told to reconnect elsewhere, where they join again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Container, Iterator, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from dataclasses import dataclass
+
+import anyio
+
+from gateway.auth import MAX_USER_CHARS, Rights
+from gateway.errors import BadRequest
+from gateway.message import Batch
+from gateway.presence_wire import JOIN, LEAVE, Change, PresenceEvent, PresenceStore, Snapshot
+from gateway.settings import Settings
+from gateway.shutdown import wait_for_exit_signal
+from gateway.subscription import Subscription
+
+logger = logging.getLogger(__name__)
+
+TICK_S = 0.05
+LEAVE_GRACE_S = 2.0
+POLL_EXTRA_S = 10.0
+LEASE_RENEW_S = 3.0
+SWEEPS_AT_ONCE = 64
+STOP_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user: str
+    info: str = "null"  # the info object as JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """What a connection is to presence: who (None: anonymous) and whether it wants events."""
+
+    identity: Identity | None
+    listen: bool = False
+
+
+ANONYMOUS = Visit(None)
+
+
+def visit_of(query: Mapping[str, str], rights: Rights, open_gateway: bool) -> Visit:
+    """A request's ``Visit``: the token's ``sub``/``info``, or ``?user=`` on an open gateway."""
+    listen = query.get("presence", "").lower() in ("1", "true", "yes")
+    asked = query.get("user")
+    if asked is not None:
+        if not open_gateway:
+            raise BadRequest("?user= is for an open gateway only: the token's sub names you")
+        return Visit(Identity(check_user(asked)), listen)
+    if rights.user is None:
+        return Visit(None, listen)
+    return Visit(Identity(rights.user, rights.info or "null"), listen)
+
+
+def check_user(user: str) -> str:
+    if not 0 < len(user) <= MAX_USER_CHARS or not user.isprintable():
+        raise BadRequest(f"user must be 1-{MAX_USER_CHARS} printable characters")
+    return user
+
+
+class _Local:
+    """One user on one channel, on this node."""
+
+    __slots__ = ("connections", "info", "sent", "until")
+
+    def __init__(self, info: str) -> None:
+        self.info = info
+        self.connections = 0
+        self.until = 0.0  # still a member until then, with no connection (grace, poll lease)
+        self.sent = 0  # the count the store holds for this node
+
+    def wanted(self, now: float) -> int:
+        if self.connections:
+            return self.connections
+        return 1 if now < self.until else 0
+
+
+class Presence:
+    def __init__(self, store: PresenceStore, settings: Settings) -> None:
+        self.store = store
+        self.max_members = settings.presence_max_members
+        self.poll_hold_s = settings.poll_timeout_s + POLL_EXTRA_S
+        self.users: dict[str, dict[str, _Local]] = {}
+        self.listeners: dict[str, set[Subscription]] = {}
+        self.closing = False
+        self.events_sent = 0  # events offered to listeners (bench/)
+        self._dirty: set[tuple[str, str]] = set()
+        self._expiring: list[tuple[float, str, str]] = []  # (until, channel, user), a heap
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Presence]:
+        await self.store.start(self._announced)
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._flush_loop)
+                tasks.start_soon(self._lease_loop)
+                tasks.start_soon(self._exit_watcher)
+                yield self
+                tasks.cancel_scope.cancel()
+        finally:
+            with anyio.move_on_after(STOP_TIMEOUT_S, shield=True):
+                await self.leave_all()
+            await self.store.stop()
+
+    # -- connections --------------------------------------------------------
+
+    @contextmanager
+    def attend(self, visit: Visit, sub: Subscription, *, hold: bool = False) -> Iterator[None]:
+        """``sub``'s connection is a member (and listener, if asked) for the block."""
+        channel, identity = sub.channel, visit.identity
+        if visit.listen:
+            self.listeners.setdefault(channel, set()).add(sub)
+        member = identity is not None and not self.closing
+        if member:
+            assert identity is not None
+            self._arrive(channel, identity)
+        try:
+            yield
+        finally:
+            if visit.listen:
+                self._unlisten(channel, sub)
+            if member:
+                assert identity is not None
+                self._depart(channel, identity.user, self.poll_hold_s if hold else LEAVE_GRACE_S)
+
+    @asynccontextmanager
+    async def attending(
+        self, visit: Visit, sub: Subscription, *, hold: bool = False
+    ) -> AsyncIterator[None]:
+        """``attend``, for an ``async with`` beside the hub's subscription."""
+        with self.attend(visit, sub, hold=hold):
+            yield
+
+    def polled(self, visit: Visit, channels: list[str]) -> None:
+        """A poll answered at once, from memory: its user a member for the poll lease from now."""
+        identity = visit.identity
+        if identity is None or self.closing:
+            return
+        for channel in channels:
+            self._arrive(channel, identity)
+            self._depart(channel, identity.user, self.poll_hold_s)
+
+    def attender(
+        self, visit: Visit, listening: Container[str], *, hold: bool = False
+    ) -> Callable[[Subscription], AbstractContextManager[None]]:
+        """``attend`` for each channel of a several-channel connection (``Multiplex.attend``)."""
+
+        def attend(sub: Subscription) -> AbstractContextManager[None]:
+            listen = Visit(visit.identity, sub.channel in listening)
+            return self.attend(listen, sub, hold=hold)
+
+        return attend
+
+    async def snapshot(self, channel: str) -> Snapshot:
+        return await self.store.snapshot(channel, self.max_members)
+
+    def _arrive(self, channel: str, identity: Identity) -> None:
+        users = self.users.setdefault(channel, {})
+        local = users.get(identity.user)
+        if local is None:
+            local = users[identity.user] = _Local(identity.info)
+        local.info = identity.info
+        local.connections += 1
+        self._dirty.add((channel, identity.user))
+
+    def _depart(self, channel: str, user: str, keep_s: float) -> None:
+        local = self.users.get(channel, {}).get(user)
+        if local is None:
+            return
+        local.connections -= 1
+        if local.connections == 0 and not self.closing:
+            local.until = max(local.until, time.monotonic() + keep_s)
+            heapq.heappush(self._expiring, (local.until, channel, user))
+        self._dirty.add((channel, user))
+
+    def _unlisten(self, channel: str, sub: Subscription) -> None:
+        subs = self.listeners.get(channel)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.listeners[channel]
+
+    # -- the store ------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Send every changed count, one store call per channel."""
+        now = time.monotonic()
+        expiring = self._expiring
+        while expiring and expiring[0][0] <= now:
+            _, channel, user = heapq.heappop(expiring)
+            self._dirty.add((channel, user))
+        changes: dict[str, list[Change]] = {}
+        for channel, user in self._dirty:
+            local = self.users.get(channel, {}).get(user)
+            if local is None:
+                continue
+            wanted = 0 if self.closing else local.wanted(now)
+            if wanted != local.sent:
+                changes.setdefault(channel, []).append((user, wanted, local.info))
+        self._dirty = set()
+        for channel, batch in changes.items():
+            await self._send(channel, batch)
+
+    async def _send(self, channel: str, changes: list[Change]) -> None:
+        try:
+            await self.store.update(channel, changes)
+        except Exception:
+            logger.debug("presence update of %s failed; retried next tick", channel)
+            self._dirty.update((channel, user) for user, _, _ in changes)
+            return
+        users = self.users.get(channel, {})
+        for user, count, _ in changes:
+            local = users.get(user)
+            if local is None:
+                continue
+            local.sent = count
+            if count == 0 and local.connections == 0:
+                del users[user]
+        if not users:
+            self.users.pop(channel, None)
+
+    async def leave_all(self) -> None:
+        """This node's members gone from the store at once (SIGTERM, shutdown)."""
+        self.closing = True
+        for channel, users in self.users.items():
+            self._dirty.update((channel, user) for user in users)
+        await self.flush()
+
+    async def sweep(self) -> None:
+        """Renew our leases, drop dead nodes' members; re-assert ours where they were lost."""
+        channels = list(set(self.users) | set(self.listeners))
+        for start in range(0, len(channels), SWEEPS_AT_ONCE):
+            part = channels[start : start + SWEEPS_AT_ONCE]
+            await asyncio.gather(*(self._sweep(channel) for channel in part))
+
+    async def _sweep(self, channel: str) -> None:
+        users = self.users.get(channel)
+        try:
+            had = await self.store.sweep(channel, bool(users))
+        except Exception:
+            logger.debug("presence sweep of %s failed", channel)
+            return
+        if not had and users and not self.closing:
+            logger.info("presence of %s was lost at the broker: re-asserting it", channel)
+            for user, local in users.items():
+                local.sent = 0
+                self._dirty.add((channel, user))
+
+    def _announced(
+        self, channel: str, joins: list[tuple[str, str]], leaves: list[tuple[str, str]], users: int
+    ) -> None:
+        """Joins and leaves the store announced: one batch to every listener of the channel."""
+        subs = self.listeners.get(channel)
+        if not subs or users > self.max_members:
+            return
+        events = [PresenceEvent.of(channel, LEAVE, user, info) for user, info in leaves]
+        events += [PresenceEvent.of(channel, JOIN, user, info) for user, info in joins]
+        batch = Batch(list(events))
+        self.events_sent += len(events) * len(subs)
+        for sub in list(subs):
+            if not sub.offer_batch(batch):
+                subs.discard(sub)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await anyio.sleep(TICK_S)
+            await self.flush()
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await anyio.sleep(LEASE_RENEW_S)
+            await self.sweep()
+
+    async def _exit_watcher(self) -> None:
+        await wait_for_exit_signal()
+        await self.leave_all()
