@@ -126,6 +126,7 @@ class Presence:
         self.users: dict[str, dict[str, _Local]] = {}
         self.listeners: dict[str, set[Subscription]] = {}
         self.closing = False
+        self.clock: Callable[[], float] = time.monotonic  # a test may turn it
         self.events_sent = 0  # events offered to listeners (bench/)
         self._dirty: set[tuple[str, str]] = set()
         self._expiring: list[tuple[float, str, str]] = []  # (until, channel, user), a heap
@@ -212,7 +213,7 @@ class Presence:
             return
         local.connections -= 1
         if local.connections == 0 and not self.closing:
-            local.until = max(local.until, time.monotonic() + keep_s)
+            local.until = max(local.until, self.clock() + keep_s)
             heapq.heappush(self._expiring, (local.until, channel, user))
         self._dirty.add((channel, user))
 
@@ -227,7 +228,7 @@ class Presence:
 
     async def flush(self) -> None:
         """Send every changed count, one store call per channel."""
-        now = time.monotonic()
+        now = self.clock()
         expiring = self._expiring
         while expiring and expiring[0][0] <= now:
             _, channel, user = heapq.heappop(expiring)
