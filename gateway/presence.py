@@ -19,6 +19,14 @@ Decisions:
   after a node restarts, a tab handing the shared connection to another)
   is no leave and join for everyone: the user stays a member meanwhile.
   Only an anonymous connection (no ``sub``, no ``?user=``) is no member.
+* **A storm lengthens the grace.** When more than ``STORM_DEPARTURES`` users
+  of one channel leave this node within ``LEAVE_GRACE_S``, departures get
+  ``STORM_GRACE_S`` instead: a mass reconnect of thousands takes longer than
+  2 s to come back (measured: 5,000 listening members took 6 s), and each
+  leave announced meanwhile would go to every listener, N leaves x N
+  listeners, slowing the reconnect further. The users who left just before
+  the storm was noticed get the longer grace too. A real leave during a
+  storm is announced up to ``STORM_GRACE_S`` late.
 * **Long-poll members hold a lease**: a poll's end keeps its user a member
   for ``GATEWAY_POLL_TIMEOUT`` + ``POLL_EXTRA_S``, renewed by the next poll
   (which then changes nothing in the store).
@@ -59,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 TICK_S = 0.05
 LEAVE_GRACE_S = 2.0
+STORM_DEPARTURES = 100  # users leaving one channel within LEAVE_GRACE_S: a storm
+STORM_GRACE_S = 12.0
 POLL_EXTRA_S = 10.0
 LEASE_RENEW_S = 3.0
 SWEEPS_AT_ONCE = 64
@@ -130,6 +140,7 @@ class Presence:
         self.events_sent = 0  # events offered to listeners (bench/)
         self._dirty: set[tuple[str, str]] = set()
         self._expiring: list[tuple[float, str, str]] = []  # (until, channel, user), a heap
+        self._departures: dict[str, tuple[float, int]] = {}  # channel -> (window start, count)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Presence]:
@@ -165,7 +176,8 @@ class Presence:
                 self._unlisten(channel, sub)
             if member:
                 assert identity is not None
-                self._depart(channel, identity.user, self.poll_hold_s if hold else LEAVE_GRACE_S)
+                keep_s = self.poll_hold_s if hold else self._grace(channel)
+                self._depart(channel, identity.user, keep_s)
 
     @asynccontextmanager
     async def attending(
@@ -217,6 +229,24 @@ class Presence:
             heapq.heappush(self._expiring, (local.until, channel, user))
         self._dirty.add((channel, user))
 
+    def _grace(self, channel: str) -> float:
+        """How long a departure stays a member: longer while the channel sees a storm of them."""
+        now = self.clock()
+        start, count = self._departures.get(channel, (now, 0))
+        if now - start > LEAVE_GRACE_S:
+            start, count = now, 0
+        self._departures[channel] = (start, count + 1)
+        if count == STORM_DEPARTURES:
+            self._storm(channel, now + STORM_GRACE_S)
+        return STORM_GRACE_S if count >= STORM_DEPARTURES else LEAVE_GRACE_S
+
+    def _storm(self, channel: str, until: float) -> None:
+        """A storm began: the users who left just before it wait as long as those after."""
+        for user, local in self.users.get(channel, {}).items():
+            if local.connections == 0 and local.until > self.clock():
+                local.until = max(local.until, until)
+                heapq.heappush(self._expiring, (local.until, channel, user))
+
     def _unlisten(self, channel: str, sub: Subscription) -> None:
         subs = self.listeners.get(channel)
         if subs is not None:
@@ -242,6 +272,8 @@ class Presence:
             if wanted != local.sent:
                 changes.setdefault(channel, []).append((user, wanted, local.info))
         self._dirty = set()
+        for channel in [c for c, (start, _) in self._departures.items() if now - start > 60]:
+            del self._departures[channel]  # quiet for a minute: forget the window
         for channel, batch in changes.items():
             await self._send(channel, batch)
 

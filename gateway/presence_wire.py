@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.message import Message, sse_frame, ws_frame
+from gateway.message import Message, sse_frame
 
 JOIN = "join"
 LEAVE = "leave"
@@ -30,7 +30,8 @@ LEAVE = "leave"
 class PresenceEvent(Message):
     """A user's first connection arrived (``join``) or their last one left (``leave``).
 
-    ``data`` is the ``{"user","info"}`` JSON; every encoding is built once.
+    ``data`` is the ``{"user","info"}`` JSON; every encoding is built once
+    (``ws_frame`` is Message's, over this ``ws_text``).
     """
 
     @classmethod
@@ -50,12 +51,6 @@ class PresenceEvent(Message):
         if self._ws is None:
             self._ws = '{"type":"' + self.event + '",' + self.json[1:].decode()
         return self._ws
-
-    @property
-    def ws_frame(self) -> bytes:
-        if self._ws_frame is None:
-            self._ws_frame = ws_frame(self.ws_text.encode())
-        return self._ws_frame
 
     @property
     def mux_sse(self) -> bytes:

@@ -54,6 +54,17 @@ async def watch_ws(ws_base: str, channel: str, watcher: Watcher, **params: str) 
                 watcher.add(frame["type"], frame["user"], frame["info"])
 
 
+@asynccontextmanager
+async def watching(ws_base: str, channel: str) -> AsyncIterator[Watcher]:
+    """A ``watch_ws`` listener running for the block, subscribed before the block starts."""
+    watcher = Watcher()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(watch_ws, ws_base, channel, watcher)
+        await watcher.ready.wait()
+        yield watcher
+        tasks.cancel_scope.cancel()
+
+
 async def watch_ws_multi(ws_base: str, channel: str, watcher: Watcher, **params: str) -> None:
     """A ``/ws`` connection that subscribes ``channel`` with ``"presence": true``."""
     url = str(httpx.URL(f"{ws_base}/ws", params=params))

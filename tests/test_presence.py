@@ -24,6 +24,7 @@ from tests.presence_clients import (
     watch_sse,
     watch_ws,
     watch_ws_multi,
+    watching,
 )
 from tests.servers import GatewayServer
 from tests.test_security import SECRET, bearer, mint
@@ -100,16 +101,12 @@ async def test_a_user_joins_at_the_first_tab_and_leaves_after_the_last(server, c
 
 async def test_a_quick_reconnect_is_no_leave_and_join(server, channel):
     """A connection that drops and comes back within the grace is no event for anyone."""
-    watcher = Watcher()
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(watch_ws, server.ws_url, channel, watcher)
-        await watcher.ready.wait()
+    async with watching(server.ws_url, channel) as watcher:
         async with members(server.ws_url, channel, ["dave"]):
             await watcher.until(["join"], "dave")
         async with members(server.ws_url, channel, ["dave"]):
             await anyio.sleep(LEAVE_GRACE_S + 0.5)
             assert watcher.of("dave") == ["join"]
-        tasks.cancel_scope.cancel()
 
 
 async def test_the_watcher_itself_is_a_member_when_named(server, channel):
@@ -158,13 +155,9 @@ async def test_past_the_limit_the_snapshot_is_counts_only(server, channel):
 
 async def test_an_anonymous_reader_is_no_member(server, channel):
     """No token sub, no ?user=: reading, listening, not present."""
-    watcher = Watcher()
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(watch_ws, server.ws_url, channel, watcher)
-        await watcher.ready.wait()
+    async with watching(server.ws_url, channel):
         await anyio.sleep(0.3)
         assert (await snapshot(server.url, channel))["users"] == 0
-        tasks.cancel_scope.cancel()
 
 
 async def test_the_token_names_the_member_and_its_info(secured, channel):

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from gateway.brokers.presence_redis import VERSION, library_source, presence_keys
 from tests.conftest import gateway_env
-from tests.presence_clients import Watcher, members, snapshot, snapshot_until, watch_ws
+from tests.presence_clients import Watcher, members, snapshot, snapshot_until, watch_ws, watching
 from tests.servers import GatewayServer, RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -32,10 +32,7 @@ def nodes(fresh_redis: RedisServer) -> Iterator[list[GatewayServer]]:
 async def test_nodes_see_each_others_members(nodes, channel):
     """A member on one node is in every node's snapshot, and its join reaches the others' watchers."""
     first, second, _ = nodes
-    watcher = Watcher()
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(watch_ws, second.ws_url, channel, watcher)
-        await watcher.ready.wait()
+    async with watching(second.ws_url, channel) as watcher:
         async with members(first.ws_url, channel, ["ann", "ann"]), members(second.ws_url, channel, ["ann", "ben"]):
             await watcher.until(["join"], "ann")
             await watcher.until(["join"], "ben")
@@ -43,7 +40,6 @@ async def test_nodes_see_each_others_members(nodes, channel):
                 await snapshot_until(node.url, channel, {"ann": 3, "ben": 1})
         await watcher.until(["join", "leave"], "ann")
         await watcher.until(["join", "leave"], "ben")
-        tasks.cancel_scope.cancel()
 
 
 @pytest.mark.slow
@@ -78,10 +74,7 @@ async def test_a_killed_nodes_members_leave_once_within_15_s(nodes, channel):
 async def test_sigterm_removes_a_nodes_members_at_once(nodes, channel):
     """A node told to stop takes its members out of presence as it goes (no lease to wait for)."""
     first, _, leaving = nodes
-    watcher = Watcher()
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(watch_ws, first.ws_url, channel, watcher)
-        await watcher.ready.wait()
+    async with watching(first.ws_url, channel) as watcher:
         async with members(leaving.ws_url, channel, ["tess"]):
             await watcher.until(["join"], "tess")
             with anyio.fail_after(10):
@@ -89,7 +82,6 @@ async def test_sigterm_removes_a_nodes_members_at_once(nodes, channel):
             took = await watcher.until(["join", "leave"], "tess", timeout=3)
         assert took < 3
         await snapshot_until(first.url, channel, {}, timeout=1)
-        tasks.cancel_scope.cancel()
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.brokers.presence_memory import MemoryPresenceStore
-from gateway.presence import LEAVE_GRACE_S, Identity, Presence, Visit
+from gateway.presence import LEAVE_GRACE_S, STORM_GRACE_S, Identity, Presence, Visit
 from gateway.presence_table import ChannelTable
 from gateway.presence_wire import PresenceEvent
 from gateway.settings import Settings
@@ -135,3 +135,27 @@ def test_presence_events_encode_for_every_wire():
     assert event.mux_sse == b'event: join\ndata: {"channel":"room","user":"ann","info":{"a":1}}\n\n'
     assert event.ws_text == '{"type":"join","channel":"room","user":"ann","info":{"a":1}}'
     assert event.id == "" and event.cursor is None
+
+
+def test_a_storm_of_departures_waits_longer_before_announcing_leaves():
+    """150 users dropping at once: none leaves after the usual grace (they may come back), all after the storm's."""
+    asyncio.run(_run_storm())
+
+
+async def _run_storm() -> None:
+    presence = Presence(MemoryPresenceStore(), Settings())
+    now = [0.0]
+    presence.clock = lambda: now[0]
+    await presence.store.start(presence._announced)
+    tabs = [ExitStack() for _ in range(150)]
+    for n, stack in enumerate(tabs):
+        stack.enter_context(presence.attend(Visit(Identity(f"u{n}")), Subscription("room", 10)))
+    await presence.flush()
+    for stack in tabs:
+        stack.close()
+    now[0] += LEAVE_GRACE_S + 1
+    await presence.flush()
+    assert (await presence.snapshot("room")).users == 150
+    now[0] += STORM_GRACE_S
+    await presence.flush()
+    assert (await presence.snapshot("room")).users == 0
