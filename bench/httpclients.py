@@ -128,6 +128,27 @@ class SseSubscriber(HttpSubscriber):
         self.fail("stream ended")
 
 
+class SseMultiSubscriber(SseSubscriber):
+    """The gateway's several-channel ``/sse``: each ``data:`` line is a message's JSON.
+
+    The opening (``event: subscribed``) and gap events carry JSON without an
+    ``id``: not messages. Only the shared channel is published to.
+    """
+
+    def on_body(self, body: bytes) -> None:
+        text = self.pending + body
+        end = text.rfind(b"\n")
+        if end < 0:
+            self.pending = text
+            return
+        self.pending = text[end + 1 :]
+        for line in text[:end].split(b"\n"):
+            if line.startswith(b"data:"):
+                message = orjson.loads(line[5:])
+                if "id" in message:
+                    self.deliver(message["data"], self.now)
+
+
 class PollSubscriber(HttpSubscriber):
     """The gateway's ``/poll``: the answer's cursor is the next request's ``since``."""
 

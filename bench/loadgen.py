@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import sys
@@ -31,7 +32,7 @@ from urllib.parse import urlsplit
 
 import procstats
 import uvloop
-from httpclients import EngineIoPollSubscriber, PollSubscriber, SseSubscriber
+from httpclients import EngineIoPollSubscriber, PollSubscriber, SseMultiSubscriber, SseSubscriber
 from publishers import HttpPublisher, Publisher, RedisPublisher, SocketIoRedisPublisher
 from report import summarize
 from tally import WARMUP_SEQ, Subscriber, Tally, payload
@@ -39,6 +40,9 @@ from wsclients import EngineIoWsSubscriber, GatewayWsSubscriber, WsSubscriber
 
 PATHS = {
     "sse": "/sse/{channel}",
+    # Four channels a connection: the shared one, and three of its own (quiet).
+    "sse-multi": "/sse?channel={channel}&channel={channel}-{n}-a&channel={channel}-{n}-b"
+    "&channel={channel}-{n}-c",
     "ws": "/ws/{channel}",
     "raw-ws": "/ws/{channel}",
     "poll": "/poll/{channel}?timeout={poll_timeout}&limit=1000",
@@ -50,11 +54,18 @@ WARMUP_INTERVAL_S = 0.25
 
 def make_subscriber(args: argparse.Namespace, tally: Tally) -> Callable[[], Subscriber]:
     host, port = args.host, args.port
-    path = (args.path or PATHS[args.transport]).format(
+    template = args.path or PATHS[args.transport]
+    path = template.replace("{n}", "0").format(
         channel=args.channel, poll_timeout=args.poll_timeout
     )
+    numbers = itertools.count()
+
+    def own_path() -> str:  # the subscriber's own channels, where the template has {n}
+        return template.format(channel=args.channel, n=next(numbers))
+
     kinds: dict[str, Callable[[], Subscriber]] = {
         "sse": lambda: SseSubscriber(host, port, path, tally),
+        "sse-multi": lambda: SseMultiSubscriber(host, port, own_path(), tally),
         "poll": lambda: PollSubscriber(host, port, path, tally),
         "ws": lambda: GatewayWsSubscriber(host, port, path, tally),
         "raw-ws": lambda: WsSubscriber(host, port, path, tally),

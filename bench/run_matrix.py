@@ -13,6 +13,8 @@ The standard matrix (server on core 0, generator on core 1, ~100-byte messages):
        server CPU-second): gateway sse/ws, tutorial (its default pool,
        and the pool raised), python-socketio ws and polling, Nchan sse
     e  idle SSE connections (10,000), RSS per connection: gateway, Nchan
+    f  as a, each subscriber on 4 channels of one /sse stream (the shared
+       one and three quiet ones of its own): gateway (--only af: side by side)
 
 Every server is started fresh for each run, so RSS per connection starts
 from an idle process. One Redis (started here, on a free port) serves them.
@@ -66,9 +68,10 @@ def matrix(args: argparse.Namespace) -> list[Run]:
               ("tutorial", "sse"), ("tutorial-pool", "sse"),
               ("socketio", "sio-ws"), ("socketio", "sio-poll"), ("nchan", "sse"))),
         Run("e", "gateway", "sse", e, 0, args.rate),
+        Run("f", "gateway", "sse-multi", a, stream, args.rate),
         Run("e", "nchan", "sse", e, 0, args.rate),
     ]
-    wanted = set(args.only or "abcde")
+    wanted = set(args.only or "abcdef")
     skip = set(args.skip_server or [])
     keep = set(args.server or []) or {r.server for r in runs}
     return [r for r in runs if r.group in wanted and r.server in keep - skip]

@@ -49,8 +49,8 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Container, Iterator, Mapping
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
@@ -101,7 +101,7 @@ def visit_of(query: Mapping[str, str], rights: Rights, open_gateway: bool) -> Vi
             raise BadRequest("?user= is for an open gateway only: the token's sub names you")
         return Visit(Identity(check_user(asked)), listen)
     if rights.user is None:
-        return Visit(None, listen)
+        return Visit(None, True) if listen else ANONYMOUS  # the common case: no allocation
     return Visit(Identity(rights.user, rights.info or "null"), listen)
 
 
@@ -159,33 +159,19 @@ class Presence:
 
     # -- connections --------------------------------------------------------
 
-    @contextmanager
-    def attend(self, visit: Visit, sub: Subscription, *, hold: bool = False) -> Iterator[None]:
-        """``sub``'s connection is a member (and listener, if asked) for the block."""
-        channel, identity = sub.channel, visit.identity
-        if visit.listen:
-            self.listeners.setdefault(channel, set()).add(sub)
-        member = identity is not None and not self.closing
-        if member:
-            assert identity is not None
-            self._arrive(channel, identity)
-        try:
-            yield
-        finally:
-            if visit.listen:
-                self._unlisten(channel, sub)
-            if member:
-                assert identity is not None
-                keep_s = self.poll_hold_s if hold else self._grace(channel)
-                self._depart(channel, identity.user, keep_s)
+    def attend(self, visit: Visit, sub: Subscription, *, hold: bool = False) -> Attendance:
+        """``sub``'s connection as a member (and listener, if asked) for a ``with`` block.
 
-    @asynccontextmanager
-    async def attending(
-        self, visit: Visit, sub: Subscription, *, hold: bool = False
-    ) -> AsyncIterator[None]:
-        """``attend``, for an ``async with`` beside the hub's subscription."""
-        with self.attend(visit, sub, hold=hold):
-            yield
+        An object with slots, not a generator: a stream holds it for its
+        whole life, and an idle SSE connection's every frame counts
+        (bench/, e). An anonymous reader that does not listen gets a shared
+        one that does nothing.
+        """
+        if visit.identity is None and not visit.listen:
+            return NOTHING
+        return _Attendance(self, visit, sub, hold)
+
+    attending = attend  # the same object serves ``async with``
 
     def polled(self, visit: Visit, channels: list[str]) -> None:
         """A poll answered at once, from memory: its user a member for the poll lease from now."""
@@ -197,18 +183,39 @@ class Presence:
             self._depart(channel, identity.user, self.poll_hold_s)
 
     def attender(
-        self, visit: Visit, listening: Container[str], *, hold: bool = False
-    ) -> Callable[[Subscription], AbstractContextManager[None]]:
-        """``attend`` for each channel of a several-channel connection (``Multiplex.attend``)."""
+        self, visit: Visit, listening: Collection[str], *, hold: bool = False
+    ) -> Callable[[Subscription], Attendance] | None:
+        """``attend`` for each channel of a several-channel connection (``Multiplex.attend``).
 
-        def attend(sub: Subscription) -> AbstractContextManager[None]:
-            listen = Visit(visit.identity, sub.channel in listening)
-            return self.attend(listen, sub, hold=hold)
+        ``listening``: the channels whose events the connection asked for (a
+        set it may still grow). None when there is nothing to do.
+        """
+        if visit.identity is None and isinstance(listening, tuple) and not listening:
+            return None
+
+        def attend(sub: Subscription) -> Attendance:
+            return self.attend(Visit(visit.identity, sub.channel in listening), sub, hold=hold)
 
         return attend
 
     async def snapshot(self, channel: str) -> Snapshot:
         return await self.store.snapshot(channel, self.max_members)
+
+    def _entered(self, visit: Visit, sub: Subscription) -> bool:
+        """Listen and arrive; whether the connection is a member (not while closing)."""
+        if visit.listen:
+            self.listeners.setdefault(sub.channel, set()).add(sub)
+        if visit.identity is None or self.closing:
+            return False
+        self._arrive(sub.channel, visit.identity)
+        return True
+
+    def _left(self, visit: Visit, sub: Subscription, member: bool, hold: bool) -> None:
+        if visit.listen:
+            self._unlisten(sub.channel, sub)
+        if member and visit.identity is not None:
+            keep_s = self.poll_hold_s if hold else self._grace(sub.channel)
+            self._depart(sub.channel, visit.identity.user, keep_s)
 
     def _arrive(self, channel: str, identity: Identity) -> None:
         users = self.users.setdefault(channel, {})
@@ -350,3 +357,41 @@ class Presence:
     async def _exit_watcher(self) -> None:
         await wait_for_exit_signal()
         await self.leave_all()
+
+
+class Attendance:
+    """A connection's presence for a ``with`` or ``async with`` block."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    async def __aenter__(self) -> None:
+        self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__(*exc)
+
+
+class _Attendance(Attendance):
+    __slots__ = ("hold", "member", "presence", "sub", "visit")
+
+    def __init__(self, presence: Presence, visit: Visit, sub: Subscription, hold: bool) -> None:
+        self.presence = presence
+        self.visit = visit
+        self.sub = sub
+        self.hold = hold
+        self.member = False
+
+    def __enter__(self) -> None:
+        self.member = self.presence._entered(self.visit, self.sub)
+
+    def __exit__(self, *exc: object) -> None:
+        self.presence._left(self.visit, self.sub, self.member, self.hold)
+
+
+NOTHING = Attendance()  # an anonymous reader that does not listen: nothing to do

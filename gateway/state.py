@@ -110,20 +110,14 @@ def _quote(value: str) -> str:
     return json.dumps(value)
 
 
-# The scope key under which ``GatewayApp`` hands each request its running
-# ``Gateway``. Not the lifespan's state: a parent app that mounts the gateway
-# runs its own lifespan, and its state is what requests carry.
-GATEWAY_KEY = "gateway.gateway"
-
-
 def gateway_of(conn: HTTPConnection) -> Gateway:
-    """The running ``Gateway``, which ``GatewayApp`` put into the scope.
+    """The running ``Gateway``, held by the ``GatewayApp`` that is the scope's ``app``.
 
-    A plain dict read: not ``conn.state.gateway``, which builds a ``State``
+    Plain reads: not ``conn.state.gateway``, which builds a ``State``
     object per request, 5 % of the CPU of 5,000 long-poll clients (py-spy,
     bench/). ``GatewayApp`` answers 503 itself before it is started, so the
-    key is always there.
+    gateway is always there.
     """
-    gateway = conn.scope[GATEWAY_KEY]
+    gateway = conn.scope["app"].gateway
     assert isinstance(gateway, Gateway)
     return gateway

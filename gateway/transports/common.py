@@ -21,6 +21,7 @@ __all__ = [
     "refusal",
     "resume_from",
     "route_path",
+    "stall_absorbed",
     "unless_stalled",
 ]
 
@@ -81,18 +82,25 @@ def float_param(
     return min(max(value, low), high)
 
 
-async def unless_stalled(work: Awaitable[None], reason: Callable[[], CloseReason | None]) -> bool:
-    """Await a connection's writing; False when the hub's watchdog cut it as stalled.
+def stall_absorbed(reason: CloseReason | None) -> bool:
+    """In an ``except CancelledError``: True (and uncancelled) when the watchdog cut a stall.
 
     The watchdog cancels a writer blocked for ``hub.STALL_S``: that
     cancellation ends the connection quietly (no last write: it would block
-    the same way); any other cancellation goes on.
+    the same way); any other cancellation must go on (re-raise).
     """
+    if reason is not CloseReason.STALLED:
+        return False
+    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+    return True
+
+
+async def unless_stalled(work: Awaitable[None], reason: Callable[[], CloseReason | None]) -> bool:
+    """Await a connection's writing; False when the hub's watchdog cut it as stalled."""
     try:
         await work
     except asyncio.CancelledError:
-        if reason() is not CloseReason.STALLED:
+        if not stall_absorbed(reason()):
             raise
-        asyncio.current_task().uncancel()  # type: ignore[union-attr]
         return False
     return True

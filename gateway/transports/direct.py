@@ -46,6 +46,7 @@ from starlette.types import Scope, Send
 from websockets.protocol import State
 
 from gateway.message import BATCH_BYTES, BATCH_ITEMS, Batch
+from gateway.subscription import CloseReason
 
 if TYPE_CHECKING:
     from gateway.multiplex import Multiplex
@@ -240,8 +241,28 @@ async def write_arrivals(mux: Multiplex, sink: RawSink, encode: Encode) -> bool:
     return True
 
 
-def on_http_lost(scope: Scope, lost: Callable[[], None]) -> bool:
-    """Call ``lost`` once uvicorn's HTTP protocol learns the client is gone; False if it can't.
+class Leaver(Protocol):
+    def close(self, reason: CloseReason) -> None: ...
+
+
+class _LostSignal(asyncio.Event):
+    """uvicorn's per-request event, which also closes ``leaver`` once the client is gone."""
+
+    def __init__(self, cycle: Any, leaver: Leaver) -> None:
+        super().__init__()
+        self._cycle = cycle
+        self._leaver = leaver
+        if cycle.message_event.is_set():
+            super().set()
+
+    def set(self) -> None:
+        super().set()
+        if self._cycle.disconnected:
+            self._leaver.close(CloseReason.CLIENT_GONE)
+
+
+def on_http_lost(scope: Scope, leaver: Leaver) -> bool:
+    """Close ``leaver`` once uvicorn's HTTP protocol learns the client is gone; False if it can't.
 
     A client that closes or resets its connection is told to the protocol
     (``connection_lost``), which marks the request's cycle ``disconnected``
@@ -249,20 +270,15 @@ def on_http_lost(scope: Scope, lost: Callable[[], None]) -> bool:
     waiting. An SSE stream or a poll waits on its subscription instead, and
     would notice only at its next write (a heartbeat, up to
     ``GATEWAY_HEARTBEAT`` away) or its timeout, holding its place in
-    ``GATEWAY_MAX_CONNECTIONS`` meanwhile. So that event's ``set`` is
-    wrapped, for this request only: no task, no timer, no sweep.
+    ``GATEWAY_MAX_CONNECTIONS`` meanwhile. So that event is swapped, for
+    this request only, for one that also closes the subscription (or the
+    connection's several): no task, no timer, no sweep. Only while no
+    ``receive()`` waits on it (the caller's own task is here).
     """
     cycle = _owner(scope, "uvicorn.protocols.http.httptools_impl", "RequestResponseCycle")
     if cycle is None:
         return False
-    event: asyncio.Event = cycle.message_event
-
-    def set_and_check() -> None:
-        asyncio.Event.set(event)
-        if cycle.disconnected:
-            lost()
-
-    event.set = set_and_check  # type: ignore[method-assign]
+    cycle.message_event = _LostSignal(cycle, leaver)
     return True
 
 

@@ -19,7 +19,7 @@ from gateway.message import START, Cursor, Message
 from gateway.presence import visit_of
 from gateway.settings import Settings
 from gateway.state import gateway_of
-from gateway.subscription import CloseReason, Gap, Item, Subscription
+from gateway.subscription import Gap, Item, Subscription
 from gateway.transports.common import check_channel, float_param, int_param, resume_from
 from gateway.transports.direct import on_http_lost
 
@@ -51,7 +51,7 @@ async def poll_endpoint(request: Request) -> Response:
             start = cursor if cursor is not None else gateway.hub.latest(channel)
             items = sub.take(limit)
             if not items and not sub.closed:
-                on_http_lost(request.scope, lambda: sub.close(CloseReason.CLIENT_GONE))
+                on_http_lost(request.scope, sub)
                 with anyio.move_on_after(timeout):
                     await sub.wait()
                     await anyio.sleep(GATHER_S)

@@ -28,7 +28,6 @@ from gateway.message import START, Cursor, Gap, Item
 from gateway.multiplex import Multiplex
 from gateway.presence import visit_of
 from gateway.state import gateway_of
-from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, label
 from gateway.transports.direct import on_http_lost
 from gateway.transports.longpoll import GATHER_S, check_served, poll_bounds
@@ -57,7 +56,7 @@ async def poll_multi_endpoint(request: Request) -> Response:
             starts = [await mux.open(s.channel, s.cursor, s.last, limit) for s in specs]
             runs = mux.take(limit)
             if not runs and mux.close_reason is None:
-                on_http_lost(request.scope, lambda: mux.close(CloseReason.CLIENT_GONE))
+                on_http_lost(request.scope, mux)
                 with anyio.move_on_after(timeout):
                     await mux.wait()
                     await anyio.sleep(GATHER_S)

@@ -48,6 +48,7 @@ from gateway.transports.common import (
     refusal,
     resume_from,
     route_path,
+    stall_absorbed,
     unless_stalled,
 )
 from gateway.transports.direct import on_http_lost, sse_sink, write_queued
@@ -143,8 +144,15 @@ class EventStream(Response):
                     sub.wants_heartbeat = True
                     sub.writer = asyncio.current_task()
                     await receive()  # the (empty) request body of a GET
-                    pump = _pump(sub, stream_writer(sub, send), receive, scope)
-                    return await ended(conn, pump, lambda: sub.close_reason)
+                    # Inline, not through a helper coroutine: each frame held for a
+                    # connection's life costs memory per idle client (bench/, e).
+                    try:
+                        await _pump(sub, stream_writer(sub, send), receive, scope)
+                    except asyncio.CancelledError:
+                        if not stall_absorbed(sub.close_reason):
+                            raise
+                    conn.reason = (sub.close_reason or CloseReason.CLIENT_GONE).value
+                    return sub.close_reason is not CloseReason.STALLED
             except GatewayError as exc:  # the broker went away while we joined
                 return await broker_gone(conn, exc, send)
 
@@ -188,7 +196,7 @@ async def client_left(receive: Receive) -> bool:
 async def _pump(sub: Subscription, write: Write, receive: Receive, scope: Scope) -> None:
     await write(OPENING)
     sink = sub.sink = sse_sink(scope)
-    on_http_lost(scope, lambda: sub.close(CloseReason.CLIENT_GONE))
+    on_http_lost(scope, sub)
     checked_at = time.monotonic()
     while True:
         if sink is not None and sub.queue:
