@@ -49,21 +49,21 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import anyio
 
-from gateway.auth import MAX_USER_CHARS, Rights
-from gateway.errors import BadRequest
 from gateway.message import Batch
+from gateway.presence_visit import ANONYMOUS, Identity, Visit, visit_of
 from gateway.presence_wire import JOIN, LEAVE, Change, PresenceEvent, PresenceStore, Snapshot
 from gateway.settings import Settings
 from gateway.shutdown import wait_for_exit_signal
 from gateway.subscription import Subscription
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["ANONYMOUS", "Identity", "Presence", "Visit", "visit_of"]
 
 TICK_S = 0.05
 LEAVE_GRACE_S = 2.0
@@ -73,42 +73,6 @@ POLL_EXTRA_S = 10.0
 LEASE_RENEW_S = 3.0
 SWEEPS_AT_ONCE = 64
 STOP_TIMEOUT_S = 3.0
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    user: str
-    info: str = "null"  # the info object as JSON text
-
-
-@dataclass(frozen=True, slots=True)
-class Visit:
-    """What a connection is to presence: who (None: anonymous) and whether it wants events."""
-
-    identity: Identity | None
-    listen: bool = False
-
-
-ANONYMOUS = Visit(None)
-
-
-def visit_of(query: Mapping[str, str], rights: Rights, open_gateway: bool) -> Visit:
-    """A request's ``Visit``: the token's ``sub``/``info``, or ``?user=`` on an open gateway."""
-    listen = query.get("presence", "").lower() in ("1", "true", "yes")
-    asked = query.get("user")
-    if asked is not None:
-        if not open_gateway:
-            raise BadRequest("?user= is for an open gateway only: the token's sub names you")
-        return Visit(Identity(check_user(asked)), listen)
-    if rights.user is None:
-        return Visit(None, True) if listen else ANONYMOUS  # the common case: no allocation
-    return Visit(Identity(rights.user, rights.info or "null"), listen)
-
-
-def check_user(user: str) -> str:
-    if not 0 < len(user) <= MAX_USER_CHARS or not user.isprintable():
-        raise BadRequest(f"user must be 1-{MAX_USER_CHARS} printable characters")
-    return user
 
 
 class _Local:

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from gateway.errors import NotServed
 from gateway.message import START, Cursor, Message
-from gateway.presence import visit_of
+from gateway.presence_visit import visit_of
 from gateway.settings import Settings
 from gateway.state import gateway_of
 from gateway.subscription import Gap, Item, Subscription

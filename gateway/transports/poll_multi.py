@@ -26,7 +26,7 @@ from gateway import composite
 from gateway.hub import Hub
 from gateway.message import START, Cursor, Gap, Item
 from gateway.multiplex import Multiplex
-from gateway.presence import visit_of
+from gateway.presence_visit import visit_of
 from gateway.state import gateway_of
 from gateway.transports.channels import ChannelSpec, channel_specs, label
 from gateway.transports.direct import on_http_lost

@@ -40,7 +40,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError, NotServed
 from gateway.message import Cursor, sse_event
-from gateway.presence import ANONYMOUS, Visit, visit_of
+from gateway.presence_visit import ANONYMOUS, Visit, visit_of
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason, Item, Subscription
 from gateway.transports.common import (

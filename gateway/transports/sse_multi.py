@@ -35,7 +35,7 @@ from gateway.composite import Composite
 from gateway.errors import GatewayError, NotServed
 from gateway.message import Batch, Cursor, Gap, Item
 from gateway.multiplex import Multiplex
-from gateway.presence import ANONYMOUS, Visit, visit_of
+from gateway.presence_visit import ANONYMOUS, Visit, visit_of
 from gateway.state import Gateway, gateway_of
 from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, label

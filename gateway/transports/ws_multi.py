@@ -38,7 +38,7 @@ from gateway.auth import Rights
 from gateway.errors import BadRequest, GatewayError
 from gateway.message import Batch, Cursor, Gap, Item, ws_frame
 from gateway.multiplex import Multiplex
-from gateway.presence import Visit, visit_of
+from gateway.presence_visit import Visit, visit_of
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, frame_spec, label, named
