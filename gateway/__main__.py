@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", action="append", default=[], help="glob of readable channels")
     token.add_argument("--pub", action="append", default=[], help="glob of publishable channels")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    token.add_argument("--user", default=None, help="who it names, for presence (the sub claim)")
     return parser
 
 
@@ -94,7 +95,7 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-    print(guard.mint(args.sub, args.pub, args.ttl))
+    print(guard.mint(args.sub, args.pub, args.ttl, user=args.user))
     return 0
 
 

@@ -32,6 +32,8 @@ from gateway.collector import Collector, collector_running
 from gateway.errors import GatewayError
 from gateway.hub import Hub
 from gateway.metrics import Metrics
+from gateway.presence import Presence
+from gateway.presence_route import make_presence_store, presence_endpoint
 from gateway.publish import publish_endpoint
 from gateway.settings import Settings
 from gateway.state import Gateway, gateway_of
@@ -177,6 +179,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         Route("/poll", poll_multi_endpoint),
         Route("/poll/{channel:anytext}", poll_endpoint),
         Route("/publish/{channel:anytext}", publish_endpoint, methods=["POST"]),
+        Route("/presence/{channel:anytext}", presence_endpoint),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
     cors = _cors_options(settings)
@@ -201,11 +204,13 @@ async def _started(settings: Settings) -> AsyncIterator[Gateway]:
         logger.warning(
             "GATEWAY_SECRET is not set: the gateway is OPEN, anyone may read and publish"
         )
-    gateway = Gateway(settings, hub, metrics, guard)
+    presence = Presence(make_presence_store(hub.broker), settings)
+    gateway = Gateway(settings, hub, metrics, guard, presence)
     collector = Collector(lambda: gateway.open_connections, lambda: gateway.closed_connections)
     async with (
         sole_worker() if not settings.redis_url else nullcontext(),
         hub.running(),
+        presence.running(),
         stats_running(hub, metrics, settings.stats_interval_s),
         collector_running(collector),
     ):

@@ -12,6 +12,9 @@ Decisions:
   the hash): a short HS256 key can be brute-forced offline from one token.
 * ``exp`` is checked when a connection opens and again at every publish on
   it; a reading connection is not cut when its token expires later.
+* Presence (presence.py): ``sub`` names the user, ``info`` (optional) is a
+  JSON object of at most ``MAX_INFO_BYTES`` that others see beside the name.
+  Either malformed is a 401 with the reason: the token is what is wrong.
 * Same origin means same scheme, host and port, the port defaulted from the
   scheme. Behind a TLS-terminating proxy the scheme is what uvicorn's
   ``--proxy-headers`` took from ``X-Forwarded-Proto`` and the host is the
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import jwt
+import orjson
 from starlette.requests import HTTPConnection
 
 from gateway.errors import ConfigError, Forbidden, Unauthorized
@@ -34,6 +38,8 @@ from gateway.settings import Settings
 
 ALGORITHM = "HS256"
 MIN_SECRET_BYTES = 32
+MAX_USER_CHARS = 128
+MAX_INFO_BYTES = 1024
 DEFAULT_PORTS = {"http": 80, "https": 443}
 HTTP_SCHEME = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
 
@@ -45,6 +51,8 @@ class Rights:
     sub: tuple[str, ...]
     pub: tuple[str, ...]
     expires_at: float | None = None
+    user: str | None = None  # the token's ``sub``: who this is, for presence
+    info: str | None = None  # the token's ``info`` object, as JSON text
 
     def may_read(self, channel: str) -> bool:
         return _matches(channel, self.sub)
@@ -95,6 +103,8 @@ class Guard:
             sub=_patterns(claims, "sub_channels"),
             pub=_patterns(claims, "pub_channels"),
             expires_at=float(claims["exp"]),
+            user=_user(claims),
+            info=_info(claims),
         )
 
     def authorize_read(self, conn: HTTPConnection, channel: str) -> Rights:
@@ -147,10 +157,15 @@ class Guard:
             origin = conn.headers.get("origin", "")[:80]
             raise Forbidden(f"origin {origin!r} not allowed (see GATEWAY_ALLOWED_ORIGINS)")
 
-    def mint(self, sub: Iterable[str], pub: Iterable[str], ttl_s: int) -> str:
+    def mint(
+        self, sub: Iterable[str], pub: Iterable[str], ttl_s: int, user: str | None = None
+    ) -> str:
         assert self.secret is not None, "GATEWAY_SECRET is not set"
         exp = int(time.time()) + ttl_s
-        claims = {"sub_channels": list(sub), "pub_channels": list(pub), "exp": exp}
+        claims: dict[str, object] = {"sub_channels": list(sub), "pub_channels": list(pub)}
+        claims["exp"] = exp
+        if user is not None:
+            claims["sub"] = user
         return jwt.encode(claims, self.secret, algorithm=ALGORITHM)
 
 
@@ -188,3 +203,24 @@ def _patterns(claims: Mapping[str, object], name: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise Unauthorized(f"invalid token: {name} must be a list of patterns")
     return tuple(value)
+
+
+def _user(claims: Mapping[str, object]) -> str | None:
+    user = claims.get("sub")
+    if user is None:
+        return None
+    if not isinstance(user, str) or not 0 < len(user) <= MAX_USER_CHARS:
+        raise Unauthorized(f"invalid token: sub must be a string of 1-{MAX_USER_CHARS} characters")
+    return user
+
+
+def _info(claims: Mapping[str, object]) -> str | None:
+    info = claims.get("info")
+    if info is None:
+        return None
+    if not isinstance(info, dict):
+        raise Unauthorized("invalid token: info must be a JSON object")
+    text = orjson.dumps(info)
+    if len(text) > MAX_INFO_BYTES:
+        raise Unauthorized(f"invalid token: info is {len(text)} bytes, at most {MAX_INFO_BYTES}")
+    return text.decode()

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from contextlib import AsyncExitStack
+from collections.abc import Callable
+from contextlib import AbstractContextManager, AsyncExitStack
 from types import TracebackType
 
 from gateway.hub import Hub
@@ -43,6 +44,8 @@ class Multiplex:
         self.close_reason: CloseReason | None = None
         self.replies_owed = 0  # frames (WS acks, errors) to write before any message goes direct
         self.writer: asyncio.Task[object] | None = None
+        # Presence (presence.py): entered for each channel once subscribed, left with it.
+        self.attend: Callable[[Subscription], AbstractContextManager[None]] | None = None
         self._exits: dict[str, AsyncExitStack] = {}
         self._arrivals: deque[_Arrival] = deque()  # oldest first
         self._waiter: asyncio.Future[None] | None = None
@@ -90,6 +93,8 @@ class Multiplex:
             sub = await stack.enter_async_context(
                 self.hub.subscribe(channel, cursor, read, most=most, owner=self)
             )
+            if self.attend is not None:
+                stack.enter_context(self.attend(sub))
             start = self._start(sub, cursor, last)
         except BaseException:
             await stack.aclose()

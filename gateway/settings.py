@@ -44,6 +44,7 @@ class Settings:
     gateway_url: str | None = None
     gateway_token: str | None = None
     max_channels: int = 64
+    presence_max_members: int = 1000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +75,7 @@ class Settings:
             gateway_url=get("GATEWAY_URL") or None,
             gateway_token=get("GATEWAY_TOKEN") or None,
             max_channels=_int(env, "GATEWAY_MAX_CHANNELS", 64, minimum=1),
+            presence_max_members=_int(env, "GATEWAY_PRESENCE_MAX_MEMBERS", 1000, minimum=0),
         )
 
     def serves(self, transport: str) -> bool:

@@ -16,6 +16,7 @@ from gateway.auth import Guard
 from gateway.errors import GatewayError, Overloaded
 from gateway.hub import Hub
 from gateway.metrics import Metrics
+from gateway.presence import Presence
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.connections")
@@ -35,6 +36,7 @@ class Gateway:
     hub: Hub
     metrics: Metrics
     guard: Guard
+    presence: Presence
     open_connections: int = 0
     closed_connections: int = 0
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))

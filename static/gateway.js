@@ -8,8 +8,10 @@
  *     onMessage(msg, meta) {},   // msg = {id, channel, event, data}; meta = {transport}
  *     onGap() {},                // history no longer holds all that was missed
  *     onTransport(name) {},      // "websocket" | "sse" | "poll", on every switch
+ *     onPresence(ev) {},         // {type: "join" | "leave", user, info}: asks for presence events
  *     transports: ["websocket", "sse", "poll"],   // order and set
  *     since, last, token, baseUrl,
+ *     user,                      // who you are on an open gateway (no GATEWAY_SECRET); else the token's sub
  *     // Extensions: onStatus("connecting" | "open" | "closed"), onError(err) when the
  *     // gateway refuses for good (bad channel, token), connectTimeout (ms),
  *     // backoff: {initial, max} (ms), share: "auto" | "worker" | "leader" | false.
@@ -17,6 +19,16 @@
  *   sub.transport; sub.cursor; sub.close();
  *   await Gateway.publish("chat:lobby", "hello", {event, token, baseUrl});  // -> {id}
  *   Gateway.connections();      // what this page's subscriptions ride on
+ *   await Gateway.presence("chat:lobby", {token, baseUrl});
+ *     // -> {channel, users, connections, members: [{user, info, connections}]} (members null past the limit)
+ *
+ * Presence. A subscription with `onPresence` asks its channel's join and
+ * leave events on the shared connection (WS subscribe frame `presence: true`,
+ * SSE `?presence=1`); every page listening to the channel through that
+ * connection gets them, whichever tab holds it. Events carry no id: after a
+ * reconnect (`onStatus("open")`) ask `Gateway.presence` again. Long-poll
+ * carries no events: a page on poll sees members through the snapshot. A
+ * long-poll client is a member itself (by its token, or `user`).
  *
  * One connection per browser. Every subscribe() to the same gateway (baseUrl,
  * token and transports) joins one connection over the several-channel routes
@@ -259,10 +271,11 @@
       this.h = handlers;
       this.expected = []; // one entry per frame sent: its answer comes in order
       this.channels = new Map(); // name -> "subscribing" | "live" (unsubscribed: absent)
+      this.presence = new Map(); // name -> whether its subscribe frame asked presence events
     }
 
     start() {
-      const ws = new WebSocket(endpoint(this.wire.baseUrl, "ws", { token: this.wire.token }));
+      const ws = new WebSocket(endpoint(this.wire.baseUrl, "ws", { token: this.wire.token, user: this.wire.user }));
       this.ws = ws;
       let opened = false;
       ws.onopen = () => {
@@ -293,9 +306,16 @@
     sync() {
       if (!this.usable) return;
       for (const ch of this.wire.channels.values()) {
-        if (this.channels.has(ch.name)) continue;
+        if (this.channels.has(ch.name) && this.presence.get(ch.name) === ch.presence) continue;
+        if (this.channels.has(ch.name)) {
+          // Presence asked for a channel already carried: subscribe it again, from its cursor.
+          this.channels.delete(ch.name);
+          this.send({ type: "unsubscribe", channel: ch.name }, { kind: "unsubscribe", channel: ch.name });
+        }
         this.channels.set(ch.name, "subscribing");
+        this.presence.set(ch.name, ch.presence);
         const frame = { type: "subscribe", channel: ch.name };
+        if (ch.presence) frame.presence = true;
         if (ch.cursor !== null) frame.since = ch.cursor;
         else if (ch.last) frame.last = ch.last;
         this.send(frame, { kind: "subscribe", channel: ch.name });
@@ -321,6 +341,8 @@
         this.h.message(channel, { id, channel, event, data });
       } else if (type === "gap") {
         if (this.channels.get(channel) === "live") this.h.gap(channel);
+      } else if (type === "join" || type === "leave") {
+        if (this.channels.get(channel) === "live") this.h.presence(channel, { type, user: frame.user, info: frame.info });
       } else if (["subscribed", "unsubscribed", "ack", "error"].includes(type)) {
         this.answer(frame, this.expected.shift());
       }
@@ -443,6 +465,8 @@
         this.wire.schedule(); // channels left out of this request (another `last`) may join now
       } else if (ev.event === "gap") {
         this.h.gap(body.channel);
+      } else if (ev.event === "join" || ev.event === "leave") {
+        this.h.presence(body.channel, { type: ev.event, user: body.user, info: body.info });
       } else if (ev.event === "message") {
         const { id, channel, event, data } = body;
         this.h.message(channel, { id, channel, event, data });
@@ -492,6 +516,7 @@
       this.known = since !== null; // a position the gateway said (or the first listener gave)
       this.listeners = new Set();
       this.seen = new SeenIds(256);
+      this.presence = false; // some listener asked for join/leave events
     }
   }
 
@@ -501,6 +526,7 @@
       this.key = key;
       this.baseUrl = opts.baseUrl;
       this.token = opts.token;
+      this.user = opts.user;
       this.transports = opts.transports;
       this.connectTimeout = opts.connectTimeout || CONNECT_TIMEOUT_MS;
       this.backoff = { initial: BACKOFF_INITIAL_MS, max: BACKOFF_MAX_MS, ...(opts.backoff || {}) };
@@ -521,7 +547,9 @@
       let kind;
       const specs = [];
       let last;
+      let presence;
       for (const ch of this.channels.values()) {
+        if (ch.presence) presence = 1;
         if (ch.cursor !== null) {
           specs.push(`${ch.name}@${ch.cursor}`);
         } else {
@@ -534,7 +562,8 @@
         named.push(ch.name);
       }
       // Cursors move with every message: only another list of channels is another request.
-      return { names: named, query: { channel: specs, last }, key: named.join("\n") };
+      const query = { channel: specs, last, user: this.user, presence };
+      return { names: named, query, key: named.join("\n") + (presence ? "\n+presence" : "") };
     }
 
     schedule() {
@@ -607,6 +636,7 @@
           },
           message: (channel, msg) => !settled && this.message(channel, msg, name),
           gap: (channel) => !settled && this.gap(channel),
+          presence: (channel, ev) => !settled && this.presence(channel, ev),
           position: (channel, cursor) => !settled && this.position(channel, cursor),
           refused: (channel, err) => !settled && this.refused(channel, err),
           end: (error) => {
@@ -649,6 +679,11 @@
       if (!ch) return;
       ch.cursor = "0"; // what follows a gap is all the history that remains
       this.holder.channelEvent(this, ch, { op: "gap", channel });
+    }
+
+    presence(channel, event) {
+      const ch = this.channels.get(channel);
+      if (ch) this.holder.channelEvent(this, ch, { op: "presence", channel, event });
     }
 
     position(channel, cursor) {
@@ -726,12 +761,17 @@
       this.send([client], { op: "state", key: op.key, status: wire.status, transport: wire.transport });
       if (!ch) {
         ch = new WireChannel(op.channel, since, since === null ? op.last : undefined);
+        ch.presence = !!op.presence;
         ch.listeners.add(listener);
         wire.add(ch);
         this.send([client], { op: "at", sub: op.sub, cursor: since, fresh: true });
         return;
       }
       ch.listeners.add(listener);
+      if (op.presence && !ch.presence) {
+        ch.presence = true;
+        wire.schedule();
+      }
       const sameStart = !ch.known && ch.cursor === since && (since !== null || ch.last === op.last);
       if (sameStart) {
         this.send([client], { op: "at", sub: op.sub, cursor: since, fresh: true });
@@ -1126,10 +1166,10 @@
       this.baseUrl = cleanBase(opts.baseUrl);
       this.token = opts.token;
       this.wireOpts = {
-        baseUrl: this.baseUrl, token: this.token, transports: transports.slice(),
+        baseUrl: this.baseUrl, token: this.token, user: opts.user, transports: transports.slice(),
         connectTimeout: opts.connectTimeout, backoff: opts.backoff,
       };
-      this.key = JSON.stringify([this.baseUrl, this.token || "", transports.join(",")]);
+      this.key = JSON.stringify([this.baseUrl, this.token || "", transports.join(","), opts.user || ""]);
       this.transport = null;
       this.cursor = opts.since !== undefined && opts.since !== null ? String(opts.since) : null;
       this.position = this.cursor; // where to resume: the cursor, the wire's position, "0" after a gap
@@ -1155,6 +1195,7 @@
       this.client.post({
         op: "attach", key: this.key, opts: this.wireOpts, sub: this.id, channel: this.channel,
         since: resumeAt, last: resumeAt === null ? this.opts.last : undefined,
+        presence: typeof this.opts.onPresence === "function",
       });
     }
 
@@ -1236,6 +1277,10 @@
 
     wire(op) {
       if (this.closed) return;
+      if (op.op === "presence") {
+        if (this.mode !== "detached") call(this.opts.onPresence, op.event);
+        return;
+      }
       if (this.mode === "catching") {
         if (op.op !== "refused") this.buffer.push(op);
         else this.fail(unflat(op.error));
@@ -1300,6 +1345,13 @@
     return { id: body.id };
   }
 
+  // Who is on a channel: GET /presence/{channel}.
+  function presence(channel, options) {
+    const opts = options || {};
+    const url = endpoint(cleanBase(opts.baseUrl), `presence/${encodeURIComponent(channel)}`);
+    return getJson(url, opts.token, opts.timeout || CONNECT_TIMEOUT_MS * 2);
+  }
+
   // What this page's subscriptions ride on: one entry per connection.
   function connections() {
     return [...clients.values()].flatMap((client) => client.connections());
@@ -1351,7 +1403,7 @@
   }
 
   root.Gateway = Object.freeze({
-    subscribe, publish, connections, GatewayError, transports: ALL_TRANSPORTS.slice(),
+    subscribe, publish, presence, connections, GatewayError, transports: ALL_TRANSPORTS.slice(),
     _endSharedWorker: endSharedWorker,
   });
 })(globalThis);
@@ -1365,4 +1417,4 @@
  * "undefined" (no ReferenceError), divided by a string, a harmless NaN, and
  * the exports are inside that string. Checked in Chromium by tests/test_browser.py.
  */
-typeof await /"/; export const { subscribe, publish, connections, GatewayError } = globalThis.Gateway; export default globalThis.Gateway; //"
+typeof await /"/; export const { subscribe, publish, presence, connections, GatewayError } = globalThis.Gateway; export default globalThis.Gateway; //"

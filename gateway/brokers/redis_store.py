@@ -30,6 +30,7 @@ from gateway.settings import Settings
 logger = logging.getLogger(__name__)
 
 MARKER = b"\x00gw\x00"
+PRESENCE_MARKER = b"\x00gwp\x00"  # presence events on a channel's name (presence_redis.py)
 SUBSCRIBE_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 2.0
 DEAF_AFTER = 2  # failed canaries in a row before a pub/sub link is rebuilt
@@ -58,6 +59,8 @@ class RedisStore:
         self._housekeeper: asyncio.Task[None] | None = None  # owned here: stop_housekeeping()
         self._tasks: set[asyncio.Future[None]] = set()
         self._latest_waiting: dict[str, asyncio.Future[Cursor]] = {}
+        # Presence joins and leaves, heard on a channel's name (brokers/presence_redis.py).
+        self.presence_sink: Callable[[bytes, bytes], None] | None = None
 
     async def _execute(self, *args: Any) -> Any:
         raise NotImplementedError
@@ -186,6 +189,13 @@ class RedisStore:
     def base(self, channel: str) -> str:
         return channel_key(self.prefix, channel)
 
+    async def call(self, *args: Any) -> Any:
+        """One command, routed, for a neighbour of the broker (presence); 503 on failure."""
+        return await self._call(*args)
+
+    async def load_functions(self) -> None:
+        await self._load_functions()
+
     async def _call(self, *args: Any) -> Any:
         try:
             return await self._execute(*args)
@@ -256,6 +266,10 @@ class RedisStore:
 
     def _received(self, name: bytes, payload: bytes) -> None:
         """A message of a channel: handed over with the rest of this socket read's."""
+        if payload.startswith(PRESENCE_MARKER):  # presence joins and leaves, not a message
+            if self.presence_sink is not None:
+                self.presence_sink(name, payload)
+            return
         if not self._burst:
             asyncio.get_running_loop().call_soon(self._hand_over)
         self._burst.append(self._decode(name, payload))
@@ -332,13 +346,21 @@ def _unavailable(exc: BaseException) -> BrokerUnavailable:
 
 
 async def load_library(execute: Any, prefix: str) -> None:
-    """Load this version's library through ``execute`` unless it is there; never replace another's.
+    """Load this version's libraries (messages, presence) through ``execute``, unless there."""
+    from gateway.brokers import presence_redis  # presence's own library, beside ours
+
+    await _load_one(execute, functions.library_name(prefix), functions.library_source(prefix))
+    await _load_one(
+        execute, presence_redis.library_name(prefix), presence_redis.library_source(prefix)
+    )
+
+
+async def _load_one(execute: Any, name: str, source: str) -> None:
+    """One library, never replacing another's.
 
     The same version's library with other code means a modified build
     shares this Redis under the same version: said loudly, left alone.
     """
-    source = functions.library_source(prefix)
-    name = functions.library_name(prefix)
     try:
         await execute("FUNCTION", "LOAD", source)
         logger.info("loaded the Redis function library %s", name)

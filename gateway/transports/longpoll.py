@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from gateway.errors import NotServed
 from gateway.message import START, Cursor, Message
+from gateway.presence_visit import visit_of
 from gateway.settings import Settings
 from gateway.state import gateway_of
 from gateway.subscription import Gap, Item, Subscription
@@ -30,7 +31,8 @@ async def poll_endpoint(request: Request) -> Response:
     gateway = gateway_of(request)
     check_served(gateway.settings)
     channel = check_channel(request.path_params["channel"])
-    gateway.guard.authorize_read(request, channel)
+    rights = gateway.guard.authorize_read(request, channel)
+    visit = visit_of(request.query_params, rights, gateway.guard.open)
     cursor, last = resume_from(request.query_params)
     timeout, limit = poll_bounds(request, gateway.settings)
     gateway.check_capacity()
@@ -40,8 +42,12 @@ async def poll_endpoint(request: Request) -> Response:
             waiting: list[Item] = list(gateway.hub.waiting(channel, cursor, limit) or ())
             if waiting:  # the common case of a client behind: answered from memory at once
                 conn.reason = "answered"
+                gateway.presence.polled(visit, [channel])
                 return _answer(channel, waiting, cursor)
-        async with gateway.hub.subscribe(channel, cursor, last, most=limit) as sub:
+        async with (
+            gateway.hub.subscribe(channel, cursor, last, most=limit) as sub,
+            gateway.presence.attending(visit, sub, hold=True),
+        ):
             start = cursor if cursor is not None else gateway.hub.latest(channel)
             items = sub.take(limit)
             if not items and not sub.closed:

@@ -26,6 +26,7 @@ from gateway import composite
 from gateway.hub import Hub
 from gateway.message import START, Cursor, Gap, Item
 from gateway.multiplex import Multiplex
+from gateway.presence_visit import visit_of
 from gateway.state import gateway_of
 from gateway.transports.channels import ChannelSpec, channel_specs, label
 from gateway.transports.direct import on_http_lost
@@ -39,7 +40,8 @@ async def poll_multi_endpoint(request: Request) -> Response:
     check_served(gateway.settings)
     specs = channel_specs(request, gateway.settings.max_channels)
     channels = [spec.channel for spec in specs]
-    gateway.guard.authorize_read_all(request, channels)
+    rights = gateway.guard.authorize_read_all(request, channels)
+    visit = visit_of(request.query_params, rights, gateway.guard.open)
     timeout, limit = poll_bounds(request, gateway.settings)
     gateway.check_capacity()
     gateway.hub.check_broker()
@@ -47,8 +49,10 @@ async def poll_multi_endpoint(request: Request) -> Response:
         waiting = _waiting(gateway.hub, specs, limit)
         if waiting:  # every channel answered from memory, and something waits
             conn.reason = "answered"
+            gateway.presence.polled(visit, channels)
             return _answer(specs, [spec.cursor or START for spec in specs], waiting)
         async with Multiplex(gateway.hub) as mux:
+            mux.attend = gateway.presence.attender(visit, (), hold=True)
             starts = [await mux.open(s.channel, s.cursor, s.last, limit) for s in specs]
             runs = mux.take(limit)
             if not runs and mux.close_reason is None:

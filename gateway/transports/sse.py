@@ -40,6 +40,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError, NotServed
 from gateway.message import Cursor, sse_event
+from gateway.presence_visit import ANONYMOUS, Visit, visit_of
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason, Item, Subscription
 from gateway.transports.common import (
@@ -102,21 +103,28 @@ async def sse_endpoint(request: Request) -> Response:
     if not gateway.settings.serves("sse"):
         raise NotServed("the sse transport is turned off on this server")
     channel = check_channel(request.path_params["channel"])
-    gateway.guard.authorize_read(request, channel)
+    rights = gateway.guard.authorize_read(request, channel)
+    visit = visit_of(request.query_params, rights, gateway.guard.open)
     cursor, last = resume_from(request.query_params, request.headers.get("last-event-id"))
     gateway.check_capacity()
     gateway.hub.check_broker()
-    return EventStream(gateway, channel, cursor, last)
+    return EventStream(gateway, channel, cursor, last, visit)
 
 
 class EventStream(Response):
     def __init__(
-        self, gateway: Gateway, channel: str, cursor: Cursor | None, last: int | None
+        self,
+        gateway: Gateway,
+        channel: str,
+        cursor: Cursor | None,
+        last: int | None,
+        visit: Visit = ANONYMOUS,
     ) -> None:
         self.gateway = gateway
         self.channel = channel
         self.cursor = cursor
         self.last = last
+        self.visit = visit  # presence: who, and whether join/leave events are wanted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
@@ -129,7 +137,10 @@ class EventStream(Response):
         gateway = self.gateway
         with gateway.connection("sse", self.channel) as conn:
             try:
-                async with gateway.hub.subscribe(self.channel, self.cursor, self.last) as sub:
+                async with (
+                    gateway.hub.subscribe(self.channel, self.cursor, self.last) as sub,
+                    gateway.presence.attending(self.visit, sub),
+                ):
                     sub.wants_heartbeat = True
                     sub.writer = asyncio.current_task()
                     await receive()  # the (empty) request body of a GET

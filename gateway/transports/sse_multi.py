@@ -35,6 +35,7 @@ from gateway.composite import Composite
 from gateway.errors import GatewayError, NotServed
 from gateway.message import Batch, Cursor, Gap, Item
 from gateway.multiplex import Multiplex
+from gateway.presence_visit import ANONYMOUS, Visit, visit_of
 from gateway.state import Gateway, gateway_of
 from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, label
@@ -68,10 +69,11 @@ async def sse_multi_endpoint(request: Request) -> Response:
         raise NotServed("the sse transport is turned off on this server")
     resume = request.headers.get("last-event-id")
     specs = channel_specs(request, gateway.settings.max_channels, resume)
-    gateway.guard.authorize_read_all(request, [spec.channel for spec in specs])
+    rights = gateway.guard.authorize_read_all(request, [spec.channel for spec in specs])
+    visit = visit_of(request.query_params, rights, gateway.guard.open)
     gateway.check_capacity()
     gateway.hub.check_broker()
-    return MultiEventStream(gateway, specs)
+    return MultiEventStream(gateway, specs, visit)
 
 
 class Encoder:
@@ -113,9 +115,12 @@ def opening(encoder: Encoder, channels: list[str], starts: list[Cursor]) -> byte
 
 
 class MultiEventStream(Response):
-    def __init__(self, gateway: Gateway, specs: list[ChannelSpec]) -> None:
+    def __init__(
+        self, gateway: Gateway, specs: list[ChannelSpec], visit: Visit = ANONYMOUS
+    ) -> None:
         self.gateway = gateway
         self.specs = specs
+        self.visit = visit  # presence: who, and whether join/leave events are wanted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
@@ -129,6 +134,8 @@ class MultiEventStream(Response):
             try:
                 async with Multiplex(self.gateway.hub) as mux:
                     mux.writer = asyncio.current_task()
+                    listening = channels if self.visit.listen else ()
+                    mux.attend = self.gateway.presence.attender(self.visit, listening)
                     starts = [await mux.open(s.channel, s.cursor, s.last) for s in self.specs]
                     encoder = Encoder(channels, starts)
                     lead = mux.lead

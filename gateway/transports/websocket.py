@@ -30,6 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from gateway.auth import Rights
 from gateway.errors import BadRequest, GatewayError, RateLimited, TooLarge
 from gateway.message import GAP_WS, Message, check_event
+from gateway.presence_visit import Visit, visit_of
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason, Gap, Item, Subscription
 from gateway.transports.common import (
@@ -69,10 +70,13 @@ async def ws_endpoint(websocket: WebSocket) -> None:
     admitted = await admit(websocket, gateway, lambda: _asked(websocket, gateway))
     if admitted is None:
         return
-    channel, rights, (cursor, last) = admitted
+    channel, rights, (cursor, last), visit = admitted
     with gateway.connection("websocket", channel) as conn:
         try:
-            async with gateway.hub.subscribe(channel, cursor, last) as sub:
+            async with (
+                gateway.hub.subscribe(channel, cursor, last) as sub,
+                gateway.presence.attending(visit, sub),
+            ):
                 # Accepted only once subscribed: an open socket never misses a message.
                 await websocket.accept()
                 await _serve(websocket, gateway, sub, rights, conn)
@@ -81,10 +85,11 @@ async def ws_endpoint(websocket: WebSocket) -> None:
             await refuse(websocket, exc.close_code, exc.reason)
 
 
-def _asked(websocket: WebSocket, gateway: Gateway) -> tuple[str, Rights, Resume]:
+def _asked(websocket: WebSocket, gateway: Gateway) -> tuple[str, Rights, Resume, Visit]:
     channel = check_channel(websocket.path_params["channel"])
     rights = gateway.guard.authorize_read(websocket, channel)
-    return channel, rights, resume_from(websocket.query_params)
+    visit = visit_of(websocket.query_params, rights, gateway.guard.open)
+    return channel, rights, resume_from(websocket.query_params), visit
 
 
 async def admit(websocket: WebSocket, gateway: Gateway, asked: Callable[[], T]) -> T | None:

@@ -38,6 +38,7 @@ from gateway.auth import Rights
 from gateway.errors import BadRequest, GatewayError
 from gateway.message import Batch, Cursor, Gap, Item, ws_frame
 from gateway.multiplex import Multiplex
+from gateway.presence_visit import Visit, visit_of
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, frame_spec, label, named
@@ -70,11 +71,14 @@ async def ws_multi_endpoint(websocket: WebSocket) -> None:
     admitted = await admit(websocket, gateway, lambda: _asked(websocket, gateway))
     if admitted is None:
         return
-    specs, rights = admitted
+    specs, rights, visit = admitted
     channels = [spec.channel for spec in specs]
+    # Channels whose presence events this socket asked for (?presence=1, "presence": true).
+    listening = set(channels) if visit.listen else set()
     with gateway.connection("websocket", label(channels)) as conn:
         async with Multiplex(gateway.hub) as mux:
             mux.writer = asyncio.current_task()
+            mux.attend = gateway.presence.attender(visit, listening)
             try:
                 starts = [await mux.open(s.channel, s.cursor, s.last) for s in specs]
             except GatewayError as exc:
@@ -84,16 +88,17 @@ async def ws_multi_endpoint(websocket: WebSocket) -> None:
             # Accepted only once subscribed: an open socket never misses a message.
             await websocket.accept()
             session = Session(websocket, gateway, mux, rights)
+            session.listening = listening
             for channel, start in zip(channels, starts, strict=True):
                 mux.replies_owed += 1
                 session.subscribed(channel, start)
             await session.serve(conn)
 
 
-def _asked(websocket: WebSocket, gateway: Gateway) -> tuple[list[ChannelSpec], Rights]:
+def _asked(websocket: WebSocket, gateway: Gateway) -> tuple[list[ChannelSpec], Rights, Visit]:
     specs = channel_specs(websocket, gateway.settings.max_channels, required=False)
     rights = gateway.guard.authorize_read_all(websocket, [spec.channel for spec in specs])
-    return specs, rights
+    return specs, rights, visit_of(websocket.query_params, rights, gateway.guard.open)
 
 
 def _frame(**fields: Any) -> str:
@@ -113,6 +118,7 @@ class Session:
         self.replies: deque[str] = deque()  # written by the writer: one writer, no lock
         self.raw = ws_sink(websocket.scope)
         self.limiter = RateLimit(gateway.settings.publish_rate)
+        self.listening: set[str] = set()  # channels whose presence events were asked for
 
     def reply(self, text: str) -> None:
         """One answer to a client frame (``replies_owed`` was counted when it came)."""
@@ -226,6 +232,10 @@ class Session:
             raise BadRequest(f"at most {most} channels on one connection (GATEWAY_MAX_CHANNELS)")
         self.gateway.guard.check_read(self.rights, [spec.channel])
         self.gateway.hub.check_broker()
+        if frame.get("presence") is True:
+            self.listening.add(spec.channel)
+        else:
+            self.listening.discard(spec.channel)
         start = await mux.open(spec.channel, spec.cursor, spec.last)
         self.subscribed(spec.channel, start)  # at once: before any of its messages
 
