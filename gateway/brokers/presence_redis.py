@@ -36,6 +36,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from gateway.brokers.functions import channel_key, function_prefix
+from gateway.brokers.redis_store import PRESENCE_MARKER, RedisStore
 from gateway.presence_wire import Announce, Change, Member, Snapshot
 
 logger = logging.getLogger(__name__)
