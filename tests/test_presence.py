@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from gateway.presence import LEAVE_GRACE_S
-from tests.conftest import gateway_env
+from tests.conftest import gateway_env, redis_for
 from tests.presence_clients import (
     Watcher,
     members,
@@ -42,7 +42,7 @@ def as_user(channels: list[str], **claims: object) -> str:
 
 @pytest.fixture(scope="module")
 def server(broker: str, request: pytest.FixtureRequest) -> Iterator[GatewayServer]:
-    redis = request.getfixturevalue("redis_server") if broker == "redis" else None
+    redis = redis_for(broker, request)
     env = gateway_env(
         broker, redis, GATEWAY_POLL_TIMEOUT=str(POLL_TIMEOUT_S), GATEWAY_PRESENCE_MAX_MEMBERS="5"
     )
@@ -53,7 +53,7 @@ def server(broker: str, request: pytest.FixtureRequest) -> Iterator[GatewayServe
 
 @pytest.fixture(scope="module")
 def secured(broker: str, request: pytest.FixtureRequest) -> Iterator[GatewayServer]:
-    redis = request.getfixturevalue("redis_server") if broker == "redis" else None
+    redis = redis_for(broker, request)
     env = gateway_env(broker, redis, GATEWAY_SECRET=SECRET, GATEWAY_PUBLIC_CHANNELS="public:*")
     gateway = GatewayServer(env).start()
     yield gateway
