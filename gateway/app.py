@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcon
 from pathlib import Path
 from typing import Any
 
+import websockets.http11
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
@@ -49,6 +50,15 @@ from gateway.transports.ws_multi import WS_MULTI_PATH, ws_multi_app
 from gateway.workers import sole_worker
 
 logger = logging.getLogger("gateway")
+WS_LINE_MAX = 65536
+
+# uvicorn's websockets-sansio protocol answers nothing at all (the client's
+# handshake times out) when the websockets parser refuses a request line or
+# header past its 8 KiB: its parser-error path expects a close frame that a
+# handshake never has. Let such requests through to the gateway, which
+# refuses them with a reason (a URL or header past 8 KiB, SPEC). Read at
+# call time by websockets, so setting it here is enough.
+websockets.http11.MAX_LINE_LENGTH = max(websockets.http11.MAX_LINE_LENGTH, WS_LINE_MAX)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 

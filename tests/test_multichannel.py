@@ -505,6 +505,13 @@ async def test_a_header_past_8_kib_is_431(gateway, route):
     assert answer.status_code == 431 and "last-event-id" in answer.json()["error"]
 
 
+async def test_a_websocket_handshake_past_8_kib_is_refused_with_its_reason(gateway):
+    """uvicorn's WebSocket parser would answer nothing past 8 KiB: the gateway refuses with a reason."""
+    query = "&".join(f"channel={'x' * 120}{n}" for n in range(64))
+    code, reason = await ws_closed(f"{gateway.ws_url}/ws?{query}")
+    assert code == 1008 and "URL" in reason
+
+
 async def test_a_connection_counts_once_whatever_its_channels(gateway, channel):
     """Connection accounting: one SSE stream on five channels is one connection."""
 
