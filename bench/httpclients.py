@@ -122,7 +122,10 @@ class SseSubscriber(HttpSubscriber):
         self.pending = text[end + 1 :]
         for line in text[:end].split(b"\n"):
             if line.startswith(b"data:"):
-                self.deliver(line[5:], self.now)
+                self.on_data(line[5:])
+
+    def on_data(self, data: bytes) -> None:
+        self.deliver(data, self.now)
 
     def response_done(self, body: bytes) -> None:
         self.fail("stream ended")
@@ -135,18 +138,10 @@ class SseMultiSubscriber(SseSubscriber):
     ``id``: not messages. Only the shared channel is published to.
     """
 
-    def on_body(self, body: bytes) -> None:
-        text = self.pending + body
-        end = text.rfind(b"\n")
-        if end < 0:
-            self.pending = text
-            return
-        self.pending = text[end + 1 :]
-        for line in text[:end].split(b"\n"):
-            if line.startswith(b"data:"):
-                message = orjson.loads(line[5:])
-                if "id" in message:
-                    self.deliver(message["data"], self.now)
+    def on_data(self, data: bytes) -> None:
+        message = orjson.loads(data)
+        if "id" in message:
+            self.deliver(message["data"], self.now)
 
 
 class PollSubscriber(HttpSubscriber):
