@@ -29,6 +29,7 @@ from gateway.brokers.base import Broker, History
 from gateway.errors import BrokerUnavailable
 from gateway.message import BATCH_BYTES, BATCH_ITEMS, START, Cursor, Message, data_size
 from gateway.metrics import Metrics
+from gateway.polls import SHUTDOWN, ChannelPolls, Encode, Polls, Waiter
 from gateway.recent import RECENT_SIZE, Recent
 from gateway.settings import Settings
 from gateway.shutdown import wait_for_exit_signal
@@ -44,7 +45,16 @@ HISTORY_PAGE_MIN = 100  # messages per history read when paging a deep resume
 
 
 class _Channel:
-    __slots__ = ("delivered_at", "idle_since", "last", "pending", "ready", "recent", "subs")
+    __slots__ = (
+        "delivered_at",
+        "idle_since",
+        "last",
+        "pending",
+        "polls",
+        "ready",
+        "recent",
+        "subs",
+    )
 
     def __init__(self, recent_size: int) -> None:
         self.subs: set[Subscription] = set()
@@ -55,6 +65,10 @@ class _Channel:
         self.ready = asyncio.Event()
         self.idle_since: float | None = None
         self.delivered_at = 0.0
+        self.polls: ChannelPolls | None = None  # waiting long-polls (polls.py)
+
+    def idle(self) -> bool:
+        return not self.subs and not (self.polls is not None and self.polls.waiters)
 
 
 class Hub:
@@ -67,6 +81,7 @@ class Hub:
         self.closing = False
         self._reads: dict[tuple[str, Cursor, int], asyncio.Future[History]] = {}
         self._tasks: anyio.abc.TaskGroup | None = None
+        self.polls = Polls()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Hub]:
@@ -79,6 +94,7 @@ class Hub:
                 tasks.start_soon(self._reaper_loop)
                 tasks.start_soon(self._heartbeat_loop)
                 tasks.start_soon(self._exit_watcher)
+                tasks.start_soon(self.polls.run)
                 yield self
                 tasks.cancel_scope.cancel()
         finally:
@@ -131,6 +147,33 @@ class Hub:
         for state in self.channels.values():
             for sub in state.subs:
                 sub.close(reason)
+            if state.polls is not None and reason is CloseReason.SHUTDOWN:
+                state.polls.close_all(SHUTDOWN)
+
+    def park(self, channel: str, waiter: Waiter, timeout_s: float, encode: Encode) -> bool:
+        """Register a caught-up poll as a waiter (polls.py); False when a subscription must.
+
+        Only on a joined channel with nothing pending, whose newest delivered
+        id is the waiter's start (``waiting`` said so, or ``newest``).
+        """
+        state = self.channels.get(channel)
+        if state is None or state.pending is not None or self.closing:
+            return False
+        polls = state.polls
+        if polls is None:
+            polls = state.polls = ChannelPolls(
+                channel, encode, lambda: self._idle(state), self.metrics.delivered.inc
+            )
+        state.idle_since = None
+        self.polls.add(waiter, polls, timeout_s)
+        return True
+
+    def newest(self, channel: str) -> Cursor | None:
+        """The newest id delivered on a joined channel with nothing pending; None if unknown."""
+        state = self.channels.get(channel)
+        if state is None or state.pending is not None:
+            return None
+        return state.last if state.last is not None else START
 
     # -- broker listener ------------------------------------------------
 
@@ -260,8 +303,11 @@ class Hub:
         state = self.channels.get(channel)
         if state is not None:
             state.subs.discard(sub)
-            if not state.subs:
-                state.idle_since = time.monotonic()
+            self._idle(state)
+
+    def _idle(self, state: _Channel) -> None:
+        if state.idle():
+            state.idle_since = time.monotonic()
 
     def _deliver(self, state: _Channel, messages: list[Message]) -> None:
         """Drop what the channel delivered already, say a new epoch as a gap, fan out the rest."""
@@ -288,6 +334,8 @@ class Hub:
         self.metrics.delivered.inc(delivered * len(state.subs))
 
     def _fan_out(self, state: _Channel, batch: Batch) -> None:
+        if state.polls is not None:
+            state.polls.arrived(batch.items)
         dropped = [sub for sub in state.subs if not sub.offer_batch(batch)]
         for sub in dropped:
             state.subs.discard(sub)
@@ -365,7 +413,7 @@ class Hub:
             idle = [
                 name
                 for name, state in self.channels.items()
-                if not state.subs and state.idle_since and now - state.idle_since > LINGER_S
+                if state.idle() and state.idle_since and now - state.idle_since > LINGER_S
             ]
             for name in idle:
                 del self.channels[name]

@@ -27,6 +27,8 @@ class Connection:
     channel: str
     id: int = 0
     reason: str = "client gone"
+    started: float = 0.0
+    logged: bool = False  # its open line was logged: its close line is too
 
 
 @dataclass
@@ -52,20 +54,7 @@ class Gateway:
         (lagged, shutting down, answered ...), a refusal's reason when a
         ``GatewayError`` ended it, or ``error`` for a bug.
         """
-        conn = Connection(transport, channel, next(self._ids))
-        self.open_connections += 1
-        self.metrics.opened(transport)
-        started = time.monotonic()
-        # A long-poll is one request per message or timeout: at thousands of
-        # clients its two lines a request cost more CPU than the delivery.
-        # Polls log at DEBUG, but for an end out of the ordinary (shutdown,
-        # a refusal, an error); their counts are in /metrics either way.
-        level = logging.DEBUG if transport == "poll" else logging.INFO
-        logs = logger.isEnabledFor(level)
-        if logs:
-            logger.log(
-                level, "open %s", _fields(conn=conn.id, transport=transport, channel=channel)
-            )
+        conn = self.opened(transport, channel)
         try:
             yield conn
         except GatewayError as exc:
@@ -75,23 +64,48 @@ class Gateway:
             conn.reason = f"error: {type(exc).__name__}"
             raise
         finally:
-            self.open_connections -= 1
-            self.closed_connections += 1
-            self.metrics.closed(transport)
-            routine = transport == "poll" and conn.reason in ROUTINE_POLL_ENDS
-            if logs or not routine:
-                _log_close(level if routine else logging.INFO, conn, started)
+            self.closed(conn)
+
+    def opened(self, transport: str, channel: str) -> Connection:
+        """Count a connection in (``connection`` without the context manager: the poll's path)."""
+        conn = Connection(transport, channel, next(self._ids), started=time.monotonic())
+        self.open_connections += 1
+        self.metrics.opened(transport)
+        # A long-poll is one request per message or timeout: at thousands of
+        # clients its two lines a request cost more CPU than the delivery.
+        # Polls log at DEBUG, but for an end out of the ordinary (shutdown,
+        # a refusal, an error); their counts are in /metrics either way.
+        level = _level(transport)
+        if logger.isEnabledFor(level):
+            conn.logged = True
+            fields = _fields(conn=conn.id, transport=transport, channel=channel)
+            logger.log(level, "open %s", fields)
+        return conn
+
+    def closed(self, conn: Connection) -> None:
+        """Count a connection out; its close line unless it is a routine poll end."""
+        self.open_connections -= 1
+        self.closed_connections += 1
+        self.metrics.closed(conn.transport)
+        level = _level(conn.transport)
+        routine = conn.transport == "poll" and conn.reason in ROUTINE_POLL_ENDS
+        if not routine or conn.logged:
+            _log_close(level if routine else logging.INFO, conn)
+
+
+def _level(transport: str) -> int:
+    return logging.DEBUG if transport == "poll" else logging.INFO
 
 
 ROUTINE_POLL_ENDS = frozenset({"answered", "timed out", "client gone"})
 
 
-def _log_close(level: int, conn: Connection, started: float) -> None:
+def _log_close(level: int, conn: Connection) -> None:
     fields = _fields(
         conn=conn.id,
         transport=conn.transport,
         channel=conn.channel,
-        duration_s=f"{time.monotonic() - started:.3f}",
+        duration_s=f"{time.monotonic() - conn.started:.3f}",
         reason=conn.reason,
     )
     logger.log(level, "close %s", fields)

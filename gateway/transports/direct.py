@@ -38,6 +38,7 @@ writer, which waits for the drain: the slow-consumer policy is unchanged.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -238,6 +239,59 @@ async def write_arrivals(mux: Multiplex, sink: RawSink, encode: Encode) -> bool:
             if lead is not None:
                 lead.sending_since = 0.0
     return True
+
+
+class WholeResponse(Protocol):
+    def wire(self, default_headers: list[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
+        """The whole HTTP/1.1 response: status line, the server's headers and ours, body."""
+
+
+class HttpReply:
+    """A whole response written straight to uvicorn's httptools cycle, as its ``send`` would.
+
+    For an answer built once for many requests (a long-poll's, polls.py):
+    no ASGI send chain, no task to wake before the bytes leave. The
+    cycle's state moves exactly as two ``send`` calls would move it
+    (started, complete, keep-alive or close, the next pipelined request).
+    """
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle
+
+    def write(self, response: object) -> bool:
+        """Write ``response`` (a ``WholeResponse``) now; False when the request cannot take it."""
+        cycle = self._cycle
+        transport: asyncio.Transport = cycle.transport
+        if cycle.response_started or cycle.disconnected or transport.is_closing():
+            return False
+        assert hasattr(response, "wire")
+        cycle.response_started = True
+        cycle.waiting_for_100_continue = False
+        transport.write(response.wire(cycle.default_headers, cycle.keep_alive))
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            transport.close()
+        cycle.on_response()
+        return True
+
+
+def http_reply(scope: Scope, send: Send) -> HttpReply | None:
+    """Whole responses straight to the socket, when ``send`` is uvicorn's httptools cycle itself.
+
+    Not under middleware that wraps ``send`` (CORS for a request with an
+    ``Origin``, a parent app's), not for HEAD, not with uvicorn's access log on.
+    """
+    if scope.get(RAW_SEND) is not send or scope["method"] != "GET":
+        return None
+    cycle = _owner(scope, "uvicorn.protocols.http.httptools_impl", "RequestResponseCycle")
+    if cycle is None or cycle.response_started:
+        return None
+    if cycle.access_log and cycle.access_logger.isEnabledFor(logging.INFO):
+        return None  # its line would be written by ``send``
+    return HttpReply(cycle)
 
 
 def on_http_lost(scope: Scope, lost: Callable[[], None]) -> bool:

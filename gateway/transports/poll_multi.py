@@ -21,18 +21,27 @@ import anyio
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway import composite
 from gateway.hub import Hub
 from gateway.message import START, Cursor, Gap, Item
 from gateway.multiplex import Multiplex
+from gateway.polls import GATHER_S
 from gateway.state import gateway_of
 from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, label
 from gateway.transports.direct import on_http_lost
-from gateway.transports.longpoll import GATHER_S, check_served, poll_bounds
+from gateway.transports.longpoll import check_served, poll_bounds
+from gateway.transports.sse import answer
 
 Runs = list[tuple[str, list[Item]]]
+POLL_MULTI_PATH = "/poll"
+
+
+async def poll_multi_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/poll`` as a bare ASGI app, past the router like ``/poll/{channel}``."""
+    await answer(scope, receive, send, poll_multi_endpoint)
 
 
 async def poll_multi_endpoint(request: Request) -> Response:
@@ -41,7 +50,7 @@ async def poll_multi_endpoint(request: Request) -> Response:
     specs = channel_specs(request, gateway.settings.max_channels)
     channels = [spec.channel for spec in specs]
     gateway.guard.authorize_read_all(request, channels)
-    timeout, limit = poll_bounds(request, gateway.settings)
+    timeout, limit = poll_bounds(request.query_params, gateway.settings)
     gateway.check_capacity()
     gateway.hub.check_broker()
     with gateway.connection("poll", label(channels)) as conn:
