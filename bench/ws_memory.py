@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import collections
 import gc
+import logging
 import sys
 import tracemalloc
 
@@ -35,30 +36,42 @@ async def main() -> None:
     from gateway.app import create_app
     from gateway.settings import Settings
 
+    logging.basicConfig(level=logging.WARNING)  # before create_app: no line per connection
     settings = Settings.from_env()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                             ws_per_message_deflate=False, loop="none", lifespan="on")
     server = uvicorn.Server(config)
     serving = asyncio.ensure_future(server.serve())
     while not server.started:
         await asyncio.sleep(0.05)
-    tracemalloc.start(8)
+    tracemalloc.start(1)
     gc.collect()
     before = tracemalloc.take_snapshot()
+    gc.unfreeze()  # (the collector freezes survivors: gc.get_objects would not list them)
     types_before = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
     gen = await asyncio.create_subprocess_exec(
         sys.executable, "bench/loadgen.py", "--url", f"http://127.0.0.1:{port}",
         "--transport", args.transport, "--clients", str(args.clients), "--messages", "0",
-        "--settle", "6", cwd=servers.ROOT, stdout=asyncio.subprocess.DEVNULL)
-    await asyncio.sleep(9.0 + args.clients / 2000)  # loadgen: settle 6 s, connect, warm up, hold
+        "--settle", "8", "--connect-timeout", "120",
+        cwd=servers.ROOT, stdout=asyncio.subprocess.DEVNULL)
+    for _ in range(1200):  # every connection open (tracemalloc slows the connect storm)
+        await asyncio.sleep(0.1)
+        if app.gateway is not None and app.gateway.open_connections >= args.clients:
+            break
+    await asyncio.sleep(1.0)
+    gc.unfreeze()
     gc.collect()
     after = tracemalloc.take_snapshot()
     types_after = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+    assert app.gateway is not None
+    n = app.gateway.open_connections
+    gen.terminate()
     await gen.wait()
-    n = args.clients
     stats = after.compare_to(before, "lineno")
     total = sum(s.size_diff for s in stats)
-    print(f"{args.transport}: {total / n / 1024:.2f} KB per connection (Python allocations)\n")
+    print(f"{args.transport}: {total / n / 1024:.2f} KB per connection (Python allocations), "
+          f"{n} of {args.clients} open at the snapshot\n")
     for stat in stats[: args.top]:
         frame = stat.traceback[0]
         print(f"{stat.size_diff / n:8.0f} B {stat.count_diff / n:6.1f}  "

@@ -93,6 +93,7 @@ class Waiter:
             self.polls.discard(self)
         if answer is not None and self.write is not None:
             self.written = self.write(answer)
+        self.write = None  # (it holds the request's cycle)
         if not self.future.done():  # (cancelled with its task)
             self.future.set_result(answer)
 

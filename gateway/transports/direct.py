@@ -157,6 +157,10 @@ class WsSink:
     def heartbeat(self) -> None:
         pass
 
+    def abort(self) -> None:
+        """Drop the connection at once (a stalled client: no close frame could get through)."""
+        self._proto.transport.abort()
+
     async def drain(self) -> None:
         await self._writable.wait()
 
@@ -294,8 +298,12 @@ def http_reply(scope: Scope, send: Send) -> HttpReply | None:
     return HttpReply(cycle)
 
 
-def on_http_lost(scope: Scope, lost: Callable[[], None]) -> bool:
-    """Call ``lost`` once uvicorn's HTTP protocol learns the client is gone; False if it can't.
+def on_http_lost(scope: Scope, lost: Callable[[], None]) -> Callable[[], None] | None:
+    """Call ``lost`` once uvicorn's HTTP protocol learns the client is gone; None if it can't.
+
+    Returns the undo: the wrapper and its event refer to each other, a
+    reference cycle that only the garbage collector would free, so a
+    short request (a poll) takes it off when it ends.
 
     A client that closes or resets its connection is told to the protocol
     (``connection_lost``), which marks the request's cycle ``disconnected``
@@ -308,7 +316,7 @@ def on_http_lost(scope: Scope, lost: Callable[[], None]) -> bool:
     """
     cycle = _owner(scope, "uvicorn.protocols.http.httptools_impl", "RequestResponseCycle")
     if cycle is None:
-        return False
+        return None
     event: asyncio.Event = cycle.message_event
 
     def set_and_check() -> None:
@@ -317,7 +325,7 @@ def on_http_lost(scope: Scope, lost: Callable[[], None]) -> bool:
             lost()
 
     event.set = set_and_check  # type: ignore[method-assign]
-    return True
+    return lambda: event.__dict__.pop("set", None)
 
 
 def sse_sink(scope: Scope) -> SseSink | None:

@@ -106,8 +106,10 @@ async def _poll(scope: Scope, send: Send) -> None:
     gateway: Gateway = scope[GATEWAY_KEY]
     settings = gateway.settings
     check_served(settings)
-    channel = check_channel(route_path(scope)[len(POLL_PATH_PREFIX) :])
-    query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+    channel = route_path(scope)[len(POLL_PATH_PREFIX) :]
+    if channel not in gateway.hub.channels:  # (a joined channel's name was checked)
+        check_channel(channel)
+    query = query_of(scope["query_string"])
     if not gateway.guard.open:
         gateway.guard.authorize_read(HTTPConnection(scope), channel)
     cursor, last = resume_from(query)
@@ -159,11 +161,13 @@ async def _answer(gateway: Gateway, conn: Connection, scope: Scope, send: Send, 
 
 async def _wait(waiter: Waiter, scope: Scope, send: Send, conn: Connection) -> None:
     """Until the hub or the timer answers the waiter, or its client leaves."""
-    on_http_lost(scope, waiter.cancel)
+    unhook = on_http_lost(scope, waiter.cancel)
     try:
         answer = await waiter.future
     finally:
         waiter.cancel()  # this task cancelled: out of the hub (no-op once answered)
+        if unhook is not None:
+            unhook()
     conn.reason = waiter.reason
     if isinstance(answer, PollAnswer) and not waiter.written:
         await answer.send(send)
@@ -185,6 +189,19 @@ async def _subscribed(
             items = sub.take(limit)
         conn.reason = _outcome(items, sub)
     return items, start
+
+
+def query_of(raw: bytes) -> dict[str, str]:
+    """The query as Starlette's ``QueryParams`` reads it (the last value of a name wins)."""
+    text = raw.decode("latin-1")
+    if "%" in text or "+" in text:
+        return dict(parse_qsl(text, keep_blank_values=True))
+    query = {}
+    for part in text.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            query[name] = value
+    return query
 
 
 def check_served(settings: Settings) -> None:
