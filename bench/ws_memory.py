@@ -43,7 +43,9 @@ async def main() -> None:
                             ws_per_message_deflate=False, loop="none", lifespan="on")
     server = uvicorn.Server(config)
     serving = asyncio.ensure_future(server.serve())
-    while not server.started:
+    for _ in range(600):  # (uvicorn sets no event when it has started)
+        if server.started:
+            break
         await asyncio.sleep(0.05)
     tracemalloc.start(1)
     gc.collect()

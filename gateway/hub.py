@@ -42,10 +42,13 @@ CANARY_INTERVAL_S = 1.0
 READY_WINDOW_S = 3.0
 STALL_S = 30.0  # a client write blocked this long: the client is gone or stalled
 HISTORY_PAGE_MIN = 100  # messages per history read when paging a deep resume
+ANSWERS_KEPT = 1024  # poll answers kept per channel between deliveries
+CAUGHT_UP = object()  # ``answer_after``: nothing after the cursor yet
 
 
 class _Channel:
     __slots__ = (
+        "answers",
         "delivered_at",
         "idle_since",
         "last",
@@ -66,6 +69,8 @@ class _Channel:
         self.idle_since: float | None = None
         self.delivered_at = 0.0
         self.polls: ChannelPolls | None = None  # waiting long-polls (polls.py)
+        # Poll answers from ``recent``, by (cursor, limit), until the next delivery.
+        self.answers: dict[tuple[Cursor, int], object] = {}
 
     def idle(self) -> bool:
         return not self.subs and not (self.polls is not None and self.polls.waiters)
@@ -167,6 +172,28 @@ class Hub:
         state.idle_since = None
         self.polls.add(waiter, polls, timeout_s)
         return True
+
+    def answer_after(
+        self, channel: str, cursor: Cursor, limit: int, encode: Encode
+    ) -> object | None:
+        """A poll's answer from memory, encoded once for every poller at ``cursor``.
+
+        ``CAUGHT_UP`` when nothing follows the cursor yet, None when this
+        process cannot tell (``waiting``).
+        """
+        state = self.channels.get(channel)
+        if state is None or state.pending is not None:
+            return None
+        key = (cursor, limit)
+        answer = state.answers.get(key)
+        if answer is None:
+            messages = state.recent.after(cursor, limit)
+            if not messages:
+                return CAUGHT_UP if messages is not None else None
+            if len(state.answers) >= ANSWERS_KEPT:
+                state.answers.clear()
+            answer = state.answers[key] = encode(channel, list(messages), cursor)
+        return answer
 
     def newest(self, channel: str) -> Cursor | None:
         """The newest id delivered on a joined channel with nothing pending; None if unknown."""
@@ -334,6 +361,8 @@ class Hub:
         self.metrics.delivered.inc(delivered * len(state.subs))
 
     def _fan_out(self, state: _Channel, batch: Batch) -> None:
+        if state.answers:
+            state.answers.clear()
         if state.polls is not None:
             state.polls.arrived(batch.items)
         dropped = [sub for sub in state.subs if not sub.offer_batch(batch)]

@@ -34,6 +34,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError, NotServed
+from gateway.hub import CAUGHT_UP
 from gateway.message import START, Cursor, Message
 from gateway.polls import GATHER_S, TIMED_OUT, Waiter
 from gateway.settings import Settings
@@ -138,14 +139,13 @@ async def _answer(gateway: Gateway, conn: Connection, scope: Scope, send: Send, 
     reply = http_reply(scope, send)
     start = None
     if cursor is not None:
-        waiting = hub.waiting(channel, cursor, limit)
-        if waiting:  # the common case of a client behind: answered from memory at once
+        known = hub.answer_after(channel, cursor, limit, encode)
+        if isinstance(known, PollAnswer):  # a client behind: answered from memory at once
             conn.reason = "answered"
-            answer = encode(channel, list(waiting), cursor)
-            if reply is None or not reply.write(answer):
-                await answer.send(send)
+            if reply is None or not reply.write(known):
+                await known.send(send)
             return
-        start = cursor if waiting is not None else None
+        start = cursor if known is CAUGHT_UP else None
     elif last is None:
         start = hub.newest(channel)
     if start is not None and timeout > 0:
