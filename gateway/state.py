@@ -7,7 +7,6 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
@@ -21,7 +20,7 @@ from gateway.settings import Settings
 logger = logging.getLogger("gateway.connections")
 
 
-@dataclass
+@dataclass(slots=True)  # one per connection, held for its whole life
 class Connection:
     transport: str
     channel: str
@@ -46,25 +45,14 @@ class Gateway:
         if self.open_connections >= self.settings.max_connections:
             raise Overloaded(f"this process holds {self.open_connections} connections, its maximum")
 
-    @contextmanager
-    def connection(self, transport: str, channel: str) -> Iterator[Connection]:
+    def connection(self, transport: str, channel: str) -> Counted:
         """Count one client connection; log a line when it opens and one when it closes.
 
         The close line's reason is what the transport set on ``Connection``
         (lagged, shutting down, answered ...), a refusal's reason when a
         ``GatewayError`` ended it, or ``error`` for a bug.
         """
-        conn = self.opened(transport, channel)
-        try:
-            yield conn
-        except GatewayError as exc:
-            conn.reason = exc.reason
-            raise
-        except Exception as exc:
-            conn.reason = f"error: {type(exc).__name__}"
-            raise
-        finally:
-            self.closed(conn)
+        return Counted(self, transport, channel)
 
     def opened(self, transport: str, channel: str) -> Connection:
         """Count a connection in (``connection`` without the context manager: the poll's path)."""
@@ -91,6 +79,32 @@ class Gateway:
         routine = conn.transport == "poll" and conn.reason in ROUTINE_POLL_ENDS
         if not routine or conn.logged:
             _log_close(level if routine else logging.INFO, conn)
+
+
+class Counted:
+    """``Gateway.connection``'s block; a class, not a generator: a streaming
+    connection's task holds it for its whole life (a generator frame is ~0.5 KB)."""
+
+    __slots__ = ("_channel", "_conn", "_gateway", "_transport")
+
+    def __init__(self, gateway: Gateway, transport: str, channel: str) -> None:
+        self._gateway = gateway
+        self._transport = transport
+        self._channel = channel
+
+    def __enter__(self) -> Connection:
+        self._conn = self._gateway.opened(self._transport, self._channel)
+        return self._conn
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        conn = self._conn
+        if isinstance(exc, GatewayError):
+            conn.reason = exc.reason
+        elif isinstance(exc, Exception):
+            conn.reason = f"error: {type(exc).__name__}"
+        self._gateway.closed(conn)
 
 
 def _level(transport: str) -> int:

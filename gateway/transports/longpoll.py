@@ -117,17 +117,8 @@ async def _poll(scope: Scope, send: Send) -> None:
     timeout, limit = poll_bounds(query, settings)
     gateway.check_capacity()
     gateway.hub.check_broker()
-    conn = gateway.opened("poll", channel)
-    try:
+    with gateway.connection("poll", channel) as conn:
         await _answer(gateway, conn, scope, send, (channel, cursor, last, timeout, limit))
-    except GatewayError as exc:
-        conn.reason = exc.reason
-        raise
-    except Exception as exc:
-        conn.reason = f"error: {type(exc).__name__}"
-        raise
-    finally:
-        gateway.closed(conn)
 
 
 Ask = tuple[str, Cursor | None, int | None, float, int]
