@@ -182,6 +182,47 @@ class PollSubscriber(HttpSubscriber):
             self.poll()
 
 
+class NchanPollSubscriber(HttpSubscriber):
+    """Nchan's long-poll subscriber: one message per answer; its ``Last-Modified`` and
+    ``Etag`` come back as ``If-Modified-Since`` and ``If-None-Match`` (Nchan's cursor)."""
+
+    def __init__(self, host: str, port: int, path: str, tally: Tally) -> None:
+        super().__init__(host, port, path, tally)
+        self.last_modified = b""
+        self.etag = b""
+        self.cursor = ""
+
+    def opened(self) -> None:
+        self.connected()
+        self.poll()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lower = name.lower()
+        if lower == b"last-modified":
+            self.last_modified = value
+        elif lower == b"etag":
+            self.etag = value
+
+    def poll(self) -> None:
+        if not self.closed:
+            self.request("GET", self.path, extra=self.cursor)
+
+    def response_done(self, body: bytes) -> None:
+        if self.status in RETRIED:
+            self.tally.error(f"http {self.status} (polled again)")
+            asyncio.get_running_loop().call_later(RETRY_AFTER_S, self.poll)
+            return
+        if self.status == 200:
+            self.deliver(body, self.now)
+            self.cursor = (f"\r\nIf-Modified-Since: {self.last_modified.decode()}"
+                           f"\r\nIf-None-Match: {self.etag.decode()}")
+        elif self.status not in (304, 408):  # 304/408: Nchan's timeout, same cursor
+            self.fail(f"http {self.status}")
+            return
+        if not self.tally.stopping:
+            self.poll()
+
+
 class EngineIoPollSubscriber(HttpSubscriber):
     """Socket.IO over Engine.IO v4 long-polling, one keep-alive connection.
 

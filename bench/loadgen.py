@@ -32,7 +32,13 @@ from urllib.parse import urlsplit
 
 import procstats
 import uvloop
-from httpclients import EngineIoPollSubscriber, PollSubscriber, SseMultiSubscriber, SseSubscriber
+from httpclients import (
+    EngineIoPollSubscriber,
+    NchanPollSubscriber,
+    PollSubscriber,
+    SseMultiSubscriber,
+    SseSubscriber,
+)
 from publishers import HttpPublisher, Publisher, RedisPublisher, SocketIoRedisPublisher
 from report import summarize
 from tally import WARMUP_SEQ, Subscriber, Tally, payload
@@ -46,6 +52,7 @@ PATHS = {
     "ws": "/ws/{channel}",
     "raw-ws": "/ws/{channel}",
     "poll": "/poll/{channel}?timeout={poll_timeout}&limit=1000",
+    "raw-poll": "/poll/{channel}",
     "sio-ws": "/socket.io/?EIO=4&transport=websocket",
     "sio-poll": "/socket.io/?EIO=4&transport=polling",
 }
@@ -67,6 +74,7 @@ def make_subscriber(args: argparse.Namespace, tally: Tally) -> Callable[[], Subs
         "sse": lambda: SseSubscriber(host, port, path, tally),
         "sse-multi": lambda: SseMultiSubscriber(host, port, own_path(), tally),
         "poll": lambda: PollSubscriber(host, port, path, tally),
+        "raw-poll": lambda: NchanPollSubscriber(host, port, path, tally),
         "ws": lambda: GatewayWsSubscriber(host, port, path, tally),
         "raw-ws": lambda: WsSubscriber(host, port, path, tally),
         "sio-ws": lambda: EngineIoWsSubscriber(host, port, path, tally, args.channel),

@@ -15,6 +15,14 @@ The standard matrix (server on core 0, generator on core 1, ~100-byte messages):
     e  idle SSE connections (10,000), RSS per connection: gateway, Nchan
     f  as a, each subscriber on 4 channels of one /sse stream (the shared
        one and three quiet ones of its own): gateway (--only af: side by side)
+    p  long-poll clients at 10 msg/s, at 1,000, 5,000 and 10,000
+       (--clients-p): gateway, Nchan (its longpoll subscriber)
+    w  idle WebSocket connections (10,000), RSS per connection: gateway, Nchan
+
+Groups p and w are not in the default matrix; the long-poll and WebSocket
+comparison beside Nchan is one command:
+
+    python bench/run_matrix.py --only pw
 
 Every server is started fresh for each run, so RSS per connection starts
 from an idle process. One Redis (started here, on a free port) serves them.
@@ -50,7 +58,8 @@ class Run:
 
     @property
     def name(self) -> str:
-        return f"{self.group}:{self.server}:{self.transport}"
+        group = f"{self.group}{self.clients}" if self.group == "p" else self.group
+        return f"{group}:{self.server}:{self.transport}"
 
 
 def matrix(args: argparse.Namespace) -> list[Run]:
@@ -70,6 +79,11 @@ def matrix(args: argparse.Namespace) -> list[Run]:
         Run("e", "gateway", "sse", e, 0, args.rate),
         Run("f", "gateway", "sse-multi", a, stream, args.rate),
         Run("e", "nchan", "sse", e, 0, args.rate),
+        *(Run("p", server, transport, int(n), stream, args.rate)
+          for n in args.clients_p.split(",")
+          for server, transport in (("gateway", "poll"), ("nchan", "raw-poll"))),
+        Run("w", "gateway", "ws", e, 0, args.rate),
+        Run("w", "nchan", "raw-ws", e, 0, args.rate),
     ]
     wanted = set(args.only or "abcdef")
     skip = set(args.skip_server or [])
@@ -161,6 +175,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=30.0, help="seconds of publishing (a, b, c)")
     for group, default in (("a", 10000), ("b", 10000), ("c", 5000), ("d", 1000), ("e", 10000)):
         p.add_argument(f"--clients-{group}", type=int, default=default)
+    p.add_argument("--clients-p", default="1000,5000,10000", help="p: client counts, commas")
     p.add_argument("--messages-d", type=int, default=300)
     p.add_argument("--stall", type=float, default=10.0)
     p.add_argument("--run-timeout", type=float, default=300.0, help="cap per run beyond publishing")
@@ -175,6 +190,7 @@ def parse_args() -> argparse.Namespace:
         args.run_timeout = 90.0
         for group in "abcde":
             setattr(args, f"clients_{group}", 200)
+        args.clients_p = "200"
     return args
 
 

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,8 @@ from gateway.state import Gateway, gateway_of
 from gateway.stats import stats_running
 from gateway.transports.common import refusal, route_path
 from gateway.transports.direct import RAW_SEND
-from gateway.transports.longpoll import poll_endpoint
-from gateway.transports.poll_multi import poll_multi_endpoint
+from gateway.transports.longpoll import POLL_PATH_PREFIX, poll_app
+from gateway.transports.poll_multi import POLL_MULTI_PATH, poll_multi_app, poll_multi_endpoint
 from gateway.transports.sse import SSE_PATH_PREFIX, sse_app
 from gateway.transports.sse_multi import SSE_MULTI_PATH, sse_multi_app
 from gateway.transports.websocket import MAX_CLOSE_REASON_BYTES, WS_PATH_PREFIX, ws_app
@@ -96,19 +97,21 @@ class GatewayApp(Starlette):
       write straight to a socket (transports/direct.py). Under a parent app
       its middleware has wrapped ``send`` already, so streams write through
       ASGI there: correct, slower, and safe for a parent's middleware.
-    * ``/sse/…``, ``/sse``, ``/ws/…`` and ``/ws`` go to their transports directly, past the
-      router and the exception middleware: a streaming connection's task
-      stays inside every frame on its way for its whole life, and those
-      held about 4 KB per idle SSE connection (tracemalloc), a fifth of
-      what one may cost. CORS (HTTP only) still wraps SSE.
+    * ``/sse/…``, ``/sse``, ``/ws/…``, ``/ws``, ``/poll/…`` and ``/poll`` go to
+      their transports directly, past the router and the exception
+      middleware: a streaming connection's task stays inside every frame on
+      its way for its whole life, and those held about 4 KB per idle SSE
+      connection (tracemalloc), a fifth of what one may cost; a poll, one
+      request per message, spent about 40 % of its CPU in them (py-spy,
+      bench/README.md). CORS (HTTP only) still wraps SSE and poll.
     """
 
-    def __init__(
-        self, *, sse: ASGIApp, sse_multi: ASGIApp, start: Callable[[], Started], **kwargs: Any
-    ) -> None:
+    def __init__(self, *, direct: Direct, start: Callable[[], Started], **kwargs: Any) -> None:
         self.gateway: Gateway | None = None
-        self._sse = sse
-        self._sse_multi = sse_multi
+        self._sse = direct.sse
+        self._sse_multi = direct.sse_multi
+        self._poll = direct.poll
+        self._poll_multi = direct.poll_multi
         self._start = start
         self._refused_at = -NOT_STARTED_LOG_EVERY_S
         super().__init__(lifespan=self.lifespan, **kwargs)
@@ -144,6 +147,12 @@ class GatewayApp(Starlette):
         if kind == "http" and path.startswith(SSE_PATH_PREFIX):
             scope["app"] = self
             await self._sse(scope, receive, send)
+        elif kind == "http" and path.startswith(POLL_PATH_PREFIX) and path != POLL_PATH_PREFIX:
+            scope["app"] = self
+            await self._poll(scope, receive, send)
+        elif kind == "http" and path == POLL_MULTI_PATH:
+            scope["app"] = self
+            await self._poll_multi(scope, receive, send)
         elif kind == "http" and path == SSE_MULTI_PATH:
             scope["app"] = self
             await self._sse_multi(scope, receive, send)
@@ -176,6 +185,16 @@ NOT_STARTED_LOG_EVERY_S = 60.0
 Started = AbstractAsyncContextManager[Gateway]
 
 
+@dataclass(frozen=True)
+class Direct:
+    """The HTTP routes ``GatewayApp`` dispatches past the router (CORS-wrapped when configured)."""
+
+    sse: ASGIApp
+    sse_multi: ASGIApp
+    poll: ASGIApp
+    poll_multi: ASGIApp
+
+
 def create_app(settings: Settings | None = None) -> GatewayApp:
     """The gateway as an ASGI app: served alone, or mounted in a Starlette or FastAPI app."""
     settings = settings or Settings.from_env()
@@ -186,17 +205,25 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         Route("/healthz", _healthz),
         Route("/readyz", _readyz),
         Route("/metrics", _metrics),
+        # Served past the router (GatewayApp); here for what the router says
+        # of the paths around them ("/poll/" redirects to "/poll").
         Route("/poll", poll_multi_endpoint),
-        Route("/poll/{channel:anytext}", poll_endpoint),
         Route("/publish/{channel:anytext}", publish_endpoint, methods=["POST"]),
         Route("/presence/{channel:anytext}", presence_endpoint),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
     cors = _cors_options(settings)
     middleware = [Middleware(CORSMiddleware, **cors)] if cors else []
+    def direct(app: ASGIApp) -> ASGIApp:
+        return CORSMiddleware(app, **cors) if cors else app
+
     return GatewayApp(
-        sse=CORSMiddleware(sse_app, **cors) if cors else sse_app,
-        sse_multi=CORSMiddleware(sse_multi_app, **cors) if cors else sse_multi_app,
+        direct=Direct(
+            sse=direct(sse_app),
+            sse_multi=direct(sse_multi_app),
+            poll=direct(poll_app),
+            poll_multi=direct(poll_multi_app),
+        ),
         start=lambda: _started(settings),
         routes=routes,
         middleware=middleware,

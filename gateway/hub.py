@@ -30,6 +30,7 @@ from gateway.brokers.base import Broker, History
 from gateway.errors import BrokerUnavailable
 from gateway.message import BATCH_BYTES, BATCH_ITEMS, START, Cursor, Message, data_size
 from gateway.metrics import Metrics
+from gateway.polls import SHUTDOWN, ChannelPolls, Encode, Polls, Waiter
 from gateway.recent import RECENT_SIZE, Recent
 from gateway.settings import Settings
 from gateway.shutdown import wait_for_exit_signal
@@ -42,10 +43,22 @@ CANARY_INTERVAL_S = 1.0
 READY_WINDOW_S = 3.0
 STALL_S = 30.0  # a client write blocked this long: the client is gone or stalled
 HISTORY_PAGE_MIN = 100  # messages per history read when paging a deep resume
+ANSWERS_KEPT = 1024  # poll answers kept per channel between deliveries
+CAUGHT_UP = object()  # ``answer_after``: nothing after the cursor yet
 
 
 class _Channel:
-    __slots__ = ("delivered_at", "idle_since", "last", "pending", "ready", "recent", "subs")
+    __slots__ = (
+        "answers",
+        "delivered_at",
+        "idle_since",
+        "last",
+        "pending",
+        "polls",
+        "ready",
+        "recent",
+        "subs",
+    )
 
     def __init__(self, recent_size: int) -> None:
         self.subs: set[Subscription] = set()
@@ -56,6 +69,12 @@ class _Channel:
         self.ready = asyncio.Event()
         self.idle_since: float | None = None
         self.delivered_at = 0.0
+        self.polls: ChannelPolls | None = None  # waiting long-polls (polls.py)
+        # Poll answers from ``recent``, by (cursor, limit), until the next delivery.
+        self.answers: dict[tuple[Cursor, int], object] = {}
+
+    def idle(self) -> bool:
+        return not self.subs and not (self.polls is not None and self.polls.waiters)
 
 
 class Hub:
@@ -68,6 +87,7 @@ class Hub:
         self.closing = False
         self._reads: dict[tuple[str, Cursor, int], asyncio.Future[History]] = {}
         self._tasks: anyio.abc.TaskGroup | None = None
+        self.polls = Polls()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Hub]:
@@ -80,6 +100,7 @@ class Hub:
                 tasks.start_soon(self._reaper_loop)
                 tasks.start_soon(self._heartbeat_loop)
                 tasks.start_soon(self._exit_watcher)
+                tasks.start_soon(self.polls.run)
                 yield self
                 tasks.cancel_scope.cancel()
         finally:
@@ -132,6 +153,55 @@ class Hub:
         for state in self.channels.values():
             for sub in state.subs:
                 sub.close(reason)
+            if state.polls is not None and reason is CloseReason.SHUTDOWN:
+                state.polls.close_all(SHUTDOWN)
+
+    def park(self, channel: str, waiter: Waiter, timeout_s: float, encode: Encode) -> bool:
+        """Register a caught-up poll as a waiter (polls.py); False when a subscription must.
+
+        Only on a joined channel with nothing pending, whose newest delivered
+        id is the waiter's start (``waiting`` said so, or ``newest``).
+        """
+        state = self.channels.get(channel)
+        if state is None or state.pending is not None or self.closing:
+            return False
+        polls = state.polls
+        if polls is None:
+            polls = state.polls = ChannelPolls(
+                channel, encode, lambda: self._idle(state), self.metrics.delivered.inc
+            )
+        state.idle_since = None
+        self.polls.add(waiter, polls, timeout_s)
+        return True
+
+    def answer_after(
+        self, channel: str, cursor: Cursor, limit: int, encode: Encode
+    ) -> object | None:
+        """A poll's answer from memory, encoded once for every poller at ``cursor``.
+
+        ``CAUGHT_UP`` when nothing follows the cursor yet, None when this
+        process cannot tell (``waiting``).
+        """
+        state = self.channels.get(channel)
+        if state is None or state.pending is not None:
+            return None
+        key = (cursor, limit)
+        answer = state.answers.get(key)
+        if answer is None:
+            messages = state.recent.after(cursor, limit)
+            if not messages:
+                return CAUGHT_UP if messages is not None else None
+            if len(state.answers) >= ANSWERS_KEPT:
+                state.answers.clear()
+            answer = state.answers[key] = encode(channel, list(messages), cursor)
+        return answer
+
+    def newest(self, channel: str) -> Cursor | None:
+        """The newest id delivered on a joined channel with nothing pending; None if unknown."""
+        state = self.channels.get(channel)
+        if state is None or state.pending is not None:
+            return None
+        return state.last if state.last is not None else START
 
     # -- broker listener ------------------------------------------------
 
@@ -265,8 +335,11 @@ class Hub:
         state = self.channels.get(channel)
         if state is not None:
             state.subs.discard(sub)
-            if not state.subs:
-                state.idle_since = time.monotonic()
+            self._idle(state)
+
+    def _idle(self, state: _Channel) -> None:
+        if state.idle():
+            state.idle_since = time.monotonic()
 
     def _deliver(self, state: _Channel, messages: list[Message]) -> None:
         """Drop what the channel delivered already, say a new epoch as a gap, fan out the rest."""
@@ -293,6 +366,10 @@ class Hub:
         self.metrics.delivered.inc(delivered * len(state.subs))
 
     def _fan_out(self, state: _Channel, batch: Batch) -> None:
+        if state.answers:
+            state.answers.clear()
+        if state.polls is not None:
+            state.polls.arrived(batch.items)
         dropped = [sub for sub in state.subs if not sub.offer_batch(batch)]
         for sub in dropped:
             state.subs.discard(sub)
@@ -370,7 +447,7 @@ class Hub:
             idle = [
                 name
                 for name, state in self.channels.items()
-                if not state.subs and state.idle_since and now - state.idle_since > LINGER_S
+                if state.idle() and state.idle_since and now - state.idle_since > LINGER_S
             ]
             for name in idle:
                 del self.channels[name]

@@ -13,6 +13,7 @@ object, so fan-out to N clients encodes once per wire format, not N times.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -65,14 +66,7 @@ class Cursor(NamedTuple):
 
     @classmethod
     def parse(cls, text: str) -> Cursor:
-        if text == "0":
-            return START
-        epoch, sep, position = text.partition(":")
-        if not sep or not EPOCH_RE.match(epoch) or not POSITION_RE.match(position):
-            raise BadRequest(
-                f"malformed cursor {text[:80]!r}: expected an id the gateway gave, or 0"
-            )
-        return cls(epoch, parse_position(position))
+        return _parse_cursor(text)
 
     def __str__(self) -> str:
         if self.epoch is None:
@@ -81,6 +75,17 @@ class Cursor(NamedTuple):
 
 
 START = Cursor(None, (0, 0))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cursor(text: str) -> Cursor:
+    """A cursor parsed once: thousands of pollers send the same one (a malformed one raises)."""
+    if text == "0":
+        return START
+    epoch, sep, position = text.partition(":")
+    if not sep or not EPOCH_RE.match(epoch) or not POSITION_RE.match(position):
+        raise BadRequest(f"malformed cursor {text[:80]!r}: expected an id the gateway gave, or 0")
+    return Cursor(epoch, parse_position(position))
 
 
 @dataclass(eq=False, slots=True)

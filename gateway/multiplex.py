@@ -154,6 +154,10 @@ class Multiplex:
                 arrivals.popleft()
         return runs
 
+    def client_gone(self) -> None:
+        """The client closed or reset its connection (transports/direct.py ``on_http_lost``)."""
+        self.close(CloseReason.CLIENT_GONE)
+
     def close(self, reason: CloseReason) -> None:
         """End the connection (its writer sees ``close_reason``)."""
         self._closed(reason)

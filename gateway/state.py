@@ -7,7 +7,6 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
@@ -22,12 +21,14 @@ from gateway.settings import Settings
 logger = logging.getLogger("gateway.connections")
 
 
-@dataclass
+@dataclass(slots=True)  # one per connection, held for its whole life
 class Connection:
     transport: str
     channel: str
     id: int = 0
     reason: str = "client gone"
+    started: float = 0.0
+    logged: bool = False  # its open line was logged: its close line is too
 
 
 @dataclass
@@ -46,54 +47,81 @@ class Gateway:
         if self.open_connections >= self.settings.max_connections:
             raise Overloaded(f"this process holds {self.open_connections} connections, its maximum")
 
-    @contextmanager
-    def connection(self, transport: str, channel: str) -> Iterator[Connection]:
+    def connection(self, transport: str, channel: str) -> Counted:
         """Count one client connection; log a line when it opens and one when it closes.
 
         The close line's reason is what the transport set on ``Connection``
         (lagged, shutting down, answered ...), a refusal's reason when a
         ``GatewayError`` ended it, or ``error`` for a bug.
         """
-        conn = Connection(transport, channel, next(self._ids))
+        return Counted(self, transport, channel)
+
+    def opened(self, transport: str, channel: str) -> Connection:
+        """Count a connection in (``connection`` without the context manager: the poll's path)."""
+        conn = Connection(transport, channel, next(self._ids), started=time.monotonic())
         self.open_connections += 1
         self.metrics.opened(transport)
-        started = time.monotonic()
         # A long-poll is one request per message or timeout: at thousands of
         # clients its two lines a request cost more CPU than the delivery.
         # Polls log at DEBUG, but for an end out of the ordinary (shutdown,
         # a refusal, an error); their counts are in /metrics either way.
-        level = logging.DEBUG if transport == "poll" else logging.INFO
-        logs = logger.isEnabledFor(level)
-        if logs:
-            logger.log(
-                level, "open %s", _fields(conn=conn.id, transport=transport, channel=channel)
-            )
-        try:
-            yield conn
-        except GatewayError as exc:
+        level = _level(transport)
+        if logger.isEnabledFor(level):
+            conn.logged = True
+            fields = _fields(conn=conn.id, transport=transport, channel=channel)
+            logger.log(level, "open %s", fields)
+        return conn
+
+    def closed(self, conn: Connection) -> None:
+        """Count a connection out; its close line unless it is a routine poll end."""
+        self.open_connections -= 1
+        self.closed_connections += 1
+        self.metrics.closed(conn.transport)
+        level = _level(conn.transport)
+        routine = conn.transport == "poll" and conn.reason in ROUTINE_POLL_ENDS
+        if not routine or conn.logged:
+            _log_close(level if routine else logging.INFO, conn)
+
+
+class Counted:
+    """``Gateway.connection``'s block; a class, not a generator: a streaming
+    connection's task holds it for its whole life (a generator frame is ~0.5 KB)."""
+
+    __slots__ = ("_channel", "_conn", "_gateway", "_transport")
+
+    def __init__(self, gateway: Gateway, transport: str, channel: str) -> None:
+        self._gateway = gateway
+        self._transport = transport
+        self._channel = channel
+
+    def __enter__(self) -> Connection:
+        self._conn = self._gateway.opened(self._transport, self._channel)
+        return self._conn
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        conn = self._conn
+        if isinstance(exc, GatewayError):
             conn.reason = exc.reason
-            raise
-        except Exception as exc:
+        elif isinstance(exc, Exception):
             conn.reason = f"error: {type(exc).__name__}"
-            raise
-        finally:
-            self.open_connections -= 1
-            self.closed_connections += 1
-            self.metrics.closed(transport)
-            routine = transport == "poll" and conn.reason in ROUTINE_POLL_ENDS
-            if logs or not routine:
-                _log_close(level if routine else logging.INFO, conn, started)
+        self._gateway.closed(conn)
+
+
+def _level(transport: str) -> int:
+    return logging.DEBUG if transport == "poll" else logging.INFO
 
 
 ROUTINE_POLL_ENDS = frozenset({"answered", "timed out", "client gone"})
 
 
-def _log_close(level: int, conn: Connection, started: float) -> None:
+def _log_close(level: int, conn: Connection) -> None:
     fields = _fields(
         conn=conn.id,
         transport=conn.transport,
         channel=conn.channel,
-        duration_s=f"{time.monotonic() - started:.3f}",
+        duration_s=f"{time.monotonic() - conn.started:.3f}",
         reason=conn.reason,
     )
     logger.log(level, "close %s", fields)

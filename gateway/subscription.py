@@ -172,6 +172,10 @@ class Subscription:
         self.queue = [i for i in self.queue if isinstance(i, Message) and self._is_new(i)]
         self.history_left = max(0, self.history_left - (before - len(self.queue)))
 
+    def client_gone(self) -> None:
+        """The client closed or reset its connection (transports/direct.py ``on_http_lost``)."""
+        self.close(CloseReason.CLIENT_GONE)
+
     def close(self, reason: CloseReason) -> None:
         if self.close_reason is None:
             self.close_reason = reason

@@ -367,3 +367,34 @@ async def test_write_queued_drains_in_order_and_reports_a_gone_client():
     sub.offer_batch(Batch([_message(4)]))  # queued: the sink is not ready
     assert await write_queued(sub, sink) is False
     assert sink.written == ["m0", "m1", "m2", "m3"]
+
+
+@pytest.mark.anyio
+async def test_waiting_polls_share_one_answer_and_time_out_on_the_wheel():
+    """Caught-up polls are waiters: one answer object for all at a cursor; a timeout answers empty."""
+    from gateway.polls import Waiter
+
+    hub = _hub()
+    encoded: list[tuple[str, list[object], Cursor]] = []
+
+    def encode(channel: str, items: list[object], start: Cursor) -> object:
+        encoded.append((channel, items, start))
+        return object()
+
+    async with hub.running():
+        async with hub.subscribe("c"):  # joins the channel
+            start = hub.newest("c")
+            assert start is not None
+            waiters = [Waiter(start, 10, None) for _ in range(50)]
+            assert all(hub.park("c", w, 5.0, encode) for w in waiters)
+            short = Waiter(start, 10, None)
+            assert hub.park("c", short, 0.01, encode)
+            with anyio.fail_after(1):
+                assert await short.future is not None
+            assert short.reason == "timed out" and encoded[-1][1] == []
+            await hub.publish("c", "message", "m")
+            with anyio.fail_after(1):
+                answers = {id(await w.future) for w in waiters}
+            assert len(answers) == 1  # built once for all 50
+            assert [m.data for m in encoded[-1][1]] == ["m"]  # type: ignore[attr-defined]
+            assert not hub.channels["c"].polls.waiters  # type: ignore[union-attr]

@@ -38,6 +38,7 @@ writer, which waits for the drain: the slow-consumer policy is unchanged.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -46,7 +47,6 @@ from starlette.types import Scope, Send
 from websockets.protocol import State
 
 from gateway.message import BATCH_BYTES, BATCH_ITEMS, Batch
-from gateway.subscription import CloseReason
 
 if TYPE_CHECKING:
     from gateway.multiplex import Multiplex
@@ -157,6 +157,10 @@ class WsSink:
     def heartbeat(self) -> None:
         pass
 
+    def abort(self) -> None:
+        """Drop the connection at once (a stalled client: no close frame could get through)."""
+        self._proto.transport.abort()
+
     async def drain(self) -> None:
         await self._writable.wait()
 
@@ -241,28 +245,86 @@ async def write_arrivals(mux: Multiplex, sink: RawSink, encode: Encode) -> bool:
     return True
 
 
-class Leaver(Protocol):
-    def close(self, reason: CloseReason) -> None: ...
+class WholeResponse(Protocol):
+    def wire(self, default_headers: list[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
+        """The whole HTTP/1.1 response: status line, the server's headers and ours, body."""
+
+
+class HttpReply:
+    """A whole response written straight to uvicorn's httptools cycle, as its ``send`` would.
+
+    For an answer built once for many requests (a long-poll's, polls.py):
+    no ASGI send chain, no task to wake before the bytes leave. The
+    cycle's state moves exactly as two ``send`` calls would move it
+    (started, complete, keep-alive or close, the next pipelined request).
+    """
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle
+
+    def write(self, response: object) -> bool:
+        """Write ``response`` (a ``WholeResponse``) now; False when the request cannot take it."""
+        cycle = self._cycle
+        transport: asyncio.Transport = cycle.transport
+        if cycle.response_started or cycle.disconnected or transport.is_closing():
+            return False
+        assert hasattr(response, "wire")
+        cycle.response_started = True
+        cycle.waiting_for_100_continue = False
+        transport.write(response.wire(cycle.default_headers, cycle.keep_alive))
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            transport.close()
+        cycle.on_response()
+        return True
+
+
+def http_reply(scope: Scope, send: Send) -> HttpReply | None:
+    """Whole responses straight to the socket, when ``send`` is uvicorn's httptools cycle itself.
+
+    Not under middleware that wraps ``send`` (CORS for a request with an
+    ``Origin``, a parent app's), not for HEAD, not with uvicorn's access log on.
+    """
+    if scope.get(RAW_SEND) is not send or scope["method"] != "GET":
+        return None
+    cycle = _owner(scope, "uvicorn.protocols.http.httptools_impl", "RequestResponseCycle")
+    if cycle is None or cycle.response_started:
+        return None
+    if cycle.access_log and cycle.access_logger.isEnabledFor(logging.INFO):
+        return None  # its line would be written by ``send``
+    return HttpReply(cycle)
 
 
 class _LostSignal(asyncio.Event):
-    """uvicorn's per-request event, which also closes ``leaver`` once the client is gone."""
+    """uvicorn's per-request event, which also calls ``lost`` once the client is gone."""
 
-    def __init__(self, cycle: Any, leaver: Leaver) -> None:
+    def __init__(self, cycle: Any, lost: Callable[[], None]) -> None:
         super().__init__()
-        self._cycle = cycle
-        self._leaver = leaver
+        self._cycle: Any = cycle
+        self._lost = lost
         if cycle.message_event.is_set():
             super().set()
 
     def set(self) -> None:
         super().set()
-        if self._cycle.disconnected:
-            self._leaver.close(CloseReason.CLIENT_GONE)
+        cycle = self._cycle
+        if cycle is not None and cycle.disconnected:
+            self._lost()
+
+    def undo(self) -> None:
+        """No more calls; the event and its cycle no longer refer to each other."""
+        self._cycle = None
 
 
-def on_http_lost(scope: Scope, leaver: Leaver) -> bool:
-    """Close ``leaver`` once uvicorn's HTTP protocol learns the client is gone; False if it can't.
+def on_http_lost(scope: Scope, lost: Callable[[], None]) -> Callable[[], None] | None:
+    """Call ``lost`` once uvicorn's HTTP protocol learns the client is gone; None if it can't.
+
+    Returns the undo: the event and the request's cycle refer to each
+    other, a reference cycle only the garbage collector would free, so a
+    short request (a poll) takes it off when it ends.
 
     A client that closes or resets its connection is told to the protocol
     (``connection_lost``), which marks the request's cycle ``disconnected``
@@ -277,9 +339,9 @@ def on_http_lost(scope: Scope, leaver: Leaver) -> bool:
     """
     cycle = _owner(scope, "uvicorn.protocols.http.httptools_impl", "RequestResponseCycle")
     if cycle is None:
-        return False
-    cycle.message_event = _LostSignal(cycle, leaver)
-    return True
+        return None
+    signal = cycle.message_event = _LostSignal(cycle, lost)
+    return signal.undo
 
 
 def sse_sink(scope: Scope) -> SseSink | None:

@@ -21,18 +21,27 @@ import anyio
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway import composite
 from gateway.hub import Hub
 from gateway.message import START, Cursor, Gap, Item
 from gateway.multiplex import Multiplex
+from gateway.polls import GATHER_S
 from gateway.presence_visit import visit_of
 from gateway.state import gateway_of
 from gateway.transports.channels import ChannelSpec, channel_specs, label
 from gateway.transports.direct import on_http_lost
-from gateway.transports.longpoll import GATHER_S, check_served, poll_bounds
+from gateway.transports.longpoll import check_served, poll_bounds
+from gateway.transports.sse import answer
 
 Runs = list[tuple[str, list[Item]]]
+POLL_MULTI_PATH = "/poll"
+
+
+async def poll_multi_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/poll`` as a bare ASGI app, past the router like ``/poll/{channel}``."""
+    await answer(scope, receive, send, poll_multi_endpoint)
 
 
 async def poll_multi_endpoint(request: Request) -> Response:
@@ -42,7 +51,7 @@ async def poll_multi_endpoint(request: Request) -> Response:
     channels = [spec.channel for spec in specs]
     rights = gateway.guard.authorize_read_all(request, channels)
     visit = visit_of(request.query_params, rights, gateway.guard.open)
-    timeout, limit = poll_bounds(request, gateway.settings)
+    timeout, limit = poll_bounds(request.query_params, gateway.settings)
     gateway.check_capacity()
     gateway.hub.check_broker()
     with gateway.connection("poll", label(channels)) as conn:
@@ -56,10 +65,12 @@ async def poll_multi_endpoint(request: Request) -> Response:
             starts = [await mux.open(s.channel, s.cursor, s.last, limit) for s in specs]
             runs = mux.take(limit)
             if not runs and mux.close_reason is None:
-                on_http_lost(request.scope, mux)
+                unhook = on_http_lost(request.scope, mux.client_gone)
                 with anyio.move_on_after(timeout):
                     await mux.wait()
                     await anyio.sleep(GATHER_S)
+                if unhook is not None:
+                    unhook()
                 runs = mux.take(limit)
             conn.reason = "answered" if runs else _outcome(mux)
     return _answer(specs, starts, runs)

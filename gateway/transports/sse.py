@@ -196,7 +196,7 @@ async def client_left(receive: Receive) -> bool:
 async def _pump(sub: Subscription, write: Write, receive: Receive, scope: Scope) -> None:
     await write(OPENING)
     sink = sub.sink = sse_sink(scope)
-    on_http_lost(scope, sub)
+    on_http_lost(scope, sub.client_gone)
     checked_at = time.monotonic()
     while True:
         if sink is not None and sub.queue:

@@ -154,7 +154,7 @@ async def _pump(
     mux: Multiplex, encoder: Encoder, write: Write, receive: Receive, scope: Scope
 ) -> None:
     raw = sse_sink(scope)
-    on_http_lost(scope, mux)
+    on_http_lost(scope, mux.client_gone)
     if raw is not None:
         for channel, sub in mux.subs.items():
             sub.sink = ChannelSink(raw, mux, channel, encoder.chunk)

@@ -16,6 +16,7 @@ process, 1012 when the server restarts (reconnect elsewhere with your cursor).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -40,7 +41,7 @@ from gateway.transports.common import (
     route_path,
     unless_stalled,
 )
-from gateway.transports.direct import write_queued, ws_sink
+from gateway.transports.direct import RAW_SEND, WsSink, write_queued, ws_sink
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +73,19 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         return
     channel, rights, (cursor, last), visit = admitted
     with gateway.connection("websocket", channel) as conn:
+        drain = Drain(websocket)
         try:
             async with (
-                gateway.hub.subscribe(channel, cursor, last) as sub,
+                gateway.hub.subscribe(channel, cursor, last, owner=drain) as sub,
                 gateway.presence.attending(visit, sub),
             ):
                 # Accepted only once subscribed: an open socket never misses a message.
                 await websocket.accept()
-                await _serve(websocket, gateway, sub, rights, conn)
+                _forget_handshake(websocket)
+                if drain.start(sub):
+                    await _serve_one_task(websocket, gateway, sub, rights, conn, drain)
+                else:
+                    await _serve(websocket, gateway, sub, rights, conn)
         except GatewayError as exc:
             conn.reason = exc.reason
             await refuse(websocket, exc.close_code, exc.reason)
@@ -143,8 +149,13 @@ async def _serve(
     async def serve() -> None:
         async with anyio.create_task_group() as tasks:
 
+            def reply(text: str) -> None:
+                sub.replies_owed += 1
+                replies.append(text)
+                sub.poke()  # wake the writer; WebSocket subscriptions take no heartbeat from it
+
             async def reader() -> None:
-                refusal = await _read(websocket, gateway, sub, rights, replies)
+                refusal = await _read(websocket, gateway, sub, rights, reply)
                 refusals.extend([refusal] if refusal else [])
                 tasks.cancel_scope.cancel()
 
@@ -161,6 +172,131 @@ async def _serve(
     elif sub.close_reason is not None and sub.close_reason is not CloseReason.CLIENT_GONE:
         conn.reason = sub.close_reason.value
         await close_socket(websocket, CLOSE_CODES[sub.close_reason], sub.close_reason.value)
+
+
+def _forget_handshake(websocket: WebSocket) -> None:
+    """Drop what the handshake left that nothing reads again: about 4 KB per idle socket.
+
+    uvicorn keeps websockets' handshake ``Request`` and ``Response`` (their
+    ``Headers``), the scope the request's headers, read only while admitting
+    (and Starlette a parsed copy of them). And three of the protocol's
+    ``deque``s (about 630 bytes each, empty) become lists, which do all that
+    asyncio asks of them there: the waiters of its ``writable`` event and of
+    its receive queue's ``join`` (never called), and the queue's putters
+    (an unbounded queue never has one); the getters must stay a deque.
+    """
+    proto = getattr(websocket.scope.get(RAW_SEND), "__self__", None)
+    if proto is None or type(proto).__name__ != "WebSocketsSansIOProtocol":
+        return
+    proto.request = proto.response = None
+    websocket.scope["headers"] = []
+    vars(websocket).pop("_headers", None)
+    writable, queue = proto.writable, proto.queue
+    if isinstance(writable, asyncio.Event) and not writable._waiters:
+        writable._waiters = []  # type: ignore[assignment]
+    if isinstance(queue, asyncio.Queue) and not queue.maxsize and not queue._putters:  # type: ignore[attr-defined]
+        queue._putters = []  # type: ignore[attr-defined]
+        queue._finished._waiters = []  # type: ignore[attr-defined]
+
+
+class Drain:
+    """One task per WebSocket: the ASGI task reads; writing needs no task of its own.
+
+    Under uvicorn (a sink) the hub writes messages straight to the socket.
+    What cannot go straight (a reply to the client's frame, messages queued
+    while the socket was paused or behind a reply, the close frame after a
+    ``close_reason``) is written by a drain task started when there is
+    something to write and ending when nothing is left (``arrived``, the
+    subscription's ``Owner`` port). Idle, a WebSocket is one task, as an SSE
+    stream is: two tasks and their task group were about 5 KB of the 29 KB
+    of Python objects per idle socket (tracemalloc, bench/ws_memory.py).
+    """
+
+    __slots__ = ("_sink", "_sub", "_task", "replies", "websocket")
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        self.replies: list[str] = []  # (rare: a list is 700 bytes smaller than a deque)
+        self._sub: Subscription | None = None
+        self._sink: WsSink | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, sub: Subscription) -> bool:
+        """Take over the writing when the socket has a sink; False: the two-task path."""
+        sink = ws_sink(self.websocket.scope)
+        if sink is None:
+            return False
+        sub.sink = self._sink = sink
+        self._sub = sub
+        self.arrived(sub, 0)
+        return True
+
+    def arrived(self, sub: Subscription, count: int) -> None:
+        if self._sub is None or (self._task is not None and not self._task.done()):
+            return
+        if sub.queue or self.replies or sub.closed:
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    def reply(self, text: str) -> None:
+        assert self._sub is not None
+        self._sub.replies_owed += 1
+        self.replies.append(text)
+        self.arrived(self._sub, 0)
+
+    async def stop(self) -> None:
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _drain(self) -> None:
+        sub, sink = self._sub, self._sink
+        assert sub is not None and sink is not None
+        sub.writer = asyncio.current_task()
+        try:
+            if not await unless_stalled(self._write(sub), lambda: sub.close_reason):
+                sink.abort()  # no close frame: it would block like the write did
+                return
+        finally:
+            sub.writer = None
+        reason = sub.close_reason
+        if reason is not None and reason is not CloseReason.CLIENT_GONE:
+            await close_socket(self.websocket, CLOSE_CODES[reason], reason.value)
+
+    async def _write(self, sub: Subscription) -> None:
+        """Until nothing is left to write (or the subscription closed)."""
+        assert sub.sink is not None
+        while self.replies or sub.queue:
+            while self.replies:
+                sent = await send_frame(self.websocket, self.replies.pop(0), sub)
+                sub.replies_owed -= 1
+                if not sent:
+                    return
+            if sub.queue and not await write_queued(sub, sub.sink):
+                sub.close(CloseReason.CLIENT_GONE)
+                return
+
+
+async def _serve_one_task(
+    websocket: WebSocket,
+    gateway: Gateway,
+    sub: Subscription,
+    rights: Rights,
+    conn: Connection,
+    drain: Drain,
+) -> None:
+    """The fast path's connection: this task reads, the hub and ``drain`` write."""
+    sub.writer = asyncio.current_task()
+    try:
+        refusal = await _read(websocket, gateway, sub, rights, drain.reply)
+    finally:
+        await drain.stop()
+    if refusal is not None:
+        conn.reason = refusal.reason
+        await close_socket(websocket, refusal.close_code, refusal.reason)
+    elif sub.close_reason is not None and sub.close_reason is not CloseReason.CLIENT_GONE:
+        conn.reason = sub.close_reason.value
 
 
 async def _write(websocket: WebSocket, sub: Subscription, replies: deque[str]) -> None:
@@ -212,9 +348,14 @@ async def _read(
     gateway: Gateway,
     sub: Subscription,
     rights: Rights,
-    replies: deque[str],
+    reply: Callable[[str], None],
 ) -> GatewayError | None:
-    """Answer the client's frames until it leaves; a frame too large ends it (1009)."""
+    """Answer the client's frames until it leaves; a frame too large ends it (1009).
+
+    Until its answer is written, messages go through the writer's queue
+    (``reply`` counts it owed): the client gets the ack of its publish
+    before the message itself.
+    """
     limiter = RateLimit(gateway.settings.publish_rate)
     most = gateway.settings.ws_max_frame_bytes
     while True:
@@ -224,12 +365,10 @@ async def _read(
             return None
         if isinstance(received, GatewayError):
             return received
-        text = received.text
-        # Until its answer is written, messages go through the writer's queue:
-        # the client gets the ack of its publish before the message itself.
-        sub.replies_owed += 1
-        replies.append(await _handle_frame(text, gateway, sub.channel, rights, limiter))
-        sub.poke()  # wake the writer; WebSocket subscriptions take no heartbeat from it
+        sub.replies_owed += 1  # from now: messages queue behind the answer
+        answer = await _handle_frame(received.text, gateway, sub.channel, rights, limiter)
+        sub.replies_owed -= 1
+        reply(answer)
 
 
 class Frame(NamedTuple):
@@ -312,6 +451,8 @@ def publish_fields(frame: dict[str, Any]) -> tuple[str, str]:
 
 class RateLimit:
     """A token bucket: ``rate`` publishes a second, bursts up to one second's worth."""
+
+    __slots__ = ("rate", "stamp", "tokens")
 
     def __init__(self, rate: float) -> None:
         self.rate = rate

@@ -1,0 +1,216 @@
+"""Waiting long-polls: registered waiters, answers built once, one timer loop for all timeouts.
+
+Why not a ``Subscription`` per waiting poll (what ``/poll`` used first): a
+poll lives for one message. Per poll that was a subscription joined and
+left, an async context manager, a cancel scope with its own timer
+(``anyio.move_on_after``) and a task wakeup to build a JSON answer of its
+own; under 5,000 clients at 10 msg/s the core went to that (py-spy,
+bench/README.md). Here a poll that finds nothing to answer yet is a
+``Waiter`` on its channel:
+
+* The hub hands every live item of the channel to ``ChannelPolls.arrived``,
+  which appends it to one list (``batch``) and, once per channel, schedules
+  a flush ``GATHER_S`` later (a burst leaves in one answer). A waiter
+  remembers where that list ended when it registered (``mark``): its
+  answer is ``batch[mark:mark + limit]``, exactly the live items a
+  subscription registered at that moment would have queued (gaps and
+  id-less messages included). Waiters with the same ``(mark, limit,
+  start)`` get the same answer object, encoded once by the transport's
+  ``encode`` (headers included, transports/longpoll.py) and written by each
+  waiter's ``write`` straight to its socket when that is safe.
+* Timeouts are one wheel (``Polls``): slots of ``TICK_S``, one loop; a
+  waiter is never answered before its timeout and at most a tick after.
+* A waiter whose client leaves (``cancel``) is dropped from both at once.
+
+A poll registers only when the hub surely knows it is caught up (the
+channel joined, nothing pending, its cursor the newest the process
+delivered, ``Hub.waiting``); every other case goes through a subscription
+as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+
+from gateway.message import Cursor, Item
+
+GATHER_S = 0.005  # after the first arrival, let a burst land so it leaves in one answer
+TICK_S = 0.05  # timeout granularity: never early, at most this late
+
+# The transport's encoding of an answer (body and headers), built once per group.
+Encode = Callable[[str, list[Item], Cursor], object]
+# Write an answer to the waiter's client now, without waiting; False if it cannot.
+Write = Callable[[object], bool]
+
+ANSWERED = "answered"
+TIMED_OUT = "timed out"
+CLIENT_GONE = "client gone"
+SHUTDOWN = "server shutting down"
+
+
+class Waiter:
+    """One waiting poll. ``future`` resolves to its answer (None: nothing to write)."""
+
+    __slots__ = (
+        "channel",
+        "done",
+        "future",
+        "limit",
+        "mark",
+        "polls",
+        "reason",
+        "slot",
+        "start",
+        "write",
+        "written",
+    )
+
+    def __init__(self, start: Cursor, limit: int, write: Write | None) -> None:
+        self.start = start
+        self.limit = limit
+        self.write = write
+        self.written = False
+        self.done = False
+        self.mark = 0
+        self.slot = 0
+        self.reason = TIMED_OUT
+        self.channel: ChannelPolls | None = None
+        self.polls: Polls | None = None
+        self.future: asyncio.Future[object | None] = asyncio.get_running_loop().create_future()
+
+    def finish(self, answer: object | None, reason: str) -> None:
+        """Answer (or, with None, just release) the poll; later calls do nothing."""
+        if self.done:
+            return
+        self.done = True
+        self.reason = reason
+        if self.channel is not None:
+            self.channel.discard(self)
+        if self.polls is not None:
+            self.polls.discard(self)
+        if answer is not None and self.write is not None:
+            self.written = self.write(answer)
+        self.write = None  # (it holds the request's cycle)
+        if not self.future.done():  # (cancelled with its task)
+            self.future.set_result(answer)
+
+    def cancel(self) -> None:
+        """The client left: release the poll, write nothing."""
+        self.finish(None, CLIENT_GONE)
+
+
+class ChannelPolls:
+    """The waiters of one channel and the live items since its last flush."""
+
+    __slots__ = ("_flush", "batch", "count", "encode", "name", "on_idle", "waiters")
+
+    def __init__(
+        self,
+        name: str,
+        encode: Encode,
+        on_idle: Callable[[], None],
+        count: Callable[[int], None],
+    ) -> None:
+        self.name = name
+        self.encode = encode
+        self.on_idle = on_idle
+        self.count = count  # messages handed out (the delivered counter)
+        self.waiters: dict[Waiter, None] = {}  # an ordered set: O(1) removal
+        self.batch: list[Item] = []
+        self._flush: asyncio.TimerHandle | None = None
+
+    def add(self, waiter: Waiter) -> None:
+        waiter.mark = len(self.batch)
+        waiter.channel = self
+        self.waiters[waiter] = None
+
+    def discard(self, waiter: Waiter) -> None:
+        if self.waiters.pop(waiter, 0) is None and not self.waiters:
+            self.on_idle()
+
+    def arrived(self, items: list[Item]) -> None:
+        """Live items of the channel, in order; answered to the waiters at the next flush."""
+        if not self.waiters:
+            return
+        self.batch.extend(items)
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(GATHER_S, self.flush)
+
+    def flush(self) -> None:
+        """Answer every waiter that has items."""
+        self._flush = None
+        batch, self.batch = self.batch, []
+        end = len(batch)
+        answers: dict[tuple[int, int, Cursor], object] = {}
+        handed = 0
+        for waiter in list(self.waiters):
+            if waiter.mark >= end:
+                waiter.mark = 0  # registered after the last item: waits on
+                continue
+            key = (waiter.mark, waiter.limit, waiter.start)
+            answer = answers.get(key)
+            items = batch[waiter.mark : waiter.mark + waiter.limit]
+            if answer is None:
+                answer = answers[key] = self.encode(self.name, items, waiter.start)
+            handed += len(items)
+            waiter.finish(answer, ANSWERED)
+        if handed:
+            self.count(handed)
+
+    def close_all(self, reason: str) -> None:
+        """Answer every waiter now with nothing new (its own cursor): shutdown."""
+        answers: dict[Cursor, object] = {}
+        for waiter in list(self.waiters):
+            answer = answers.get(waiter.start)
+            if answer is None:
+                answer = answers[waiter.start] = self.encode(self.name, [], waiter.start)
+            waiter.finish(answer, reason)
+
+
+class Polls:
+    """Every waiting poll's timeout, in slots of ``TICK_S``: one loop for all of them."""
+
+    def __init__(self) -> None:
+        self._slots: dict[int, dict[Waiter, None]] = {}
+        self._done = math.floor(time.monotonic() / TICK_S)
+
+    def add(self, waiter: Waiter, channel: ChannelPolls, timeout_s: float) -> None:
+        channel.add(waiter)
+        slot = max(math.ceil((time.monotonic() + timeout_s) / TICK_S), self._done + 1)
+        waiter.slot = slot
+        waiter.polls = self
+        self._slots.setdefault(slot, {})[waiter] = None
+
+    def discard(self, waiter: Waiter) -> None:
+        slot = self._slots.get(waiter.slot)
+        if slot is not None:
+            slot.pop(waiter, None)
+            if not slot:
+                del self._slots[waiter.slot]
+
+    def expire(self, now: float) -> None:
+        """Answer every waiter whose timeout passed with nothing new."""
+        due = math.floor(now / TICK_S)
+        answers: dict[tuple[ChannelPolls, Cursor], object] = {}
+        for key in range(self._done + 1, due + 1):
+            for waiter in list(self._slots.pop(key, ())):
+                channel = waiter.channel
+                assert channel is not None
+                answer = answers.get((channel, waiter.start))
+                if answer is None:
+                    answer = channel.encode(channel.name, [], waiter.start)
+                    answers[(channel, waiter.start)] = answer
+                waiter.finish(answer, TIMED_OUT)
+        self._done = max(self._done, due)
+
+    async def run(self) -> None:
+        """The one timer loop."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            if self._slots:
+                self.expire(time.monotonic())
+            else:
+                self._done = math.floor(time.monotonic() / TICK_S)
