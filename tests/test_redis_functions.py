@@ -144,3 +144,21 @@ def _libraries(client: redis.Redis) -> list[dict[bytes, object]]:
         dict(zip(lib[::2], lib[1::2], strict=True))
         for lib in client.execute_command("FUNCTION", "LIST")
     ]
+
+
+async def test_an_older_node_subscribed_the_classic_way_hears_every_publish(fresh_redis):
+    """A rolling deploy from a version without sharded pub/sub: its nodes SUBSCRIBE, and hear ours."""
+    server = GatewayServer(gateway_env("redis", fresh_redis) | {"GATEWAY_REDIS_PREFIX": "gw"}).start()
+    client = redis.Redis(port=fresh_redis.port, protocol=2)
+    listener = client.pubsub()
+    try:
+        listener.subscribe("gw:{rolling:a}")
+        assert listener.get_message(timeout=5)["type"] == "subscribe"
+        message_id = await publish(server.url, "rolling:a", "heard by the old node")
+        heard = listener.get_message(timeout=5)
+        assert heard is not None and heard["type"] == "message"
+        assert heard["data"] == b"\x00gw\x00" + message_id.encode() + b"\x00message\x00heard by the old node"
+    finally:
+        listener.close()
+        client.close()
+        server.close()

@@ -26,7 +26,7 @@ from importlib.resources import files
 VERSION = "v3"
 DEFAULT_CAP = 1000  # a redis-cli publish on a channel no gateway recorded a cap for
 # The digest of gateway.lua as released under VERSION (tests/test_units.py compares).
-SOURCE_SHA256 = "9e0863fb0836f5f794388eb46960060814ba3531507e79a7e33cf92e2e1ad983"
+SOURCE_SHA256 = "b20f1366bfd5fb082b81dbff3c319a1eed61cc1caf2940075a37145798a75102"
 
 
 # What Redis answers when a function is not loaded ("ERR Function not found"

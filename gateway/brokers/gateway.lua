@@ -15,12 +15,14 @@
 --
 -- Publish:  FCALL __FN___publish___VERSION__ 3 __PREFIX__:{C} __PREFIX__:{C}:h __PREFIX__:{C}:e <data> [<event> [<cap>]]
 --   -> id. Without <cap> (redis-cli), the cap the gateways recorded for the
---   channel, else __DEFAULT_CAP__. An id is <epoch>:<stream id>. The message
---   goes out by SPUBLISH (sharded pub/sub: on a cluster it stays within the
---   channel's slot's shard; a single Redis 7 serves it too). Its payload is
---   "\0gw\0" id "\0" event "\0" data, so the gateway can tell it from a raw
---   PUBLISH (single Redis) or SPUBLISH (cluster) of plain text, which is
---   delivered live, fire-and-forget, with no id.
+--   channel, else __DEFAULT_CAP__. An id is <epoch>:<stream id>. On a cluster
+--   the message goes out by SPUBLISH (sharded pub/sub: it stays within the
+--   channel's slot's shard); on a single Redis by PUBLISH, which gateways
+--   of every version hear (a rolling deploy from one without sharded
+--   pub/sub loses nothing live). Its payload is "\0gw\0" id "\0" event
+--   "\0" data, so the gateway can tell it from a raw PUBLISH (single Redis)
+--   or SPUBLISH (cluster) of plain text, which is delivered live,
+--   fire-and-forget, with no id.
 
 local DEFAULT_CAP = __DEFAULT_CAP__
 local USAGE = 'usage: FCALL __FN___publish___VERSION__ 3 __PREFIX__:{channel} '
@@ -78,7 +80,8 @@ local function publish(keys, args)
   end
   local position = redis.call('XADD', keys[2], 'MAXLEN', '~', cap, '*', 'e', event, 'd', data)
   local id = epoch .. ':' .. position
-  redis.call('SPUBLISH', base, '\0gw\0' .. id .. '\0' .. event .. '\0' .. data)
+  local clustered = type(redis.pcall('CLUSTER', 'MYID')) == 'string'
+  redis.call(clustered and 'SPUBLISH' or 'PUBLISH', base, '\0gw\0' .. id .. '\0' .. event .. '\0' .. data)
   return id
 end
 
