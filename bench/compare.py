@@ -45,8 +45,9 @@ def main() -> None:
                 continue
             for key, value in _ratios(run, nchan).items():
                 ratios[group_of(name)][key].append(value)
-    print("| run | runs | p50 ms | p99 ms | deliveries / server CPU-s | RSS KB/conn | complete |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | runs | p50 ms | p99 ms | deliveries / server CPU-s | poll answers / server "
+          "CPU-s | messages / answer | RSS KB/conn | complete |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in sorted(by_name):
         runs = by_name[name]
         lat = [r["latency_ms"] for r in runs]
@@ -54,6 +55,8 @@ def main() -> None:
         print(f"| {name} | {len(runs)} | {_median([x['p50'] for x in lat]):,.0f} | "  # type: ignore[index]
               f"{_median([x['p99'] for x in lat]):,.0f} | "  # type: ignore[index]
               f"{_median([r['deliveries_per_server_cpu_s'] for r in runs]):,.0f} | "
+              f"{_median([r.get('answers_per_server_cpu_s') for r in runs]):,.0f} | "
+              f"{_median([r.get('messages_per_answer') for r in runs]):.2f} | "
               f"{_median([r['rss_per_conn_kb'] for r in runs]):.1f} | "
               f"{complete} |")
     print("\n| group | gateway p99 / Nchan p99 (each run) | median | gateway / Nchan "

@@ -175,8 +175,10 @@ class PollSubscriber(HttpSubscriber):
         answer = orjson.loads(body)
         if answer.get("gap"):
             self.tally.error("gap")
+        before = self.tally.delivered
         for message in answer["messages"]:
             self.deliver(message["data"], self.now)
+        self.tally.answers += self.tally.delivered > before
         self.cursor = answer["cursor"]
         if not self.tally.stopping:
             self.poll()
@@ -213,7 +215,9 @@ class NchanPollSubscriber(HttpSubscriber):
             asyncio.get_running_loop().call_later(RETRY_AFTER_S, self.poll)
             return
         if self.status == 200:
+            before = self.tally.delivered
             self.deliver(body, self.now)
+            self.tally.answers += self.tally.delivered > before
             self.cursor = (f"\r\nIf-Modified-Since: {self.last_modified.decode()}"
                            f"\r\nIf-None-Match: {self.etag.decode()}")
         elif self.status not in (304, 408):  # 304/408: Nchan's timeout, same cursor

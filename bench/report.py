@@ -75,6 +75,13 @@ def summarize(
         "server_cpu_util": round(server_cpu / wall_s, 2),
         "generator_cpu_util": round(cpu.get("generator", 0.0) / wall_s, 2),
         "deliveries_per_server_cpu_s": round(tally.delivered / server_cpu) if server_cpu else None,
+        # Polls: answers that carried measured messages; the cost of a poll is
+        # server CPU over them (a slower server packs more messages per answer).
+        "poll_answers": tally.answers,
+        "messages_per_answer": round(tally.delivered / tally.answers, 2) if tally.answers else None,
+        "answers_per_server_cpu_s": (
+            round(tally.answers / server_cpu) if server_cpu and tally.answers else None
+        ),
         "deliveries_per_server_and_redis_cpu_s": (
             round(tally.delivered / broker_cpu) if broker_cpu else None
         ),

@@ -30,6 +30,7 @@ class Tally:
         self.latencies = array("d")
         self.per_seq = [0] * messages  # deliveries of each measured message
         self.delivered = 0
+        self.answers = 0  # poll answers that carried a measured message
         self.last_delivery_at = 0.0
         self.connected = 0
         self.ready = 0
