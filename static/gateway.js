@@ -86,7 +86,7 @@
   const SEEN_IDS = 4096;
   const CATCH_UP_LIMIT = 1000;
   const CATCH_UP_PAGES = 20;
-  const WORKER_HELLO_MS = 3000;
+  const WORKER_HELLO_MS = 10000; // a shared worker starting on a busy machine takes seconds
   const LOCK_PREFIX = "gateway.js";
 
   // Refusals that will not change by trying again or elsewhere.
@@ -908,7 +908,9 @@
         }
         worker.onerror = () => failed("the shared worker failed to start");
         port = worker.port;
+        const mine = port;
         port.onmessage = (ev) => {
+          if (port !== mine) return; // given up on (fallen back) or replaced
           const op = ev.data;
           if (op.op === "hello") {
             clearTimeout(timer);
@@ -1024,17 +1026,25 @@
       const worker = mode === "worker" || mode === "auto";
       if (worker && typeof SharedWorker === "function" && locks) {
         const link = workerLink(this, workerUrl());
-        holdForever(this.lockName).then(() => link.start());
+        this.holdLock().then(() => link.start());
         return link;
       }
       if ((mode === "leader" || mode === "auto" || mode === "worker") && locks && typeof BroadcastChannel === "function") {
         const link = leaderLink(this);
-        holdForever(this.lockName).then(() => link.start());
+        this.holdLock().then(() => link.start());
         return link;
       }
       const link = pageHolderLink(this);
       later(() => link.start());
       return link;
+    }
+
+    // This tab's lock, held for its whole life (others learn it left when it
+    // is released). Asked once: a second request of a lock this tab holds
+    // would wait forever, and a link that falls back would never start.
+    holdLock() {
+      if (!this.locked) this.locked = holdForever(this.lockName);
+      return this.locked;
     }
 
     fallBack(why) {
