@@ -49,7 +49,6 @@ from gateway.transports.common import (
     resume_from,
     route_path,
     stall_absorbed,
-    unless_stalled,
 )
 from gateway.transports.direct import on_http_lost, sse_sink, write_queued
 
@@ -111,7 +110,21 @@ async def sse_endpoint(request: Request) -> Response:
     return EventStream(gateway, channel, cursor, last, visit)
 
 
-class EventStream(Response):
+class Stream(Response):
+    """An event stream's response: the headers, the stream, then its end."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        if scope.get("method") == "HEAD" or await self._stream(scope, receive, send):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # else a stalled client: no last write to block on; uvicorn drops the connection
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Stream until the end; False when the client stalled."""
+        raise NotImplementedError
+
+
+class EventStream(Stream):
     def __init__(
         self,
         gateway: Gateway,
@@ -125,12 +138,6 @@ class EventStream(Response):
         self.cursor = cursor
         self.last = last
         self.visit = visit  # presence: who, and whether join/leave events are wanted
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-        if scope.get("method") == "HEAD" or await self._stream(scope, receive, send):
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        # else a stalled client: no last write to block on; uvicorn drops the connection
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Stream until the subscription ends; False when the client stalled."""
@@ -151,19 +158,15 @@ class EventStream(Response):
                     except asyncio.CancelledError:
                         if not stall_absorbed(sub.close_reason):
                             raise
-                    conn.reason = (sub.close_reason or CloseReason.CLIENT_GONE).value
-                    return sub.close_reason is not CloseReason.STALLED
+                    return stream_end(conn, sub.close_reason)
             except GatewayError as exc:  # the broker went away while we joined
                 return await broker_gone(conn, exc, send)
 
 
-async def ended(
-    conn: Connection, pump: Awaitable[None], reason: Callable[[], CloseReason | None]
-) -> bool:
-    """Run a stream's pump to its end; False when the client stalled (no last write then)."""
-    stalled = not await unless_stalled(pump, reason)
-    conn.reason = (reason() or CloseReason.CLIENT_GONE).value
-    return not stalled
+def stream_end(conn: Connection, reason: CloseReason | None) -> bool:
+    """Say why a stream ended; False when the client stalled (no last write then)."""
+    conn.reason = (reason or CloseReason.CLIENT_GONE).value
+    return reason is not CloseReason.STALLED
 
 
 async def broker_gone(conn: Connection, exc: GatewayError, send: Send) -> bool:

@@ -39,18 +39,19 @@ from gateway.presence_visit import ANONYMOUS, Visit, visit_of
 from gateway.state import Gateway, gateway_of
 from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, label
+from gateway.transports.common import stall_absorbed
 from gateway.transports.direct import ChannelSink, on_http_lost, sse_sink, write_arrivals
 from gateway.transports.sse import (
-    HEADERS,
     HEARTBEAT,
     LEFT_CHECK_S,
     RECONNECT_HINT,
     WRITE_BYTES,
+    Stream,
     Write,
     answer,
     broker_gone,
     client_left,
-    ended,
+    stream_end,
     stream_writer,
 )
 
@@ -114,18 +115,13 @@ def opening(encoder: Encoder, channels: list[str], starts: list[Cursor]) -> byte
     return b"event: subscribed\nid: " + encoder.cursor + b"\ndata: " + cursors + b"\n\n"
 
 
-class MultiEventStream(Response):
+class MultiEventStream(Stream):
     def __init__(
         self, gateway: Gateway, specs: list[ChannelSpec], visit: Visit = ANONYMOUS
     ) -> None:
         self.gateway = gateway
         self.specs = specs
         self.visit = visit  # presence: who, and whether join/leave events are wanted
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-        if scope.get("method") == "HEAD" or await self._stream(scope, receive, send):
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Stream until a subscription ends; False when the client stalled."""
@@ -144,8 +140,12 @@ class MultiEventStream(Response):
                     await receive()  # the (empty) request body of a GET
                     write = stream_writer(lead, send)  # the lead stands for the whole stream
                     await write(opening(encoder, channels, starts))
-                    pump = _pump(mux, encoder, write, receive, scope)
-                    return await ended(conn, pump, lambda: mux.close_reason)
+                    try:  # inline, as EventStream: no helper frame held per connection
+                        await _pump(mux, encoder, write, receive, scope)
+                    except asyncio.CancelledError:
+                        if not stall_absorbed(mux.close_reason):
+                            raise
+                    return stream_end(conn, mux.close_reason)
             except GatewayError as exc:  # the broker went away while we joined
                 return await broker_gone(conn, exc, send)
 
