@@ -112,6 +112,7 @@ class GatewayApp(Starlette):
         self._sse_multi = direct.sse_multi
         self._poll = direct.poll
         self._poll_multi = direct.poll_multi
+        self.cors = direct.poll is not poll_app  # CORS wraps the direct routes
         self._start = start
         self._refused_at = -NOT_STARTED_LOG_EVERY_S
         super().__init__(lifespan=self.lifespan, **kwargs)
@@ -214,6 +215,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     ]
     cors = _cors_options(settings)
     middleware = [Middleware(CORSMiddleware, **cors)] if cors else []
+
     def direct(app: ASGIApp) -> ASGIApp:
         return CORSMiddleware(app, **cors) if cors else app
 

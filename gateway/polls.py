@@ -44,6 +44,8 @@ TICK_S = 0.05  # timeout granularity: never early, at most this late
 Encode = Callable[[str, list[Item], Cursor], object]
 # Write an answer to the waiter's client now, without waiting; False if it cannot.
 Write = Callable[[object], bool]
+# Told once that the waiter ended, with its answer (None: released, nothing to write).
+Settle = Callable[["Waiter", object | None], None]
 
 ANSWERED = "answered"
 TIMED_OUT = "timed out"
@@ -52,26 +54,35 @@ SHUTDOWN = "server shutting down"
 
 
 class Waiter:
-    """One waiting poll. ``future`` resolves to its answer (None: nothing to write)."""
+    """One waiting poll. ``settle`` is told its answer once (None: nothing to write).
+
+    ``write`` puts the answer on the client's socket at once (False when it
+    cannot: then whoever ``settle`` tells writes it). A poll served through
+    ASGI settles a future its task awaits; one served by the gateway's own
+    HTTP protocol (http_protocol.py) has no task, and ``settle`` ends it.
+    """
 
     __slots__ = (
         "channel",
         "done",
-        "future",
         "limit",
         "mark",
         "polls",
         "reason",
+        "settle",
         "slot",
         "start",
         "write",
         "written",
     )
 
-    def __init__(self, start: Cursor, limit: int, write: Write | None) -> None:
+    def __init__(
+        self, start: Cursor, limit: int, write: Write | None, settle: Settle | None = None
+    ) -> None:
         self.start = start
         self.limit = limit
         self.write = write
+        self.settle = settle
         self.written = False
         self.done = False
         self.mark = 0
@@ -79,7 +90,6 @@ class Waiter:
         self.reason = TIMED_OUT
         self.channel: ChannelPolls | None = None
         self.polls: Polls | None = None
-        self.future: asyncio.Future[object | None] = asyncio.get_running_loop().create_future()
 
     def finish(self, answer: object | None, reason: str) -> None:
         """Answer (or, with None, just release) the poll; later calls do nothing."""
@@ -93,13 +103,24 @@ class Waiter:
             self.polls.discard(self)
         if answer is not None and self.write is not None:
             self.written = self.write(answer)
-        self.write = None  # (it holds the request's cycle)
-        if not self.future.done():  # (cancelled with its task)
-            self.future.set_result(answer)
+        settle = self.settle
+        self.write = self.settle = None  # (they hold the request)
+        if settle is not None:
+            settle(self, answer)
 
     def cancel(self) -> None:
         """The client left: release the poll, write nothing."""
         self.finish(None, CLIENT_GONE)
+
+
+def settle_future(future: asyncio.Future[object | None]) -> Settle:
+    """A ``settle`` for a poll whose task awaits ``future``."""
+
+    def settle(waiter: Waiter, answer: object | None) -> None:
+        if not future.done():  # (cancelled with its task)
+            future.set_result(answer)
+
+    return settle
 
 
 class ChannelPolls:

@@ -162,12 +162,14 @@ class GatewayServer:
         args: Sequence[str] = (),
         app: str = "gateway.app:app",
         mount: str = "",
+        http: str = "gateway.protocol:GatewayHttpProtocol",
     ) -> None:
         self.env = dict(env or {})
         self.port = port or free_port()
         self.args = list(args)  # more uvicorn options
         self.app = app
         self.mount = mount
+        self.http = http  # as the Procfile runs it; "httptools" for uvicorn's own
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="gw-server-", suffix=".log")[1])
 
@@ -208,6 +210,8 @@ class GatewayServer:
             str(self.port),
             "--loop",
             "gateway.loop:GreedyAcceptLoop",
+            "--http",
+            self.http,
             "--ws-per-message-deflate",
             "false",
             "--timeout-graceful-shutdown",

@@ -24,7 +24,9 @@ under 5,000 clients at 10 msg/s (bench/README.md) and cut accordingly:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 import anyio
@@ -35,10 +37,10 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.auth import OPEN
 from gateway.errors import GatewayError, NotServed
-from gateway.hub import CAUGHT_UP
+from gateway.hub import CAUGHT_UP, Hub
 from gateway.message import START, Cursor, Message
-from gateway.polls import GATHER_S, TIMED_OUT, Waiter
-from gateway.presence_visit import visit_of
+from gateway.polls import GATHER_S, TIMED_OUT, Waiter, settle_future
+from gateway.presence_visit import Visit, visit_of
 from gateway.settings import Settings
 from gateway.state import Connection, Gateway
 from gateway.subscription import Gap, Item, Subscription
@@ -107,47 +109,50 @@ async def poll_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def _poll(scope: Scope, send: Send) -> None:
     gateway: Gateway = scope["app"].gateway
-    settings = gateway.settings
-    check_served(settings)
     channel = route_path(scope)[len(POLL_PATH_PREFIX) :]
-    if channel not in gateway.hub.channels:  # (a joined channel's name was checked)
-        check_channel(channel)
-    query = query_of(scope["query_string"])
-    guard = gateway.guard
-    rights = OPEN if guard.open else guard.authorize_read(HTTPConnection(scope), channel)
-    visit = visit_of(query, rights, guard.open)
-    cursor, last = resume_from(query)
-    timeout, limit = poll_bounds(query, settings)
-    gateway.check_capacity()
-    gateway.hub.check_broker()
+    visit, ask = admit(gateway, channel, HTTPConnection(scope))
     with gateway.connection("poll", channel) as conn:
         # A poller is a member for its poll and the lease after it (presence.py).
         gateway.presence.polled(visit, [channel])
-        await _answer(gateway, conn, scope, send, (channel, cursor, last, timeout, limit))
+        await _answer(gateway, conn, scope, send, ask)
 
 
 Ask = tuple[str, Cursor | None, int | None, float, int]
 
 
+def admit(gateway: Gateway, channel: str, request: HTTPConnection) -> tuple[Visit, Ask]:
+    """Who asks and what, once every check passed; a ``GatewayError`` says why not."""
+    settings = gateway.settings
+    check_served(settings)
+    if channel not in gateway.hub.channels:  # (a joined channel's name was checked)
+        check_channel(channel)
+    query = query_of(request.scope["query_string"])
+    guard = gateway.guard
+    rights = OPEN if guard.open else guard.authorize_read(request, channel)
+    visit = visit_of(query, rights, guard.open)
+    cursor, last = resume_from(query)
+    timeout, limit = poll_bounds(query, settings)
+    gateway.check_capacity()
+    gateway.hub.check_broker()
+    return visit, (channel, cursor, last, timeout, limit)
+
+
 async def _answer(gateway: Gateway, conn: Connection, scope: Scope, send: Send, ask: Ask) -> None:
-    channel, cursor, last, timeout, limit = ask
+    channel, timeout, limit = ask[0], ask[3], ask[4]
     hub = gateway.hub
     reply = http_reply(scope, send)
-    start = None
-    if cursor is not None:
-        known = hub.answer_after(channel, cursor, limit, encode)
-        if isinstance(known, PollAnswer):  # a client behind: answered from memory at once
-            conn.reason = "answered"
-            if reply is None or not reply.write(known):
-                await known.send(send)
-            return
-        start = cursor if known is CAUGHT_UP else None
-    elif last is None:
-        start = hub.newest(channel)
-    if start is not None and timeout > 0:
-        waiter = Waiter(start, limit, reply.write if reply is not None else None)
+    known = known_answer(hub, ask)
+    if isinstance(known, PollAnswer):  # a client behind: answered from memory at once
+        conn.reason = "answered"
+        if reply is None or not reply.write(known):
+            await known.send(send)
+        return
+    if known is not None and timeout > 0:
+        future: asyncio.Future[object | None] = asyncio.get_running_loop().create_future()
+        write = reply.write if reply is not None else None
+        waiter = Waiter(known, limit, write, settle_future(future))
         if hub.park(channel, waiter, timeout, encode):
-            await _wait(waiter, scope, send, conn)
+            await _wait(waiter, future, scope, send, conn)
             return
     items, start = await _subscribed(gateway, conn, scope, ask)
     answer = encode(channel, items, start)
@@ -155,11 +160,90 @@ async def _answer(gateway: Gateway, conn: Connection, scope: Scope, send: Send, 
         await answer.send(send)
 
 
-async def _wait(waiter: Waiter, scope: Scope, send: Send, conn: Connection) -> None:
+def known_answer(hub: Hub, ask: Ask) -> PollAnswer | Cursor | None:
+    """What the hub's memory says at once: the answer, the cursor to wait at, or None (ask it)."""
+    channel, cursor, last, _, limit = ask
+    if cursor is not None:
+        known = hub.answer_after(channel, cursor, limit, encode)
+        if isinstance(known, PollAnswer):
+            return known
+        return cursor if known is CAUGHT_UP else None
+    return hub.newest(channel) if last is None else None
+
+
+class QuickRequest(Protocol):
+    """A poll served by the gateway's HTTP protocol, without a task (protocol.py)."""
+
+    on_lost: Callable[[], None] | None
+
+    def write(self, answer: object) -> bool:
+        """The whole answer on the socket now; False when the client is gone."""
+
+
+def quick_poll(gateway: Gateway, channel: str, scope: Scope, request: QuickRequest) -> bool:
+    """Serve a poll at once, without a task: from memory, or as a waiter the hub answers.
+
+    False when it cannot be (a refusal, a subscription needed, a wait of
+    0): nothing happened, and the ASGI path serves it as usual.
+    """
+    try:
+        visit, ask = admit(gateway, channel, HTTPConnection(scope))
+    except GatewayError:
+        return False
+    known = known_answer(gateway.hub, ask)
+    if known is None:
+        return False
+    timeout, limit = ask[3], ask[4]
+    if isinstance(known, PollAnswer):
+        conn = gateway.opened("poll", channel)
+        gateway.presence.polled(visit, [channel])
+        request.write(known)
+        conn.reason = "answered"
+        gateway.closed(conn)
+        return True
+    if timeout <= 0:
+        return False
+    ends = _Ends(gateway, channel)
+    waiter = Waiter(known, limit, request.write, ends.settle)
+    if not gateway.hub.park(channel, waiter, timeout, encode):
+        return False
+    ends.open()
+    gateway.presence.polled(visit, [channel])
+    request.on_lost = waiter.cancel
+    return True
+
+
+class _Ends:
+    """The connection a task-less poll holds until its waiter ends."""
+
+    __slots__ = ("_channel", "_conn", "_gateway")
+
+    def __init__(self, gateway: Gateway, channel: str) -> None:
+        self._gateway = gateway
+        self._channel = channel
+        self._conn: Connection | None = None
+
+    def open(self) -> None:
+        self._conn = self._gateway.opened("poll", self._channel)
+
+    def settle(self, waiter: Waiter, answer: object | None) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn.reason = waiter.reason
+            self._gateway.closed(conn)
+
+
+async def _wait(
+    waiter: Waiter,
+    future: asyncio.Future[object | None],
+    scope: Scope,
+    send: Send,
+    conn: Connection,
+) -> None:
     """Until the hub or the timer answers the waiter, or its client leaves."""
     unhook = on_http_lost(scope, waiter.cancel)
     try:
-        answer = await waiter.future
+        answer = await future
     finally:
         waiter.cancel()  # this task cancelled: out of the hub (no-op once answered)
         if unhook is not None:

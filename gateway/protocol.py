@@ -1,0 +1,150 @@
+"""The HTTP protocol the gateway runs on: uvicorn's httptools protocol, long-polls served in it.
+
+Why: a long-poll is one request per message. Past the router and with its
+answer built once (transports/longpoll.py, polls.py), what a poll still
+cost under 5,000 clients at 10 msg/s was uvicorn's per-request work, about
+half of the CPU (py-spy, bench/README.md): a ``RequestResponseCycle`` and an
+``asyncio.Event`` per request, a task per request, the ASGI call chain, the
+keep-alive timer. Nchan answers a poll for a fifth of our cost, and at
+5,000 pollers the core was saturated: every answer waited its turn.
+
+Here a ``GET /poll/{channel}`` that the hub can serve at once is served in
+the protocol's own parser callback, with no task at all: answered from the
+hub's memory (the bytes built once for every poller at that cursor), or
+registered as a ``Waiter`` (polls.py) that the hub's fan-out or the timer
+wheel answers by writing to this socket. ``Poll`` stands where uvicorn
+keeps the request's cycle, so uvicorn's own code (the client leaving,
+shutdown, pipelining, a body) works on it unchanged.
+
+Every other request, and every poll this path cannot answer at once (a
+refusal, a channel not joined yet, a cursor older than memory, ``last=N``,
+HEAD, CORS with an ``Origin``, HTTP/1.0, a pipelined request, uvicorn's
+access log or ``--limit-concurrency`` on, the gateway mounted under a
+parent app), goes through uvicorn's ASGI path as before: same answers,
+slower.
+
+Use it with uvicorn's ``--http gateway.protocol:GatewayHttpProtocol`` (the
+Procfile and ``python -m gateway`` do). Without it the gateway serves every
+route the same way, through ASGI.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.app import GatewayApp
+from gateway.transports.longpoll import POLL_PATH_PREFIX, PollAnswer, quick_poll
+
+_PREFIX = POLL_PATH_PREFIX.encode()
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol; ``GET /poll/{channel}`` served with no task when it can be."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gateway_app = _gateway_app(self.app)
+        if self.access_log and self.access_logger.isEnabledFor(logging.INFO):
+            self.gateway_app = None  # each request's line is written by uvicorn's cycle
+        if self.root_path or self.limit_concurrency is not None:
+            self.gateway_app = None
+
+    def on_headers_complete(self) -> None:
+        if not (self.url.startswith(_PREFIX) and self._poll_served_here()):
+            super().on_headers_complete()
+
+    def _poll_served_here(self) -> bool:
+        app = self.gateway_app
+        parser = self.parser
+        if (
+            app is None
+            or app.gateway is None
+            or parser.get_method() != b"GET"
+            or parser.get_http_version() != "1.1"
+            or self.expect_100_continue
+            or self.pipeline
+            or not (self.cycle is None or self.cycle.response_complete)
+        ):
+            return False
+        url = httptools.parse_url(self.url)
+        path: bytes = url.path
+        if b"%" in path or not path.isascii() or len(path) <= len(_PREFIX):
+            return False
+        if app.cors and any(name == b"origin" for name, _ in self.headers):
+            return False  # CORS middleware answers with its headers, through ASGI
+        scope = {"type": "http", "headers": self.headers, "query_string": url.query or b""}
+        previous = self.cycle
+        poll = Poll(self, parser.should_keep_alive())
+        self.cycle = poll  # type: ignore[assignment]  # it has what uvicorn uses of a cycle
+        if quick_poll(app.gateway, path[len(_PREFIX) :].decode("ascii"), scope, poll):
+            return True
+        self.cycle = previous
+        return False
+
+
+class Poll:
+    """A poll served in the protocol: what uvicorn's protocol sees as the request's cycle.
+
+    uvicorn reads and sets ``response_complete``, ``disconnected``,
+    ``keep_alive``, ``body``, ``more_body`` and calls ``message_event.set()``
+    (the client left, a body arrived, the request ended). That event is
+    this object: when the client is gone, the waiting poll is released at
+    once (``on_lost``), as ``direct.on_http_lost`` does for ASGI requests.
+    """
+
+    __slots__ = (
+        "body",
+        "disconnected",
+        "keep_alive",
+        "more_body",
+        "on_lost",
+        "protocol",
+        "response_complete",
+    )
+
+    def __init__(self, protocol: GatewayHttpProtocol, keep_alive: bool) -> None:
+        self.protocol = protocol
+        self.keep_alive = keep_alive
+        self.response_complete = False
+        self.disconnected = False
+        self.more_body = True
+        self.body = b""
+        self.on_lost: Any = None
+
+    @property
+    def message_event(self) -> Poll:
+        return self
+
+    def set(self) -> None:
+        """uvicorn's signal: acted on only when the client is gone."""
+        if self.disconnected and self.on_lost is not None:
+            lost, self.on_lost = self.on_lost, None
+            lost()
+
+    def write(self, answer: object) -> bool:
+        """The whole answer on the socket now, as uvicorn's cycle would end; False if it can't."""
+        protocol = self.protocol
+        transport = protocol.transport
+        if self.response_complete or self.disconnected or transport.is_closing():
+            return False
+        assert isinstance(answer, PollAnswer)
+        transport.write(answer.wire(protocol.server_state.default_headers, self.keep_alive))
+        self.response_complete = True
+        self.on_lost = None
+        if not self.keep_alive:
+            transport.close()
+        protocol.on_response_complete()  # counted; the keep-alive timer, or a pipelined request
+        return True
+
+
+def _gateway_app(app: Any) -> GatewayApp | None:
+    """The gateway, when it is the server's app (under uvicorn's own middleware, if any)."""
+    for _ in range(4):
+        if isinstance(app, GatewayApp):
+            return app
+        app = getattr(app, "app", None)
+    return None

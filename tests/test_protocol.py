@@ -1,0 +1,269 @@
+"""The gateway's HTTP protocol (gateway/protocol.py): long-polls served without a task.
+
+A caught-up ``GET /poll/{channel}`` is answered or parked inside uvicorn's
+parser callback. These tests speak raw HTTP/1.1 over one socket, so that
+what the fast path must keep is visible: keep-alive across polls,
+pipelined requests answered in order, ``Connection: close`` and HTTP/1.0
+honoured, HEAD and refusals answered as everywhere. One test runs uvicorn
+in this process to see that a waiting poll holds no task at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import uvicorn
+
+from gateway.app import create_app
+from gateway.protocol import GatewayHttpProtocol
+from gateway.settings import Settings
+from tests.clients import publish
+from tests.conftest import gateway_env, redis_for
+from tests.servers import GatewayServer, free_port
+
+pytestmark = pytest.mark.anyio
+
+PROTOCOLS = {"ours": "gateway.protocol:GatewayHttpProtocol", "uvicorn's": "httptools"}
+
+
+@pytest.fixture(scope="module", params=list(PROTOCOLS))
+def gateway(broker: str, request: pytest.FixtureRequest) -> Iterator[GatewayServer]:
+    """The module's gateway on the broker of this run, with our protocol and with uvicorn's own."""
+    if request.param != "ours" and broker == "cluster":
+        pytest.skip("uvicorn's own protocol: the ASGI path, checked on memory and redis")
+    server = GatewayServer(
+        gateway_env(broker, redis_for(broker, request)), http=PROTOCOLS[request.param]
+    ).start()
+    yield server
+    server.close()
+
+
+class Wire:
+    """One raw HTTP/1.1 connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> Wire:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    def send(self, *paths: str, method: str = "GET", extra: str = "", version: str = "1.1") -> None:
+        """One request per path, all in one write (pipelined when several)."""
+        self.writer.write(
+            b"".join(
+                f"{method} {path} HTTP/{version}\r\nHost: t\r\n{extra}\r\n".encode()
+                for path in paths
+            )
+        )
+
+    async def response(self, *, body: bool = True) -> tuple[int, dict[str, str], bytes]:
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 30)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0")) if body else 0
+        content = await asyncio.wait_for(self.reader.readexactly(length), 30)
+        return int(status_line.split()[1]), headers, content
+
+    async def poll(self, path: str, **extra: str) -> dict[str, Any]:
+        self.send(path, **extra)
+        status, _, content = await self.response()
+        assert status == 200, content
+        answer: dict[str, Any] = json.loads(content)
+        return answer
+
+    def close(self, how: str = "close") -> None:
+        if how == "reset":  # SO_LINGER 0: close sends an RST
+            sock = self.writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.close()
+
+
+async def _joined(server: GatewayServer, channel: str) -> str:
+    """Join the channel with a first poll (served through a subscription); its cursor."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        first = http.get(f"{server.url}/poll/{channel}", params={"timeout": 10})
+        async with anyio.create_task_group() as tasks:
+            answers: list[httpx.Response] = []
+
+            async def wait() -> None:
+                answers.append(await first)
+
+            tasks.start_soon(wait)
+            await anyio.sleep(0.3)
+            await publish(server.url, channel, "joined")
+        return str(answers[0].json()["cursor"])
+
+
+async def test_polls_on_one_connection_get_every_message_in_order(
+    gateway: GatewayServer, channel: str
+) -> None:
+    cursor = await _joined(gateway, channel)
+    wire = await Wire.open(gateway.port)
+    got: list[str] = []
+    try:
+        for n in range(30):
+            wire.send(f"/poll/{channel}?since={cursor}&timeout=10")
+            if n % 2:
+                await anyio.sleep(0.02)  # sometimes the poll waits, sometimes a message does
+            await publish(gateway.url, channel, f"m{n}")
+            status, headers, content = await wire.response()
+            assert status == 200 and headers.get("connection") != "close"
+            answer = json.loads(content)
+            got += [message["data"] for message in answer["messages"]]
+            cursor = answer["cursor"]
+            while len(got) < n + 1:  # a message published after the answer left
+                answer = await wire.poll(f"/poll/{channel}?since={cursor}&timeout=10")
+                got += [message["data"] for message in answer["messages"]]
+                cursor = answer["cursor"]
+    finally:
+        wire.close()
+    assert got == [f"m{n}" for n in range(30)]
+
+
+async def test_pipelined_polls_are_answered_in_order(gateway: GatewayServer, channel: str) -> None:
+    start = await _joined(gateway, channel)
+    ids = [await publish(gateway.url, channel, f"p{n}") for n in range(3)]
+    wire = await Wire.open(gateway.port)
+    try:
+        wire.send(
+            f"/poll/{channel}?since={start}",
+            f"/poll/{channel}?since={ids[1]}&timeout=10",
+            f"/poll/{channel}?since={ids[2]}&timeout=10",
+        )
+        first = json.loads((await wire.response())[2])
+        second = json.loads((await wire.response())[2])
+        await anyio.sleep(0.2)
+        await publish(gateway.url, channel, "p3")
+        third = json.loads((await wire.response())[2])
+    finally:
+        wire.close()
+    assert [m["data"] for m in first["messages"]] == ["p0", "p1", "p2"]
+    assert [m["data"] for m in second["messages"]] == ["p2"]
+    assert [m["data"] for m in third["messages"]] == ["p3"]
+
+
+@pytest.mark.parametrize("ask", ["connection-close", "http/1.0"])
+async def test_a_client_that_asks_to_close_gets_its_answer_then_the_close(
+    gateway: GatewayServer, channel: str, ask: str
+) -> None:
+    cursor = await _joined(gateway, channel)
+    wire = await Wire.open(gateway.port)
+    try:
+        if ask == "connection-close":
+            wire.send(f"/poll/{channel}?since={cursor}&timeout=10", extra="Connection: close\r\n")
+        else:
+            wire.send(f"/poll/{channel}?since={cursor}&timeout=10", version="1.0")
+        await anyio.sleep(0.2)
+        await publish(gateway.url, channel, "last")
+        status, headers, content = await wire.response()
+        assert status == 200 and json.loads(content)["messages"][0]["data"] == "last"
+        assert headers.get("connection") == "close"
+        assert await asyncio.wait_for(wire.reader.read(), 10) == b""  # the server closed
+    finally:
+        wire.close()
+
+
+async def test_head_and_refusals_are_answered_as_on_every_route(
+    gateway: GatewayServer, channel: str
+) -> None:
+    cursor = await _joined(gateway, channel)
+    wire = await Wire.open(gateway.port)
+    try:
+        wire.send(f"/poll/{channel}?since={cursor}&timeout=0", method="HEAD")
+        status, headers, _ = await wire.response(body=False)
+        assert status == 200 and headers["content-type"] == "application/json"
+        wire.send(f"/poll/{channel}?since={cursor}&timeout=soon")
+        status, _, content = await wire.response()
+        assert status == 400 and "timeout" in json.loads(content)["error"]
+        wire.send(f"/poll/{channel}?since=not-an-id")
+        status, _, content = await wire.response()
+        assert status == 400 and json.loads(content)["error"]
+        answer = await wire.poll(f"/poll/{channel}?since={cursor}&timeout=0")
+        assert answer["messages"] == [] and answer["cursor"] == cursor
+    finally:
+        wire.close()
+
+
+async def _open_polls(client: httpx.AsyncClient, server: GatewayServer) -> float:
+    text = (await client.get(f"{server.url}/metrics")).text
+    line = next(
+        line
+        for line in text.splitlines()
+        if line.startswith('gateway_connections{transport="poll"}')
+    )
+    return float(line.rsplit(" ", 1)[1])
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_a_waiting_poll_whose_client_leaves_is_released_at_once(
+    gateway: GatewayServer, channel: str, how: str
+) -> None:
+    cursor = await _joined(gateway, channel)
+    wires = [await Wire.open(gateway.port) for _ in range(5)]
+    async with httpx.AsyncClient(timeout=30) as http:
+        try:
+            before = await _open_polls(http, gateway)
+            for wire in wires:
+                wire.send(f"/poll/{channel}?since={cursor}&timeout=25")
+            deadline = time.monotonic() + 10
+            while await _open_polls(http, gateway) < before + 5:
+                assert time.monotonic() < deadline, "the polls never all waited"
+                await anyio.sleep(0.05)
+        finally:
+            for wire in wires:
+                wire.close(how)
+        left_at = time.monotonic()
+        while await _open_polls(http, gateway) > before:
+            assert time.monotonic() - left_at < 2.0, "the places were still held after 2 s"
+            await anyio.sleep(0.05)
+
+
+async def test_a_waiting_poll_holds_no_task(tmp_path: Any) -> None:
+    """In this process: uvicorn with the gateway's protocol, and its set of request tasks."""
+    app = create_app(Settings.from_env({"REDIS_URL": ""}))
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=GatewayHttpProtocol, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(server.serve)
+        while not server.started:
+            await anyio.sleep(0.02)
+        try:
+            await _waits_without_a_task(server, port)
+        finally:
+            server.should_exit = True
+
+
+async def _waits_without_a_task(server: uvicorn.Server, port: int) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        assert (await http.post("/publish/quiet", content=b"a")).status_code == 201
+        first = await http.get("/poll/quiet", params={"since": "0"})  # joins (a subscription)
+        cursor = first.json()["cursor"]
+        wire = await Wire.open(port)
+        try:
+            wire.send(f"/poll/quiet?since={cursor}&timeout=10")
+            await anyio.sleep(0.3)
+            assert not server.server_state.tasks, "the waiting poll has a task"
+            assert (await http.post("/publish/quiet", content=b"x")).status_code == 201
+            answer = json.loads((await wire.response())[2])
+            assert [m["data"] for m in answer["messages"]] == ["x"]
+            assert not server.server_state.tasks
+        finally:
+            wire.close()
