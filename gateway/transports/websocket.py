@@ -41,7 +41,8 @@ from gateway.transports.common import (
     route_path,
     unless_stalled,
 )
-from gateway.transports.direct import RAW_SEND, WsSink, write_queued, ws_sink
+from gateway.transports.direct import WsSink, write_queued, ws_sink
+from gateway.transports.ws_lean import forget_handshake
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
             ):
                 # Accepted only once subscribed: an open socket never misses a message.
                 await websocket.accept()
-                _forget_handshake(websocket)
+                forget_handshake(websocket)
                 if drain.start(sub):
                     await _serve_one_task(websocket, gateway, sub, rights, conn, drain)
                 else:
@@ -172,31 +173,6 @@ async def _serve(
     elif sub.close_reason is not None and sub.close_reason is not CloseReason.CLIENT_GONE:
         conn.reason = sub.close_reason.value
         await close_socket(websocket, CLOSE_CODES[sub.close_reason], sub.close_reason.value)
-
-
-def _forget_handshake(websocket: WebSocket) -> None:
-    """Drop what the handshake left that nothing reads again: about 4 KB per idle socket.
-
-    uvicorn keeps websockets' handshake ``Request`` and ``Response`` (their
-    ``Headers``), the scope the request's headers, read only while admitting
-    (and Starlette a parsed copy of them). And three of the protocol's
-    ``deque``s (about 630 bytes each, empty) become lists, which do all that
-    asyncio asks of them there: the waiters of its ``writable`` event and of
-    its receive queue's ``join`` (never called), and the queue's putters
-    (an unbounded queue never has one); the getters must stay a deque.
-    """
-    proto = getattr(websocket.scope.get(RAW_SEND), "__self__", None)
-    if proto is None or type(proto).__name__ != "WebSocketsSansIOProtocol":
-        return
-    proto.request = proto.response = None
-    websocket.scope["headers"] = []
-    vars(websocket).pop("_headers", None)
-    writable, queue = proto.writable, proto.queue
-    if isinstance(writable, asyncio.Event) and not writable._waiters:
-        writable._waiters = []  # type: ignore[assignment]
-    if isinstance(queue, asyncio.Queue) and not queue.maxsize and not queue._putters:  # type: ignore[attr-defined]
-        queue._putters = []  # type: ignore[attr-defined]
-        queue._finished._waiters = []  # type: ignore[attr-defined]
 
 
 class Drain:

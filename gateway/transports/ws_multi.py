@@ -57,6 +57,7 @@ from gateway.transports.websocket import (
     refuse,
     send_frame,
 )
+from gateway.transports.ws_lean import forget_handshake
 
 WS_MULTI_PATH = "/ws"
 
@@ -87,6 +88,7 @@ async def ws_multi_endpoint(websocket: WebSocket) -> None:
                 return
             # Accepted only once subscribed: an open socket never misses a message.
             await websocket.accept()
+            forget_handshake(websocket)
             session = Session(websocket, gateway, mux, rights)
             session.listening = listening
             for channel, start in zip(channels, starts, strict=True):
