@@ -34,6 +34,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from gateway.message import Cursor, Item
 
@@ -42,47 +43,50 @@ TICK_S = 0.05  # timeout granularity: never early, at most this late
 
 # The transport's encoding of an answer (body and headers), built once per group.
 Encode = Callable[[str, list[Item], Cursor], object]
-# Write an answer to the waiter's client now, without waiting; False if it cannot.
-Write = Callable[[object], bool]
-# Told once that the waiter ended, with its answer (None: released, nothing to write).
-Settle = Callable[["Waiter", object | None], None]
-
 ANSWERED = "answered"
 TIMED_OUT = "timed out"
 CLIENT_GONE = "client gone"
 SHUTDOWN = "server shutting down"
 
 
-class Waiter:
-    """One waiting poll. ``settle`` is told its answer once (None: nothing to write).
+class Writer(Protocol):
+    def write(self, answer: object) -> bool:
+        """The answer on the client's socket now, without waiting; False if it cannot be."""
 
-    ``write`` puts the answer on the client's socket at once (False when it
-    cannot: then whoever ``settle`` tells writes it). A poll served through
-    ASGI settles a future its task awaits; one served by the gateway's own
-    HTTP protocol (http_protocol.py) has no task, and ``settle`` ends it.
+
+class Client(Writer, Protocol):
+    """Whoever waits for a waiter's answer: a request's task, or the HTTP protocol (protocol.py)."""
+
+    def settled(self, waiter: Waiter, answer: object | None) -> None:
+        """Told once that the waiter ended, with its answer (None: released, nothing to write)."""
+
+
+class Waiter:
+    """One waiting poll; its ``client`` writes the answer and is told once that it ended.
+
+    A poll served through ASGI has a task that awaits a future
+    (``TaskClient``); one served by the gateway's own HTTP protocol has no
+    task at all (protocol.py). The client is an object, not two callables:
+    a bound method is one more object for the garbage collector per poll.
     """
 
     __slots__ = (
         "channel",
+        "client",
         "done",
         "limit",
         "mark",
         "polls",
         "reason",
-        "settle",
         "slot",
         "start",
-        "write",
         "written",
     )
 
-    def __init__(
-        self, start: Cursor, limit: int, write: Write | None, settle: Settle | None = None
-    ) -> None:
+    def __init__(self, start: Cursor, limit: int, client: Client | None) -> None:
         self.start = start
         self.limit = limit
-        self.write = write
-        self.settle = settle
+        self.client = client
         self.written = False
         self.done = False
         self.mark = 0
@@ -101,26 +105,32 @@ class Waiter:
             self.channel.discard(self)
         if self.polls is not None:
             self.polls.discard(self)
-        if answer is not None and self.write is not None:
-            self.written = self.write(answer)
-        settle = self.settle
-        self.write = self.settle = None  # (they hold the request)
-        if settle is not None:
-            settle(self, answer)
+        client, self.client = self.client, None  # (it holds the request)
+        if client is not None:
+            if answer is not None:
+                self.written = client.write(answer)
+            client.settled(self, answer)
 
     def cancel(self) -> None:
         """The client left: release the poll, write nothing."""
         self.finish(None, CLIENT_GONE)
 
 
-def settle_future(future: asyncio.Future[object | None]) -> Settle:
-    """A ``settle`` for a poll whose task awaits ``future``."""
+class TaskClient:
+    """A poll's task, awaiting ``future``; ``write`` is the direct write, if any (else False)."""
 
-    def settle(waiter: Waiter, answer: object | None) -> None:
-        if not future.done():  # (cancelled with its task)
-            future.set_result(answer)
+    __slots__ = ("future", "writer")
 
-    return settle
+    def __init__(self, writer: Writer | None) -> None:
+        self.writer = writer
+        self.future: asyncio.Future[object | None] = asyncio.get_running_loop().create_future()
+
+    def write(self, answer: object) -> bool:
+        return self.writer is not None and self.writer.write(answer)
+
+    def settled(self, waiter: Waiter, answer: object | None) -> None:
+        if not self.future.done():  # (cancelled with its task)
+            self.future.set_result(answer)
 
 
 class ChannelPolls:

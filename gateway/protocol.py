@@ -37,6 +37,8 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.app import GatewayApp
+from gateway.polls import Waiter
+from gateway.state import Connection
 from gateway.transports.longpoll import POLL_PATH_PREFIX, PollAnswer, quick_poll
 
 _PREFIX = POLL_PATH_PREFIX.encode()
@@ -53,9 +55,20 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.root_path or self.limit_concurrency is not None:
             self.gateway_app = None
 
+    def on_message_begin(self) -> None:
+        """As uvicorn's, but the ASGI scope is made only for a request that goes through ASGI."""
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+
     def on_headers_complete(self) -> None:
-        if not (self.url.startswith(_PREFIX) and self._poll_served_here()):
-            super().on_headers_complete()
+        if self.url.startswith(_PREFIX) and self._poll_served_here():
+            return
+        url, headers, expect_100_continue = self.url, self.headers, self.expect_100_continue
+        super().on_message_begin()  # the scope, as uvicorn makes it
+        self.url, self.expect_100_continue = url, expect_100_continue
+        self.headers = self.scope["headers"] = headers
+        super().on_headers_complete()
 
     def _poll_served_here(self) -> bool:
         app = self.gateway_app
@@ -93,17 +106,20 @@ class Poll:
     ``keep_alive``, ``body``, ``more_body`` and calls ``message_event.set()``
     (the client left, a body arrived, the request ended). That event is
     this object: when the client is gone, the waiting poll is released at
-    once (``on_lost``), as ``direct.on_http_lost`` does for ASGI requests.
+    once, as ``direct.on_http_lost`` does for ASGI requests. It is also the
+    waiter's client (polls.py): it writes the answer and closes the
+    connection it counts.
     """
 
     __slots__ = (
         "body",
+        "conn",
         "disconnected",
         "keep_alive",
         "more_body",
-        "on_lost",
         "protocol",
         "response_complete",
+        "waiter",
     )
 
     def __init__(self, protocol: GatewayHttpProtocol, keep_alive: bool) -> None:
@@ -113,7 +129,8 @@ class Poll:
         self.disconnected = False
         self.more_body = True
         self.body = b""
-        self.on_lost: Any = None
+        self.waiter: Waiter | None = None
+        self.conn: Connection | None = None
 
     @property
     def message_event(self) -> Poll:
@@ -121,9 +138,8 @@ class Poll:
 
     def set(self) -> None:
         """uvicorn's signal: acted on only when the client is gone."""
-        if self.disconnected and self.on_lost is not None:
-            lost, self.on_lost = self.on_lost, None
-            lost()
+        if self.disconnected and self.waiter is not None:
+            self.waiter.cancel()
 
     def write(self, answer: object) -> bool:
         """The whole answer on the socket now, as uvicorn's cycle would end; False if it can't."""
@@ -134,11 +150,18 @@ class Poll:
         assert isinstance(answer, PollAnswer)
         transport.write(answer.wire(protocol.server_state.default_headers, self.keep_alive))
         self.response_complete = True
-        self.on_lost = None
         if not self.keep_alive:
             transport.close()
         protocol.on_response_complete()  # counted; the keep-alive timer, or a pipelined request
         return True
+
+    def settled(self, waiter: Waiter, answer: object | None) -> None:
+        self.waiter = None
+        conn, self.conn = self.conn, None
+        app = self.protocol.gateway_app
+        if conn is not None and app is not None and app.gateway is not None:
+            conn.reason = waiter.reason
+            app.gateway.closed(conn, cycles=False)  # (tests/test_protocol.py)
 
 
 def _gateway_app(app: Any) -> GatewayApp | None:

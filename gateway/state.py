@@ -72,10 +72,17 @@ class Gateway:
             logger.log(level, "open %s", fields)
         return conn
 
-    def closed(self, conn: Connection) -> None:
-        """Count a connection out; its close line unless it is a routine poll end."""
+    def closed(self, conn: Connection, *, cycles: bool = True) -> None:
+        """Count a connection out; its close line unless it is a routine poll end.
+
+        ``cycles=False``: its end leaves no reference cycle for the garbage
+        collector (a poll served with no task, protocol.py), so it does not
+        count in ``closed_connections``, which tells the collector how much
+        cyclic garbage may wait (collector.py).
+        """
         self.open_connections -= 1
-        self.closed_connections += 1
+        if cycles:
+            self.closed_connections += 1
         self.metrics.closed(conn.transport)
         level = _level(conn.transport)
         routine = conn.transport == "poll" and conn.reason in ROUTINE_POLL_ENDS

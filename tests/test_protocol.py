@@ -11,6 +11,7 @@ in this process to see that a waiting poll holds no task at all.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import socket
 import struct
@@ -24,8 +25,10 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
-from gateway.protocol import GatewayHttpProtocol
+from gateway.polls import Waiter
+from gateway.protocol import GatewayHttpProtocol, Poll
 from gateway.settings import Settings
+from gateway.state import Connection
 from tests.clients import publish
 from tests.conftest import gateway_env, redis_for
 from tests.servers import GatewayServer, free_port
@@ -265,5 +268,27 @@ async def _waits_without_a_task(server: uvicorn.Server, port: int) -> None:
             answer = json.loads((await wire.response())[2])
             assert [m["data"] for m in answer["messages"]] == ["x"]
             assert not server.server_state.tasks
+            await _no_cycles_left(http, wire, answer["cursor"])
         finally:
             wire.close()
+
+
+async def _no_cycles_left(http: httpx.AsyncClient, wire: Wire, cursor: str) -> None:
+    """Polls served in the protocol leave no reference cycle (they count so, collector.py)."""
+    gc.collect()
+    gc.disable()
+    try:
+        for n in range(20):
+            wire.send(f"/poll/quiet?since={cursor}&timeout=10")
+            if n % 2:
+                await anyio.sleep(0.01)  # waits, or answered from memory at once
+            assert (await http.post("/publish/quiet", content=b"y")).status_code == 201
+            cursor = json.loads((await wire.response())[2])["cursor"]
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        ours = [o for o in gc.garbage if type(o) in (Poll, Waiter, Connection)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert not ours

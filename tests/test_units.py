@@ -372,7 +372,7 @@ async def test_write_queued_drains_in_order_and_reports_a_gone_client():
 @pytest.mark.anyio
 async def test_waiting_polls_share_one_answer_and_time_out_on_the_wheel():
     """Caught-up polls are waiters: one answer object for all at a cursor; a timeout answers empty."""
-    from gateway.polls import Waiter
+    from gateway.polls import TaskClient, Waiter
 
     hub = _hub()
     encoded: list[tuple[str, list[object], Cursor]] = []
@@ -385,16 +385,18 @@ async def test_waiting_polls_share_one_answer_and_time_out_on_the_wheel():
         async with hub.subscribe("c"):  # joins the channel
             start = hub.newest("c")
             assert start is not None
-            waiters = [Waiter(start, 10, None) for _ in range(50)]
+            waiters = [Waiter(start, 10, TaskClient(None)) for _ in range(50)]
             assert all(hub.park("c", w, 5.0, encode) for w in waiters)
-            short = Waiter(start, 10, None)
+            short = Waiter(start, 10, TaskClient(None))
+            short_answer = short.client.future  # type: ignore[union-attr]
             assert hub.park("c", short, 0.01, encode)
             with anyio.fail_after(1):
-                assert await short.future is not None
+                assert await short_answer is not None
             assert short.reason == "timed out" and encoded[-1][1] == []
+            futures = [w.client.future for w in waiters]  # type: ignore[union-attr]
             await hub.publish("c", "message", "m")
             with anyio.fail_after(1):
-                answers = {id(await w.future) for w in waiters}
+                answers = {id(await f) for f in futures}
             assert len(answers) == 1  # built once for all 50
             assert [m.data for m in encoded[-1][1]] == ["m"]  # type: ignore[attr-defined]
             assert not hub.channels["c"].polls.waiters  # type: ignore[union-attr]

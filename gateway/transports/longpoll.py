@@ -25,7 +25,7 @@ under 5,000 clients at 10 msg/s (bench/README.md) and cut accordingly:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Protocol
 from urllib.parse import parse_qsl
 
@@ -39,7 +39,7 @@ from gateway.auth import OPEN
 from gateway.errors import GatewayError, NotServed
 from gateway.hub import CAUGHT_UP, Hub
 from gateway.message import START, Cursor, Message
-from gateway.polls import GATHER_S, TIMED_OUT, Waiter, settle_future
+from gateway.polls import GATHER_S, TIMED_OUT, Client, TaskClient, Waiter
 from gateway.presence_visit import Visit, visit_of
 from gateway.settings import Settings
 from gateway.state import Connection, Gateway
@@ -148,11 +148,10 @@ async def _answer(gateway: Gateway, conn: Connection, scope: Scope, send: Send, 
             await known.send(send)
         return
     if known is not None and timeout > 0:
-        future: asyncio.Future[object | None] = asyncio.get_running_loop().create_future()
-        write = reply.write if reply is not None else None
-        waiter = Waiter(known, limit, write, settle_future(future))
+        client = TaskClient(reply)
+        waiter = Waiter(known, limit, client)
         if hub.park(channel, waiter, timeout, encode):
-            await _wait(waiter, future, scope, send, conn)
+            await _wait(waiter, client.future, scope, send, conn)
             return
     items, start = await _subscribed(gateway, conn, scope, ask)
     answer = encode(channel, items, start)
@@ -171,17 +170,20 @@ def known_answer(hub: Hub, ask: Ask) -> PollAnswer | Cursor | None:
     return hub.newest(channel) if last is None else None
 
 
-class QuickRequest(Protocol):
-    """A poll served by the gateway's HTTP protocol, without a task (protocol.py)."""
+class QuickRequest(Client, Protocol):
+    """A poll served by the gateway's HTTP protocol, with no task (protocol.py).
 
-    on_lost: Callable[[], None] | None
+    It holds what the poll holds until it ends: the waiter (to release it
+    when the client leaves) and the connection it counts (closed when
+    ``settled``).
+    """
 
-    def write(self, answer: object) -> bool:
-        """The whole answer on the socket now; False when the client is gone."""
+    waiter: Waiter | None
+    conn: Connection | None
 
 
 def quick_poll(gateway: Gateway, channel: str, scope: Scope, request: QuickRequest) -> bool:
-    """Serve a poll at once, without a task: from memory, or as a waiter the hub answers.
+    """Serve a poll at once, with no task: from memory, or as a waiter the hub answers.
 
     False when it cannot be (a refusal, a subscription needed, a wait of
     0): nothing happened, and the ASGI path serves it as usual.
@@ -199,38 +201,17 @@ def quick_poll(gateway: Gateway, channel: str, scope: Scope, request: QuickReque
         gateway.presence.polled(visit, [channel])
         request.write(known)
         conn.reason = "answered"
-        gateway.closed(conn)
+        gateway.closed(conn, cycles=False)
         return True
     if timeout <= 0:
         return False
-    ends = _Ends(gateway, channel)
-    waiter = Waiter(known, limit, request.write, ends.settle)
+    waiter = Waiter(known, limit, request)
     if not gateway.hub.park(channel, waiter, timeout, encode):
         return False
-    ends.open()
+    request.waiter = waiter
+    request.conn = gateway.opened("poll", channel)
     gateway.presence.polled(visit, [channel])
-    request.on_lost = waiter.cancel
     return True
-
-
-class _Ends:
-    """The connection a task-less poll holds until its waiter ends."""
-
-    __slots__ = ("_channel", "_conn", "_gateway")
-
-    def __init__(self, gateway: Gateway, channel: str) -> None:
-        self._gateway = gateway
-        self._channel = channel
-        self._conn: Connection | None = None
-
-    def open(self) -> None:
-        self._conn = self._gateway.opened("poll", self._channel)
-
-    def settle(self, waiter: Waiter, answer: object | None) -> None:
-        conn = self._conn
-        if conn is not None:
-            conn.reason = waiter.reason
-            self._gateway.closed(conn)
 
 
 async def _wait(
