@@ -34,7 +34,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.message import Cursor, Item
 
@@ -54,10 +54,14 @@ class Writer(Protocol):
         """The answer on the client's socket now, without waiting; False if it cannot be."""
 
 
+class Ended(Protocol):
+    reason: str  # why it ended: ANSWERED, TIMED_OUT, CLIENT_GONE or SHUTDOWN
+
+
 class Client(Writer, Protocol):
     """Whoever waits for a waiter's answer: a request's task, or the HTTP protocol (protocol.py)."""
 
-    def settled(self, waiter: Waiter, answer: object | None) -> None:
+    def settled(self, waiter: Ended, answer: object | None) -> None:
         """Told once that the waiter ended, with its answer (None: released, nothing to write)."""
 
 
@@ -77,16 +81,20 @@ class Waiter:
         "limit",
         "mark",
         "polls",
+        "raw",
         "reason",
         "slot",
         "start",
         "written",
     )
 
-    def __init__(self, start: Cursor, limit: int, client: Client | None) -> None:
+    def __init__(
+        self, start: Cursor, limit: int, client: Client | None, *, raw: bool = False
+    ) -> None:
         self.start = start
         self.limit = limit
         self.client = client
+        self.raw = raw  # its answer is the list of items, not an encoded answer (poll_multi.py)
         self.written = False
         self.done = False
         self.mark = 0
@@ -128,7 +136,7 @@ class TaskClient:
     def write(self, answer: object) -> bool:
         return self.writer is not None and self.writer.write(answer)
 
-    def settled(self, waiter: Waiter, answer: object | None) -> None:
+    def settled(self, waiter: Ended, answer: object | None) -> None:
         if not self.future.done():  # (cancelled with its task)
             self.future.set_result(answer)
 
@@ -175,30 +183,33 @@ class ChannelPolls:
         self._flush = None
         batch, self.batch = self.batch, []
         end = len(batch)
-        answers: dict[tuple[int, int, Cursor], object] = {}
+        answers: dict[Any, object] = {}
         handed = 0
         for waiter in list(self.waiters):
             if waiter.mark >= end:
                 waiter.mark = 0  # registered after the last item: waits on
                 continue
-            key = (waiter.mark, waiter.limit, waiter.start)
-            answer = answers.get(key)
             items = batch[waiter.mark : waiter.mark + waiter.limit]
-            if answer is None:
-                answer = answers[key] = self.encode(self.name, items, waiter.start)
             handed += len(items)
-            waiter.finish(answer, ANSWERED)
+            waiter.finish(self.answer(waiter, items, answers), ANSWERED)
         if handed:
             self.count(handed)
 
+    def answer(self, waiter: Waiter, items: list[Item], answers: dict[Any, object]) -> object:
+        """The waiter's answer: encoded once for every waiter at the same place, or its items."""
+        if waiter.raw:
+            return items
+        key = (waiter.mark, waiter.limit, waiter.start) if items else waiter.start
+        answer = answers.get(key)
+        if answer is None:
+            answer = answers[key] = self.encode(self.name, items, waiter.start)
+        return answer
+
     def close_all(self, reason: str) -> None:
         """Answer every waiter now with nothing new (its own cursor): shutdown."""
-        answers: dict[Cursor, object] = {}
+        answers: dict[Any, object] = {}
         for waiter in list(self.waiters):
-            answer = answers.get(waiter.start)
-            if answer is None:
-                answer = answers[waiter.start] = self.encode(self.name, [], waiter.start)
-            waiter.finish(answer, reason)
+            waiter.finish(self.answer(waiter, [], answers), reason)
 
 
 class Polls:
@@ -225,16 +236,13 @@ class Polls:
     def expire(self, now: float) -> None:
         """Answer every waiter whose timeout passed with nothing new."""
         due = math.floor(now / TICK_S)
-        answers: dict[tuple[ChannelPolls, Cursor], object] = {}
+        answers: dict[ChannelPolls, dict[Any, object]] = {}
         for key in range(self._done + 1, due + 1):
             for waiter in list(self._slots.pop(key, ())):
                 channel = waiter.channel
                 assert channel is not None
-                answer = answers.get((channel, waiter.start))
-                if answer is None:
-                    answer = channel.encode(channel.name, [], waiter.start)
-                    answers[(channel, waiter.start)] = answer
-                waiter.finish(answer, TIMED_OUT)
+                empty = channel.answer(waiter, [], answers.setdefault(channel, {}))
+                waiter.finish(empty, TIMED_OUT)
         self._done = max(self._done, due)
 
     async def run(self) -> None:

@@ -37,15 +37,18 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.app import GatewayApp
-from gateway.polls import Waiter
+from gateway.polls import Ended
 from gateway.state import Connection
-from gateway.transports.longpoll import POLL_PATH_PREFIX, PollAnswer, quick_poll
+from gateway.transports.longpoll import POLL_PATH_PREFIX, PollAnswer
+from gateway.transports.poll_multi import POLL_MULTI_PATH
+from gateway.transports.poll_quick import Ending, quick_poll, quick_poll_multi
 
 _PREFIX = POLL_PATH_PREFIX.encode()
+_MULTI = POLL_MULTI_PATH.encode()  # (a prefix of _PREFIX)
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol; ``GET /poll/{channel}`` served with no task when it can be."""
+    """uvicorn's httptools protocol; ``GET /poll…`` served with no task when it can be."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -62,7 +65,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.headers = []
 
     def on_headers_complete(self) -> None:
-        if self.url.startswith(_PREFIX) and self._poll_served_here():
+        if self.url.startswith(_MULTI) and self._poll_served_here():
             return
         url, headers, expect_100_continue = self.url, self.headers, self.expect_100_continue
         super().on_message_begin()  # the scope, as uvicorn makes it
@@ -85,18 +88,28 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return False
         url = httptools.parse_url(self.url)
         path: bytes = url.path
-        if b"%" in path or not path.isascii() or len(path) <= len(_PREFIX):
-            return False
+        several = path == _MULTI
+        if not several and (b"%" in path or not path.isascii() or len(path) <= len(_PREFIX)):
+            return False  # (not /poll/…, or a name uvicorn would unquote)
         if app.cors and any(name == b"origin" for name, _ in self.headers):
             return False  # CORS middleware answers with its headers, through ASGI
-        scope = {"type": "http", "headers": self.headers, "query_string": url.query or b""}
+        scope = {
+            "type": "http",
+            "path": path.decode("ascii"),
+            "raw_path": path,
+            "headers": self.headers,
+            "query_string": url.query or b"",
+        }
         previous = self.cycle
         poll = Poll(self, parser.should_keep_alive())
         self.cycle = poll  # type: ignore[assignment]  # it has what uvicorn uses of a cycle
-        if quick_poll(app.gateway, path[len(_PREFIX) :].decode("ascii"), scope, poll):
-            return True
-        self.cycle = previous
-        return False
+        if several:
+            served = quick_poll_multi(app.gateway, scope, poll)
+        else:
+            served = quick_poll(app.gateway, path[len(_PREFIX) :].decode("ascii"), scope, poll)
+        if not served:
+            self.cycle = previous
+        return served
 
 
 class Poll:
@@ -129,7 +142,7 @@ class Poll:
         self.disconnected = False
         self.more_body = True
         self.body = b""
-        self.waiter: Waiter | None = None
+        self.waiter: Ending | None = None
         self.conn: Connection | None = None
 
     @property
@@ -155,7 +168,7 @@ class Poll:
         protocol.on_response_complete()  # counted; the keep-alive timer, or a pipelined request
         return True
 
-    def settled(self, waiter: Waiter, answer: object | None) -> None:
+    def settled(self, waiter: Ended, answer: object | None) -> None:
         self.waiter = None
         conn, self.conn = self.conn, None
         app = self.protocol.gateway_app

@@ -202,6 +202,36 @@ async def test_head_and_refusals_are_answered_as_on_every_route(
         wire.close()
 
 
+async def test_several_channels_on_one_connection_get_every_message_once(
+    gateway: GatewayServer, channel: str
+) -> None:
+    """``/poll?channel=a@…&channel=b@…``: waits on both, answers with the first, cursors move."""
+    a, b = f"{channel}-a", f"{channel}-b"
+    cursors = {a: await _joined(gateway, a), b: await _joined(gateway, b)}
+    wire = await Wire.open(gateway.port)
+    got: dict[str, list[str]] = {a: [], b: []}
+    try:
+        for n in range(12):
+            query = "&".join(f"channel={name}@{cursor}" for name, cursor in cursors.items())
+            wire.send(f"/poll?{query}&timeout=10")
+            if n % 2:
+                await anyio.sleep(0.02)
+            await publish(gateway.url, (a, b)[n % 3 == 0], f"m{n}")
+            answer = json.loads((await wire.response())[2])
+            assert answer["gaps"] == [] and set(answer["cursors"]) == {a, b}
+            for message in answer["messages"]:
+                got[message["channel"]].append(message["data"])
+            cursors = answer["cursors"]
+        timed_out = await wire.poll(
+            f"/poll?cursor={answer['cursor']}&channel={a}&channel={b}&timeout=0.2"
+        )
+    finally:
+        wire.close()
+    assert got[b] == [f"m{n}" for n in range(12) if n % 3 == 0]
+    assert got[a] == [f"m{n}" for n in range(12) if n % 3 != 0]
+    assert timed_out["messages"] == [] and timed_out["cursors"] == cursors
+
+
 async def _open_polls(client: httpx.AsyncClient, server: GatewayServer) -> float:
     text = (await client.get(f"{server.url}/metrics")).text
     line = next(
@@ -212,17 +242,22 @@ async def _open_polls(client: httpx.AsyncClient, server: GatewayServer) -> float
     return float(line.rsplit(" ", 1)[1])
 
 
+@pytest.mark.parametrize("several", [False, True])
 @pytest.mark.parametrize("how", ["close", "reset"])
 async def test_a_waiting_poll_whose_client_leaves_is_released_at_once(
-    gateway: GatewayServer, channel: str, how: str
+    gateway: GatewayServer, channel: str, how: str, several: bool
 ) -> None:
     cursor = await _joined(gateway, channel)
+    path = f"/poll/{channel}?since={cursor}&timeout=25"
+    if several:
+        other = await _joined(gateway, f"{channel}-b")
+        path = f"/poll?channel={channel}@{cursor}&channel={channel}-b@{other}&timeout=25"
     wires = [await Wire.open(gateway.port) for _ in range(5)]
     async with httpx.AsyncClient(timeout=30) as http:
         try:
             before = await _open_polls(http, gateway)
             for wire in wires:
-                wire.send(f"/poll/{channel}?since={cursor}&timeout=25")
+                wire.send(path)
             deadline = time.monotonic() + 10
             while await _open_polls(http, gateway) < before + 5:
                 assert time.monotonic() < deadline, "the polls never all waited"
@@ -269,8 +304,23 @@ async def _waits_without_a_task(server: uvicorn.Server, port: int) -> None:
             assert [m["data"] for m in answer["messages"]] == ["x"]
             assert not server.server_state.tasks
             await _no_cycles_left(http, wire, answer["cursor"])
+            await _several_wait_without_a_task(server, http, wire)
         finally:
             wire.close()
+
+
+async def _several_wait_without_a_task(
+    server: uvicorn.Server, http: httpx.AsyncClient, wire: Wire
+) -> None:
+    assert (await http.post("/publish/other", content=b"o")).status_code == 201
+    await http.get("/poll/other", params={"since": "0"})  # joins it
+    wire.send("/poll?channel=quiet&channel=other&timeout=10")
+    await anyio.sleep(0.3)
+    assert not server.server_state.tasks, "the waiting several-channel poll has a task"
+    assert (await http.post("/publish/other", content=b"z")).status_code == 201
+    answer = json.loads((await wire.response())[2])
+    assert [(m["channel"], m["data"]) for m in answer["messages"]] == [("other", "z")]
+    assert not server.server_state.tasks
 
 
 async def _no_cycles_left(http: httpx.AsyncClient, wire: Wire, cursor: str) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Protocol
 from urllib.parse import parse_qsl
 
 import anyio
@@ -39,7 +38,7 @@ from gateway.auth import OPEN
 from gateway.errors import GatewayError, NotServed
 from gateway.hub import CAUGHT_UP, Hub
 from gateway.message import START, Cursor, Message
-from gateway.polls import GATHER_S, TIMED_OUT, Client, TaskClient, Waiter
+from gateway.polls import GATHER_S, TIMED_OUT, TaskClient, Waiter
 from gateway.presence_visit import Visit, visit_of
 from gateway.settings import Settings
 from gateway.state import Connection, Gateway
@@ -168,50 +167,6 @@ def known_answer(hub: Hub, ask: Ask) -> PollAnswer | Cursor | None:
             return known
         return cursor if known is CAUGHT_UP else None
     return hub.newest(channel) if last is None else None
-
-
-class QuickRequest(Client, Protocol):
-    """A poll served by the gateway's HTTP protocol, with no task (protocol.py).
-
-    It holds what the poll holds until it ends: the waiter (to release it
-    when the client leaves) and the connection it counts (closed when
-    ``settled``).
-    """
-
-    waiter: Waiter | None
-    conn: Connection | None
-
-
-def quick_poll(gateway: Gateway, channel: str, scope: Scope, request: QuickRequest) -> bool:
-    """Serve a poll at once, with no task: from memory, or as a waiter the hub answers.
-
-    False when it cannot be (a refusal, a subscription needed, a wait of
-    0): nothing happened, and the ASGI path serves it as usual.
-    """
-    try:
-        visit, ask = admit(gateway, channel, HTTPConnection(scope))
-    except GatewayError:
-        return False
-    known = known_answer(gateway.hub, ask)
-    if known is None:
-        return False
-    timeout, limit = ask[3], ask[4]
-    if isinstance(known, PollAnswer):
-        conn = gateway.opened("poll", channel)
-        gateway.presence.polled(visit, [channel])
-        request.write(known)
-        conn.reason = "answered"
-        gateway.closed(conn, cycles=False)
-        return True
-    if timeout <= 0:
-        return False
-    waiter = Waiter(known, limit, request)
-    if not gateway.hub.park(channel, waiter, timeout, encode):
-        return False
-    request.waiter = waiter
-    request.conn = gateway.opened("poll", channel)
-    gateway.presence.polled(visit, [channel])
-    return True
 
 
 async def _wait(

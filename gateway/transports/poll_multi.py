@@ -99,6 +99,12 @@ def _waiting(hub: Hub, specs: list[ChannelSpec], limit: int) -> Runs:
 
 
 def _answer(specs: list[ChannelSpec], starts: list[Cursor], runs: Runs) -> Response:
+    body = answer_body(specs, starts, runs)
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+def answer_body(specs: list[ChannelSpec], starts: list[Cursor], runs: Runs) -> bytes:
+    """``{"messages", "cursors", "gaps", "cursor"}`` for channels at ``starts`` given ``runs``."""
     cursors = {spec.channel: start for spec, start in zip(specs, starts, strict=True)}
     gaps: list[str] = []
     messages: list[bytes] = []
@@ -111,7 +117,7 @@ def _answer(specs: list[ChannelSpec], starts: list[Cursor], runs: Runs) -> Respo
             if item.cursor is not None:
                 cursors[channel] = item.cursor
             messages.append(item.json)
-    body = b"".join(
+    return b"".join(
         (
             b'{"messages":[',
             b",".join(messages),
@@ -124,4 +130,3 @@ def _answer(specs: list[ChannelSpec], starts: list[Cursor], runs: Runs) -> Respo
             b"}",
         )
     )
-    return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})

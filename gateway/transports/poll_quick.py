@@ -1,0 +1,181 @@
+"""Long-polls served with no task, from the gateway's HTTP protocol (protocol.py).
+
+A poll that the hub can serve at once is answered from memory or left as
+waiters (polls.py) inside uvicorn's parser callback; ``False`` from
+``quick_poll`` or ``quick_poll_multi`` means nothing happened, and the
+request goes through ASGI as usual (a refusal, a channel not joined, a
+cursor older than memory, ``last=N``, a wait of 0). The answers are the
+same bytes the ASGI routes give (longpoll.py, poll_multi.py).
+
+Several channels on one poll: one waiter per channel, all for the one
+request (``MultiPoll``); the first that ends (a channel's messages, the
+timeout, shutdown) answers, and the others are released at once.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from starlette.requests import HTTPConnection
+from starlette.types import Scope
+
+from gateway.auth import OPEN
+from gateway.errors import GatewayError
+from gateway.message import Cursor, Item
+from gateway.polls import ANSWERED, CLIENT_GONE, Client, Ended, Waiter
+from gateway.presence_visit import Visit, visit_of
+from gateway.state import Connection, Gateway
+from gateway.transports.channels import ChannelSpec, channel_specs
+from gateway.transports.longpoll import (
+    PollAnswer,
+    admit,
+    check_served,
+    encode,
+    known_answer,
+    poll_bounds,
+)
+from gateway.transports.poll_multi import Runs, answer_body
+
+
+class Ending(Ended, Protocol):
+    """A waiting poll, as its request holds it: a waiter, or a ``MultiPoll``."""
+
+    def cancel(self) -> None:
+        """The client left: release it, write nothing."""
+
+
+class QuickRequest(Client, Protocol):
+    """The request, as the protocol holds it until the poll ends (protocol.py).
+
+    ``waiter``: to release when the client leaves; ``conn``: the connection
+    it counts, closed when told the poll ``settled``.
+    """
+
+    waiter: Ending | None
+    conn: Connection | None
+
+
+def quick_poll(gateway: Gateway, channel: str, scope: Scope, request: QuickRequest) -> bool:
+    """``GET /poll/{channel}`` at once: from memory, or as a waiter the hub answers."""
+    try:
+        visit, ask = admit(gateway, channel, HTTPConnection(scope))
+    except GatewayError:
+        return False
+    known = known_answer(gateway.hub, ask)
+    if known is None:
+        return False
+    timeout, limit = ask[3], ask[4]
+    if isinstance(known, PollAnswer):
+        _answered(gateway, channel, request, known)
+    elif timeout <= 0:
+        return False
+    else:
+        waiter = Waiter(known, limit, request)
+        if not gateway.hub.park(channel, waiter, timeout, encode):
+            return False
+        request.waiter = waiter
+        request.conn = gateway.opened("poll", channel)
+    gateway.presence.polled(visit, [channel])
+    return True
+
+
+def quick_poll_multi(gateway: Gateway, scope: Scope, request: QuickRequest) -> bool:
+    """``GET /poll?channel=…`` at once, when every channel is joined and known to the hub."""
+    try:
+        specs, visit, timeout, limit = _admit_multi(gateway, HTTPConnection(scope))
+    except GatewayError:
+        return False
+    hub = gateway.hub
+    starts: list[Cursor] = []
+    runs: Runs = []
+    for spec in specs:
+        if spec.last is not None:
+            return False
+        start = spec.cursor if spec.cursor is not None else hub.newest(spec.channel)
+        waiting = hub.waiting(spec.channel, start, limit) if start is not None else None
+        if start is None or waiting is None:
+            return False
+        starts.append(start)
+        if waiting and limit > 0:
+            runs.append((spec.channel, list(waiting[:limit])))
+            limit -= len(runs[-1][1])
+    channels = [spec.channel for spec in specs]
+    label = ",".join(channels)
+    if runs:
+        _answered(gateway, label, request, PollAnswer(answer_body(specs, starts, runs)))
+    elif timeout <= 0:
+        return False
+    else:
+        multi = MultiPoll(specs, starts, request)
+        for spec, start in zip(specs, starts, strict=True):
+            member = Waiter(start, limit, multi, raw=True)
+            multi.members.append(member)
+            if not hub.park(spec.channel, member, timeout, encode):
+                multi.settled(member, None)  # releases those parked already
+                return False
+        request.waiter = multi
+        request.conn = gateway.opened("poll", label)
+    gateway.presence.polled(visit, channels)
+    return True
+
+
+def _admit_multi(
+    gateway: Gateway, request: HTTPConnection
+) -> tuple[list[ChannelSpec], Visit, float, int]:
+    """The same checks, in the same order, as ``poll_multi_endpoint``."""
+    check_served(gateway.settings)
+    specs = channel_specs(request, gateway.settings.max_channels)
+    guard = gateway.guard
+    channels = [spec.channel for spec in specs]
+    rights = OPEN if guard.open else guard.authorize_read_all(request, channels)
+    visit = visit_of(request.query_params, rights, guard.open)
+    timeout, limit = poll_bounds(request.query_params, gateway.settings)
+    gateway.check_capacity()
+    gateway.hub.check_broker()
+    return specs, visit, timeout, limit
+
+
+def _answered(gateway: Gateway, label: str, request: QuickRequest, answer: PollAnswer) -> None:
+    """A poll answered at once: counted in and out, as a poll through ASGI is."""
+    conn = gateway.opened("poll", label)
+    request.write(answer)
+    conn.reason = ANSWERED
+    gateway.closed(conn, cycles=False)
+
+
+class MultiPoll:
+    """A several-channel poll with no task: the client of its channels' waiters (``raw``)."""
+
+    __slots__ = ("done", "members", "reason", "request", "specs", "starts")
+
+    def __init__(self, specs: list[ChannelSpec], starts: list[Cursor], request: QuickRequest):
+        self.specs = specs
+        self.starts = starts
+        self.request = request
+        self.members: list[Waiter] = []
+        self.done = False
+        self.reason = CLIENT_GONE
+
+    def write(self, answer: object) -> bool:
+        return False  # written once, in ``settled``, when the first channel's waiter ends
+
+    def settled(self, waiter: Ended, answer: object | None) -> None:
+        if self.done:
+            return
+        assert isinstance(waiter, Waiter)
+        self.done = True
+        self.reason = waiter.reason
+        for member in self.members:
+            member.cancel()  # the other channels' waiters (this one is done already)
+        if answer is not None:
+            assert waiter.channel is not None and isinstance(answer, list)
+            items: list[Item] = answer
+            runs = [(waiter.channel.name, items)] if items else []
+            body = answer_body(self.specs, self.starts, runs)
+            self.request.write(PollAnswer(body))
+        self.request.settled(self, answer)
+
+    def cancel(self) -> None:
+        """The client left: release every channel's waiter."""
+        if self.members:
+            self.members[0].cancel()
