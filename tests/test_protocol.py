@@ -342,3 +342,24 @@ async def _no_cycles_left(http: httpx.AsyncClient, wire: Wire, cursor: str) -> N
         gc.garbage.clear()
         gc.enable()
     assert not ours
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(channel: str) -> None:
+    """After a poll's answer the connection waits ``--timeout-keep-alive`` (1 s here), then closes."""
+    server = GatewayServer(gateway_env("memory", None), args=["--timeout-keep-alive", "1"]).start()
+    try:
+        cursor = await _joined(server, channel)
+        wire = await Wire.open(server.port)
+        try:
+            for _ in range(3):  # busy for longer than the timeout: kept open
+                wire.send(f"/poll/{channel}?since={cursor}&timeout=0.6")
+                status, _, content = await wire.response()
+                assert status == 200 and json.loads(content)["messages"] == []
+            answered_at = time.monotonic()
+            assert await asyncio.wait_for(wire.reader.read(), 10) == b""
+            idle_s = time.monotonic() - answered_at
+            assert 0.9 <= idle_s <= 3.0, idle_s  # the timeout, and at most a sweep later
+        finally:
+            wire.close()
+    finally:
+        server.close()
