@@ -239,7 +239,10 @@ def test_the_holder_goes_away_mid_stream_and_the_others_miss_nothing(
         assert {c: got[c][: len(sent[c])] for c in channels} == sent
         assert all(len(got[c]) == len(sent[c]) for c in channels)
         assert tab.evaluate("() => H.gaps") == {}
-    assert connections(server.url).get(transport, 0) <= 1
+    # The ended worker's connection goes when Chromium tears the worker down,
+    # which can take seconds after ``close()`` (seen here, before and after
+    # the gateway changed): the gateway counts a socket until it closes.
+    wait_until(lambda: connections(server.url).get(transport, 0) <= 1, timeout=20)
 
 
 @pytest.mark.slow
