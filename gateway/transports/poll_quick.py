@@ -95,6 +95,8 @@ def quick_poll_multi(gateway: Gateway, scope: Scope, request: QuickRequest) -> b
         waiting = hub.waiting(spec.channel, start, limit) if start is not None else None
         if start is None or waiting is None:
             return False
+        if not waiting and start != hub.newest(spec.channel):
+            return False  # a cursor ahead of the live link (history read it): not caught up
         starts.append(start)
         if waiting and limit > 0:
             runs.append((spec.channel, list(waiting[:limit])))
