@@ -38,7 +38,8 @@ def nodes(fresh_cluster: RedisCluster):
     env = gateway_env("cluster", fresh_cluster)
     servers = [GatewayServer(env).start() for _ in range(2)]
     yield servers, env["GATEWAY_REDIS_PREFIX"]
-    for server in servers:
+    for n, server in enumerate(servers):
+        print(f"--- gateway {n} log (tail) ---\n{server.log()[-6000:]}")  # shown on failure
         server.close()
 
 
@@ -54,6 +55,7 @@ async def test_manual_failover_of_the_channels_primary(nodes, fresh_cluster):
     replica = fresh_cluster.replica_of(primary)
 
     async def failover() -> None:
+        print(f"{time.strftime('%H:%M:%S')} CLUSTER FAILOVER: {primary.port} to {replica.port}")
         replica.cli("CLUSTER", "FAILOVER")
         await anyio.to_thread.run_sync(lambda: wait_until(lambda: replica.is_primary, 20))
 
