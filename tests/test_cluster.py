@@ -11,9 +11,12 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
+from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.brokers import is_cluster
 from gateway.brokers.functions import channel_keys, function_name
+from gateway.brokers.shard_link import ShardLink
 from gateway.publisher import AsyncPublisher, Publisher
 from tests.clients import publish
 from tests.cluster import RedisCluster
@@ -102,3 +105,40 @@ async def test_the_readme_redis_cli_line_works_on_a_cluster_and_a_single_redis(
             assert received == {"id": message_id, "channel": channel, "event": "message", "data": "hi"}
     finally:
         server.close()
+
+
+class _Quiet:
+    """A shard link's owner that only counts what the link reports."""
+
+    def __init__(self) -> None:
+        self.reports = 0
+
+    def _map_changed(self) -> None:
+        self.reports += 1
+
+    def _received(self, name: bytes, payload: bytes) -> None:
+        self.reports += 1
+
+    def _unsubscribed(self, link: ShardLink, name: bytes) -> None:
+        self.reports += 1
+
+
+async def test_a_shard_link_refuses_a_replica(redis_cluster):
+    """Redis takes SSUBSCRIBE on a replica, which hears nothing for a while after a failover: refused."""
+    primary = redis_cluster.primaries()[0]
+    replica = redis_cluster.replica_of(primary)
+    name = next(f"probe:{{{n}}}" for n in range(100) if redis_cluster.owner_of(f"{{{n}}}") is primary)
+    for node in (primary, replica):
+        conn = Connection(host="127.0.0.1", port=node.port, protocol=2)
+        link = ShardLink(f"127.0.0.1:{node.port}", conn, name.encode(), _Quiet())
+        try:
+            if node is primary:
+                await link.start()
+                assert link.alive
+            else:
+                with pytest.raises(RedisConnectionError, match="not a primary"):
+                    await link.start()
+                assert not link.alive
+        finally:
+            await link.close()
+

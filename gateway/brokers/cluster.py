@@ -186,6 +186,7 @@ class ClusterBroker(RedisStore):
             self._stale = False
         primaries = frozenset(node.name for node in self._cluster.get_primaries())
         if primaries != self._primaries:
+            logger.info("the primaries are now %s", ", ".join(sorted(primaries)))
             await self._load_functions()
             self._primaries = primaries
         for name, link in list(self._links.items()):
@@ -222,6 +223,7 @@ class ClusterBroker(RedisStore):
                 if old is not None and old in self._links:
                     await self._links[old].send("SUNSUBSCRIBE", self.base(channel))
                 if old is not None or channel in self._lost:
+                    logger.info("channel %s re-homed from %s to %s", channel, old, node)
                     restored.append(channel)
                 self._lost.discard(channel)
                 if channel in self._homed:
