@@ -57,6 +57,7 @@ class _Channel:
         "polls",
         "ready",
         "recent",
+        "refill",
         "subs",
     )
 
@@ -66,6 +67,8 @@ class _Channel:
         self.last: Cursor | None = None
         # Live messages held back while the channel joins or backfills.
         self.pending: list[Message] | None = []
+        # A restoration came while the channel joined or backfilled: read history again.
+        self.refill = False
         self.ready = asyncio.Event()
         self.idle_since: float | None = None
         self.delivered_at = 0.0
@@ -225,9 +228,13 @@ class Hub:
             return
         for channel in channels:
             state = self.channels.get(channel)
-            if state is not None and state.pending is None:
-                state.pending = []
-                self._tasks.start_soon(self._backfill, channel, state)
+            if state is None:
+                continue
+            if state.pending is not None:  # joining or backfilling: its read may predate this gap
+                state.refill = True
+                continue
+            state.pending = []
+            self._tasks.start_soon(self._backfill, channel, state)
 
     # -- inside -----------------------------------------------------------
 
@@ -313,7 +320,7 @@ class Hub:
                 del self.channels[channel]
                 state.ready.set()
                 raise
-            self._flush_pending(state)
+            self._release(channel, state)
             state.ready.set()
         else:
             state.subs.add(sub)
@@ -379,14 +386,32 @@ class Hub:
         pending, state.pending = state.pending or [], None
         self._deliver(state, pending)
 
+    def _release(self, channel: str, state: _Channel) -> None:
+        """Let live messages through, unless a restoration came meanwhile: backfill first."""
+        if state.refill and self._tasks is not None:
+            self._tasks.start_soon(self._backfill, channel, state)
+        else:
+            self._flush_pending(state)
+
     async def _backfill(self, channel: str, state: _Channel) -> None:
-        """After a broker fault: every message history holds after the last one delivered."""
+        """After a broker fault: every message history holds after the last one delivered.
+
+        Live messages wait in ``pending`` meanwhile. A restoration heard
+        during the read (another shard's link, the slot moved again) means
+        messages this read may not hold: history is read again after it.
+        """
+        state.refill = False
         try:
             items = await self._read_all(channel, state.last or START, None)
         except Exception:
             logger.warning("backfill of %s failed; waiting for the next reconnect", channel)
             self._flush_pending(state)
             return
+        self._deliver_history(state, items)
+        self._release(channel, state)
+
+    def _deliver_history(self, state: _Channel, items: list[Item]) -> None:
+        """A backfill's items: a gap is said once, then the new epoch's messages follow."""
         segment: list[Message] = []
         for item in items:
             if isinstance(item, Message):
@@ -398,7 +423,6 @@ class Hub:
             state.last = None  # said once: the new epoch's messages follow
             state.recent.reset(None)
         self._deliver(state, segment)
-        self._flush_pending(state)
 
     async def _exit_watcher(self) -> None:
         await wait_for_exit_signal()

@@ -7,6 +7,7 @@ import json
 import anyio
 import pytest
 
+from gateway.brokers.base import History
 from gateway.brokers.memory import MemoryBroker
 from gateway.errors import BadRequest
 from gateway.hub import Hub
@@ -398,3 +399,39 @@ async def test_waiting_polls_share_one_answer_and_time_out_on_the_wheel():
             assert len(answers) == 1  # built once for all 50
             assert [m.data for m in encoded[-1][1]] == ["m"]  # type: ignore[attr-defined]
             assert not hub.channels["c"].polls.waiters  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_a_restoration_during_a_backfill_reads_history_again():
+    """A second hole while the first backfill reads: what the first read missed comes, once, in order."""
+    hub = _hub()
+    broker = hub.broker
+    assert isinstance(broker, MemoryBroker)
+    gate, reads = anyio.Event(), []
+    read_history = broker.history
+
+    async def history_held_by_the_gate(channel: str, cursor: Cursor, limit: int) -> History:
+        answer = await read_history(channel, cursor, limit)  # read now, answered later
+        reads.append(cursor)
+        if len(reads) == 1:
+            await gate.wait()
+        return answer
+
+    broker.history = history_held_by_the_gate  # type: ignore[method-assign]
+    async with hub.running(), hub.subscribe("c") as sub:
+        await hub.publish("c", "message", "a")
+        broker._subscribed.discard("c")  # the live feed has a hole
+        hub.on_channels_restored(["c"])
+        while not reads:
+            await anyio.sleep(0.01)
+        await hub.publish("c", "message", "b")  # a second hole, after the first read
+        hub.on_channels_restored(["c"])
+        broker._subscribed.add("c")
+        await hub.publish("c", "message", "c")
+        gate.set()
+        got: list[str] = []
+        with anyio.fail_after(2):
+            while len(got) < 3:
+                await sub.wait()
+                got.extend(m.data for m in sub.take(10) if isinstance(m, Message))
+        assert got == ["a", "b", "c"] and len(reads) == 2
