@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 LINGER_S = 5.0
 CANARY_INTERVAL_S = 1.0
+LINK_POLL_S = 0.05  # how often the canary loop looks for a link it has not got yet
 READY_WINDOW_S = 3.0
 STALL_S = 30.0  # a client write blocked this long: the client is gone or stalled
 HISTORY_PAGE_MIN = 100  # messages per history read when paging a deep resume
@@ -432,6 +433,11 @@ class Hub:
 
     async def _canary_loop(self) -> None:
         while True:
+            if not self.broker.connected:
+                # No link yet (starting, reconnecting): a canary sent now is lost, and
+                # its round-trip's timeout plus a pause kept a new node unready ~3 s.
+                await anyio.sleep(LINK_POLL_S)
+                continue
             try:
                 with anyio.fail_after(CANARY_INTERVAL_S * 2):
                     await self.broker.check_link()
