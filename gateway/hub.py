@@ -184,7 +184,10 @@ class Hub:
         """A poll's answer from memory, encoded once for every poller at ``cursor``.
 
         ``CAUGHT_UP`` when nothing follows the cursor yet, None when this
-        process cannot tell (``waiting``).
+        process cannot tell (``waiting``). A cursor past the newest id this
+        process delivered (a client's earlier poll read history, which may
+        be ahead of the live link) is not caught up: a waiter parked there
+        would be answered the messages it had already, once they arrive.
         """
         state = self.channels.get(channel)
         if state is None or state.pending is not None:
@@ -194,7 +197,7 @@ class Hub:
         if answer is None:
             messages = state.recent.after(cursor, limit)
             if not messages:
-                return CAUGHT_UP if messages is not None else None
+                return CAUGHT_UP if messages is not None and cursor == state.last else None
             if len(state.answers) >= ANSWERS_KEPT:
                 state.answers.clear()
             answer = state.answers[key] = encode(channel, list(messages), cursor)

@@ -10,7 +10,7 @@ import pytest
 from gateway.brokers.base import History
 from gateway.brokers.memory import MemoryBroker
 from gateway.errors import BadRequest
-from gateway.hub import Hub
+from gateway.hub import CAUGHT_UP, Hub
 from gateway.message import START, Cursor, Message, check_channel, check_event
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -435,3 +435,19 @@ async def test_a_restoration_during_a_backfill_reads_history_again():
                 await sub.wait()
                 got.extend(m.data for m in sub.take(10) if isinstance(m, Message))
         assert got == ["a", "b", "c"] and len(reads) == 2
+
+
+@pytest.mark.anyio
+async def test_a_poll_cursor_ahead_of_the_live_link_is_not_caught_up():
+    """A cursor from history that live delivery has not reached yet: not parked as caught up."""
+    hub = _hub()
+    broker = hub.broker
+    assert isinstance(broker, MemoryBroker)
+    async with hub.running(), hub.subscribe("c"):
+        first = await hub.publish("c", "message", "a")
+        assert first.cursor is not None
+        assert hub.answer_after("c", first.cursor, 10, lambda *a: a) is CAUGHT_UP
+        broker._subscribed.discard("c")  # the live link lags: history is ahead of it
+        ahead = await hub.publish("c", "message", "b")
+        assert ahead.cursor is not None
+        assert hub.answer_after("c", ahead.cursor, 10, lambda *a: a) is None
