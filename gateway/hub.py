@@ -169,6 +169,8 @@ class Hub:
         state = self.channels.get(channel)
         if state is None or state.pending is not None or self.closing:
             return False
+        if waiter.start != (state.last if state.last is not None else START):
+            return False  # ahead of the live link (a cursor read from history): see answer_after
         polls = state.polls
         if polls is None:
             polls = state.polls = ChannelPolls(

@@ -13,6 +13,7 @@ from gateway.errors import BadRequest
 from gateway.hub import CAUGHT_UP, Hub
 from gateway.message import START, Cursor, Message, check_channel, check_event
 from gateway.metrics import Metrics
+from gateway.polls import Waiter
 from gateway.settings import Settings
 from gateway.subscription import GAP, Batch, CloseReason, Subscription
 
@@ -451,3 +452,4 @@ async def test_a_poll_cursor_ahead_of_the_live_link_is_not_caught_up():
         ahead = await hub.publish("c", "message", "b")
         assert ahead.cursor is not None
         assert hub.answer_after("c", ahead.cursor, 10, lambda *a: a) is None
+        assert not hub.park("c", Waiter(ahead.cursor, 10, None), 1.0, lambda *a: a)
