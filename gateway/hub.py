@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 LINGER_S = 5.0
 CANARY_INTERVAL_S = 1.0
+LINK_POLL_S = 0.05  # how often the canary loop looks for a link it has not got yet
 READY_WINDOW_S = 3.0
 STALL_S = 30.0  # a client write blocked this long: the client is gone or stalled
 HISTORY_PAGE_MIN = 100  # messages per history read when paging a deep resume
@@ -57,6 +58,7 @@ class _Channel:
         "polls",
         "ready",
         "recent",
+        "refill",
         "subs",
     )
 
@@ -66,6 +68,8 @@ class _Channel:
         self.last: Cursor | None = None
         # Live messages held back while the channel joins or backfills.
         self.pending: list[Message] | None = []
+        # A restoration came while the channel joined or backfilled: read history again.
+        self.refill = False
         self.ready = asyncio.Event()
         self.idle_since: float | None = None
         self.delivered_at = 0.0
@@ -165,6 +169,8 @@ class Hub:
         state = self.channels.get(channel)
         if state is None or state.pending is not None or self.closing:
             return False
+        if waiter.start != (state.last if state.last is not None else START):
+            return False  # ahead of the live link (a cursor read from history): see answer_after
         polls = state.polls
         if polls is None:
             polls = state.polls = ChannelPolls(
@@ -180,7 +186,10 @@ class Hub:
         """A poll's answer from memory, encoded once for every poller at ``cursor``.
 
         ``CAUGHT_UP`` when nothing follows the cursor yet, None when this
-        process cannot tell (``waiting``).
+        process cannot tell (``waiting``). A cursor past the newest id this
+        process delivered (a client's earlier poll read history, which may
+        be ahead of the live link) is not caught up: a waiter parked there
+        would be answered the messages it had already, once they arrive.
         """
         state = self.channels.get(channel)
         if state is None or state.pending is not None:
@@ -190,7 +199,7 @@ class Hub:
         if answer is None:
             messages = state.recent.after(cursor, limit)
             if not messages:
-                return CAUGHT_UP if messages is not None else None
+                return CAUGHT_UP if messages is not None and cursor == state.last else None
             if len(state.answers) >= ANSWERS_KEPT:
                 state.answers.clear()
             answer = state.answers[key] = encode(channel, list(messages), cursor)
@@ -225,9 +234,13 @@ class Hub:
             return
         for channel in channels:
             state = self.channels.get(channel)
-            if state is not None and state.pending is None:
-                state.pending = []
-                self._tasks.start_soon(self._backfill, channel, state)
+            if state is None:
+                continue
+            if state.pending is not None:  # joining or backfilling: its read may predate this gap
+                state.refill = True
+                continue
+            state.pending = []
+            self._tasks.start_soon(self._backfill, channel, state)
 
     # -- inside -----------------------------------------------------------
 
@@ -313,7 +326,7 @@ class Hub:
                 del self.channels[channel]
                 state.ready.set()
                 raise
-            self._flush_pending(state)
+            self._release(channel, state)
             state.ready.set()
         else:
             state.subs.add(sub)
@@ -379,14 +392,32 @@ class Hub:
         pending, state.pending = state.pending or [], None
         self._deliver(state, pending)
 
+    def _release(self, channel: str, state: _Channel) -> None:
+        """Let live messages through, unless a restoration came meanwhile: backfill first."""
+        if state.refill and self._tasks is not None:
+            self._tasks.start_soon(self._backfill, channel, state)
+        else:
+            self._flush_pending(state)
+
     async def _backfill(self, channel: str, state: _Channel) -> None:
-        """After a broker fault: every message history holds after the last one delivered."""
+        """After a broker fault: every message history holds after the last one delivered.
+
+        Live messages wait in ``pending`` meanwhile. A restoration heard
+        during the read (another shard's link, the slot moved again) means
+        messages this read may not hold: history is read again after it.
+        """
+        state.refill = False
         try:
             items = await self._read_all(channel, state.last or START, None)
         except Exception:
             logger.warning("backfill of %s failed; waiting for the next reconnect", channel)
             self._flush_pending(state)
             return
+        self._deliver_history(state, items)
+        self._release(channel, state)
+
+    def _deliver_history(self, state: _Channel, items: list[Item]) -> None:
+        """A backfill's items: a gap is said once, then the new epoch's messages follow."""
         segment: list[Message] = []
         for item in items:
             if isinstance(item, Message):
@@ -398,7 +429,6 @@ class Hub:
             state.last = None  # said once: the new epoch's messages follow
             state.recent.reset(None)
         self._deliver(state, segment)
-        self._flush_pending(state)
 
     async def _exit_watcher(self) -> None:
         await wait_for_exit_signal()
@@ -408,6 +438,11 @@ class Hub:
 
     async def _canary_loop(self) -> None:
         while True:
+            if not self.broker.connected:
+                # No link yet (starting, reconnecting): a canary sent now is lost, and
+                # its round-trip's timeout plus a pause kept a new node unready ~3 s.
+                await anyio.sleep(LINK_POLL_S)
+                continue
             try:
                 with anyio.fail_after(CANARY_INTERVAL_S * 2):
                     await self.broker.check_link()

@@ -107,7 +107,10 @@ async def read_ws(
     params: dict[str, Any] | None = None,
 ) -> Reader:
     url = str(httpx.URL(f"{ws_base}/ws/{channel}", params={**query(since, last), **(params or {})}))
-    async with websockets.connect(url, max_size=2**22, compression=None) as ws:
+    # No client-side flow control (max_queue=None): a reader that stops at ``count``
+    # with more queued stopped reading the socket at 16 frames, never read the
+    # server's close reply, and waited out websockets' 10 s close_timeout (1006).
+    async with websockets.connect(url, max_size=2**22, compression=None, max_queue=None) as ws:
         reader.ready.set()
         try:
             async for raw in ws:

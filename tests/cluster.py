@@ -1,19 +1,22 @@
 """A real local Redis Cluster for tests and benchmarks: 3 primaries, 3 replicas.
 
 Six ``redis-server`` processes on free loopback ports (each also needs its
-port + 10000 free, the cluster bus), joined by ``redis-cli --cluster create``.
+port + 10000 free, the cluster bus; both below the ephemeral range), joined
+by ``redis-cli --cluster create``.
 ``python -m tests.cluster`` starts one and prints its URL until interrupted.
 """
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from tests.servers import RedisServer, wait_until
+from tests.servers import RedisServer, free_port, wait_until
 
 NODE_TIMEOUT_MS = 2000
 
@@ -27,13 +30,44 @@ def _free(port: int) -> bool:
         return True
 
 
+def _ephemeral_low() -> int:
+    """The first port the kernel hands to outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_handed_out: set[int] = set()
+
+
+def _cluster_port() -> int:
+    """A port whose bus port (+ 10000) is free too, both below the ephemeral range.
+
+    There no outgoing connection (ours are many) can take either between
+    this check and redis-server's bind, or while a stopped node waits to
+    come back on its port. Nodes are all created before any starts, so a
+    port handed out in this process is never handed out again.
+    """
+    top = _ephemeral_low() - 10000
+    if top - 1024 < 1000:  # no room below the ephemeral range: take what comes
+        return free_port()
+    while True:
+        port = random.randrange(max(1024, top - 10000), top)
+        if port not in _handed_out and _free(port) and _free(port + 10000):
+            _handed_out.add(port)
+            return port
+
+
 class ClusterNode(RedisServer):
     """One redis-server with ``cluster-enabled yes``; its bus on port + 10000."""
 
     def __init__(self, *, appendonly: bool = False) -> None:
         super().__init__(appendonly=appendonly)
-        while not (self.port + 10000 < 65536 and _free(self.port + 10000)):
-            super().__init__(appendonly=appendonly)
+        self.move()
+
+    def move(self) -> None:
+        self.port = _cluster_port()
 
     def start(self) -> ClusterNode:
         self.extra_args = [

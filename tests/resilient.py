@@ -167,6 +167,33 @@ async def stream_through_fault(
             await fault()
         await wait_for_all(list(readers.values()), producer.acked[-1])
         tasks.cancel_scope.cancel()
-    for reader in readers.values():
-        (check or assert_exactly_once_in_order)(reader, producer.acked)
+    failures = []
+    for name, reader in readers.items():
+        try:
+            (check or assert_exactly_once_in_order)(reader, producer.acked)
+        except AssertionError as failed:
+            failures.append(f"{name}: {failed}\n  {what_differs(reader, producer)}")
+    assert not failures, "\n".join(failures)  # every reader's, to tell a node's loss from one's
     return readers, producer, fault_at
+
+
+def what_differs(reader: Follower, producer: Producer) -> str:
+    """Which acknowledged messages a reader missed or got twice, by their place in the acks."""
+    place = {message_id: n for n, message_id in enumerate(producer.acked)}
+    got = [place.get(message_id, -1) for message_id in reader.ids]
+    seen = set(got)
+    missing = [(n, i) for n, i in enumerate(producer.acked) if n not in seen]
+    twice = sorted({n for n in got if got.count(n) > 1})
+    order = [n for n in got if n >= 0]
+    backwards = [(a, b) for a, b in itertools.pairwise(order) if b <= a]
+    runs: list[list[int]] = []  # the missing places as [first, last] runs
+    for n, _ in missing:
+        if runs and runs[-1][1] == n - 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return (
+        f"{len(producer.acked)} acked, {len(reader.ids)} received, {reader.gaps} gap(s); "
+        f"missing places {runs[:20]}, the first (place, id) {missing[:5]}; twice {twice[:20]}; "
+        f"out of order {backwards[:10]}; reconnects {reader.reconnects}"
+    )

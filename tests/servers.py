@@ -6,6 +6,7 @@ without touching anyone else's. Nothing here mocks anything.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -23,6 +24,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 20.0
+PORT_ATTEMPTS = 5  # a redis-server whose port was taken meanwhile tries another
 
 
 def _die_with_parent() -> None:
@@ -73,6 +75,8 @@ class RedisServer:
         self.dir = tempfile.mkdtemp(prefix="gw-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
         self.extra_args: list[str] = []
+        self.log_path = f"{self.dir}/redis.log"
+        self.started = False  # once started, its port is known to clients: never moved
 
     @property
     def url(self) -> str:
@@ -80,6 +84,32 @@ class RedisServer:
         return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        """Spawn and wait until it answers; a first start whose port was taken moves on.
+
+        A port found free may be taken before redis-server binds it (by any
+        outgoing connection: ours are in the ephemeral range too), and then
+        redis-server exits at once. Waiting 20 s for a PONG that cannot come
+        is what CI saw; its log says why, and a first start tries new ports.
+        """
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            self._spawn()
+            failure = self._wait_up()
+            if failure is None:
+                self.started = True
+                return self
+            if "Address already in use" not in failure or attempt == PORT_ATTEMPTS:
+                raise RuntimeError(f"redis-server on port {self.port} did not start: {failure}")
+            if self.started:  # a restart keeps its port (clients know it): wait for it
+                time.sleep(0.5)
+            else:
+                self.move()
+        raise AssertionError("unreachable")
+
+    def move(self) -> None:
+        """Another port, before the first start."""
+        self.port = free_port()
+
+    def _spawn(self) -> None:
         args = [
             self.binary,
             "--port",
@@ -109,11 +139,28 @@ class RedisServer:
                 "--tls-key-file",
                 f"{self.tls_dir}/key.pem",
             ]
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_death_pact()
-        )
-        wait_until(self.ping)
-        return self
+        with open(self.log_path, "ab") as log:  # its log and any complaint about its options
+            self.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_death_pact()
+            )
+
+    def _wait_up(self) -> str | None:
+        """None once it answers PING; else why not (its exit and log, or the time out)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                code, self.proc = self.proc.returncode, None
+                return f"exited {code}: {self.log()[-1000:]}"
+            with contextlib.suppress(OSError):
+                if self.ping():
+                    return None
+            time.sleep(0.05)
+        return f"no PONG within {START_TIMEOUT_S}s: {self.log()[-1000:]}"
+
+    def log(self) -> str:
+        path = Path(self.log_path)
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def ping(self) -> bool:
         if self.tls_dir:

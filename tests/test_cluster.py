@@ -6,15 +6,23 @@ are in test_cluster_faults.py.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import Iterator
 
 import anyio
 import pytest
+from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.brokers import is_cluster
+from gateway.brokers.cluster import ClusterBroker
 from gateway.brokers.functions import channel_keys, function_name
+from gateway.brokers.redis_store import MARKER
+from gateway.brokers.shard_link import ShardLink
+from gateway.message import Message
 from gateway.publisher import AsyncPublisher, Publisher
+from gateway.settings import Settings
 from tests.clients import publish
 from tests.cluster import RedisCluster
 from tests.conftest import gateway_env
@@ -102,3 +110,106 @@ async def test_the_readme_redis_cli_line_works_on_a_cluster_and_a_single_redis(
             assert received == {"id": message_id, "channel": channel, "event": "message", "data": "hi"}
     finally:
         server.close()
+
+
+class _Quiet:
+    """A shard link's owner that only counts what the link reports."""
+
+    def __init__(self) -> None:
+        self.reports = 0
+
+    def _map_changed(self) -> None:
+        self.reports += 1
+
+    def _received(self, name: bytes, payload: bytes) -> None:
+        self.reports += 1
+
+    def _unsubscribed(self, link: ShardLink, name: bytes) -> None:
+        self.reports += 1
+
+
+async def test_a_shard_link_refuses_a_replica(redis_cluster):
+    """Redis takes SSUBSCRIBE on a replica, which hears nothing for a while after a failover: refused."""
+    primary = redis_cluster.primaries()[0]
+    replica = redis_cluster.replica_of(primary)
+    name = next(f"probe:{{{n}}}" for n in range(100) if redis_cluster.owner_of(f"{{{n}}}") is primary)
+    for node in (primary, replica):
+        conn = Connection(host="127.0.0.1", port=node.port, protocol=2)
+        link = ShardLink(f"127.0.0.1:{node.port}", conn, name.encode(), _Quiet())
+        try:
+            if node is primary:
+                await link.start()
+                assert link.alive
+            else:
+                with pytest.raises(RedisConnectionError, match="not a primary"):
+                    await link.start()
+                assert not link.alive
+        finally:
+            await link.close()
+
+
+class _Listener:
+    """The hub's side of the broker, as a record of calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def on_messages(self, messages: list[Message]) -> None:
+        self.calls.append(("live", [m.channel for m in messages]))
+
+    def on_link_restored(self) -> None:
+        self.calls.append(("link", []))
+
+    def on_channels_restored(self, channels: list[str]) -> None:
+        self.calls.append(("restored", list(channels)))
+
+
+class _AnsweringLink:
+    """A shard link that confirms each subscription a loop turn later, as a real node would.
+
+    Meanwhile a live message of every channel arrives (on this link or on
+    one that carries it already): the hub must hear of a channel's
+    restoration before any of its live messages, or its backfill would
+    start after that message, past the hole.
+    """
+
+    def __init__(self, node: str, broker: ClusterBroker) -> None:
+        self.node = node
+        self.broker = broker
+        self.alive = True
+
+    async def subscribe(self, names: list[bytes]) -> set[bytes]:
+        for n, channel in enumerate(sorted(self.broker._channels)):
+            self.broker._received(self.broker.base(channel).encode(), _payload(n))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return set(names)
+
+    async def send(self, *args: object) -> None:
+        pass
+
+
+def _payload(n: int) -> bytes:
+    return MARKER + f"e0:{1000 + n}-0".encode() + b"\x00message\x00x"
+
+
+async def test_a_channel_re_homed_with_others_is_restored_before_its_live_messages():
+    """Channels of several shards re-homed at once: each one's restoration precedes its live messages."""
+    broker = ClusterBroker(Settings(redis_url="redis://127.0.0.1:1/0"))
+    listener = _Listener()
+    broker._listener = listener
+    owners = {f"c{n}": f"127.0.0.1:{7000 + n}" for n in range(3)}
+    broker._owner = lambda key: owners[key.split("{")[1].rstrip("}")]  # type: ignore[method-assign]
+    for channel, node in owners.items():
+        broker._channels.add(channel)
+        broker._lost.add(channel)
+        broker._links[node] = _AnsweringLink(node, broker)  # type: ignore[assignment]
+    try:
+        assert await broker._home_channels()
+        await asyncio.sleep(0)  # the last live messages handed over
+        for channel in owners:
+            said = [kind for kind, channels in listener.calls if channel in channels]
+            assert said[0] == "restored", (channel, listener.calls)
+        assert any(kind == "live" for kind, _ in listener.calls)  # not all dropped
+    finally:
+        await broker._cluster.aclose()

@@ -21,13 +21,18 @@ from tests.conftest import gateway_env
 from tests.resilient import Follower, record, stream_through_fault
 from tests.servers import GatewayServer, wait_until
 
-# One retry: each test builds a six-node cluster on free ports and fails a
-# node over on a 2-core machine shared with the rest of the suite. One CI run
-# in three here failed one of them (a redis-server not up in 20 s; once an
-# acknowledged message missing after a manual failover, not seen again in
-# isolation). Not hidden: a second failure fails the run, and the rerun is
-# reported. The failover case is an open question in the closing note.
-pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.flaky(reruns=1)]
+# CI saw two kinds of failure here (one run in three failed one test): a
+# redis-server not up in 20 s (its port taken meanwhile: the harness now
+# moves it, tests/cluster.py) and acknowledged messages missing after a
+# manual failover (a link rebuilt to the demoted primary: shard_link.py
+# refuses a replica now). The failover test passed 55 runs in a row under
+# load since (a CPU hog on one of two cores), and runs without a retry. The
+# others keep one retry until they have as many: in 8 runs of this file under
+# load one of them failed once, on a duplicate poll answer since fixed
+# (Hub.answer_after). A second failure still fails the run, and a rerun is
+# reported.
+RETRY_ONCE = pytest.mark.flaky(reruns=1)
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 COUNT = 1500
 FAULT_AFTER = 300
@@ -38,7 +43,8 @@ def nodes(fresh_cluster: RedisCluster):
     env = gateway_env("cluster", fresh_cluster)
     servers = [GatewayServer(env).start() for _ in range(2)]
     yield servers, env["GATEWAY_REDIS_PREFIX"]
-    for server in servers:
+    for n, server in enumerate(servers):
+        print(f"--- gateway {n} log (tail) ---\n{server.log()[-6000:]}")  # shown on failure
         server.close()
 
 
@@ -54,6 +60,7 @@ async def test_manual_failover_of_the_channels_primary(nodes, fresh_cluster):
     replica = fresh_cluster.replica_of(primary)
 
     async def failover() -> None:
+        print(f"{time.strftime('%H:%M:%S')} CLUSTER FAILOVER: {primary.port} to {replica.port}")
         replica.cli("CLUSTER", "FAILOVER")
         await anyio.to_thread.run_sync(lambda: wait_until(lambda: replica.is_primary, 20))
 
@@ -65,6 +72,7 @@ async def test_manual_failover_of_the_channels_primary(nodes, fresh_cluster):
     record(f"cluster manual failover ({producer.refused} publishes refused)", readers, fault_at)
 
 
+@RETRY_ONCE
 async def test_the_channels_slot_migrates_to_another_shard(nodes, fresh_cluster):
     """The channel's slot and keys move to another primary (SETSLOT/MIGRATE) mid-stream."""
     servers, prefix = nodes
@@ -97,6 +105,7 @@ def _every_ack_or_the_gap(reader: Follower, acked: list[str]) -> None:
         assert got == [i for i in acked if i in set(got)], "reordered"
 
 
+@RETRY_ONCE
 async def test_the_channels_primary_sigkilled(nodes, fresh_cluster):
     """SIGKILL of the channel's primary: its replica takes over; every message, or the gap."""
     servers, prefix = nodes
@@ -119,6 +128,7 @@ async def test_the_channels_primary_sigkilled(nodes, fresh_cluster):
     )
 
 
+@RETRY_ONCE
 async def test_a_gateway_node_sigkilled_on_a_cluster(nodes):
     """One of two gateways SIGKILLed: its readers resume on the other with their cursor."""
     servers, _ = nodes
@@ -134,6 +144,7 @@ async def test_a_gateway_node_sigkilled_on_a_cluster(nodes):
     record("cluster: gateway SIGKILL", readers, fault_at)
 
 
+@RETRY_ONCE
 async def test_readyz_turns_503_while_a_shard_is_down_and_recovers(nodes, fresh_cluster):
     """A canary per shard: a frozen primary (SIGSTOP) fails /readyz until its replica takes over."""
     servers, prefix = nodes

@@ -118,7 +118,8 @@ async def test_trimmed_history_is_a_gap(redis_server):
     env = gateway_env("redis", redis_server, GATEWAY_HISTORY_SIZE="10")
     server = GatewayServer(env).start()
     try:
-        ids = [await publish(server.url, "nodes:trim", f"m{n}") for n in range(300)]
+        async with httpx.AsyncClient(timeout=30) as client:  # one connection for 300 publishes
+            ids = [await publish(server.url, "nodes:trim", f"m{n}", client=client) for n in range(300)]
         for transport in TRANSPORTS:
             reader = await reader_for(transport, server)("nodes:trim", Reader(), 10, since=ids[0])
             assert reader.gaps == 1 and reader.items[0] == {"type": "gap"}, transport

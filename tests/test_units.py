@@ -7,11 +7,13 @@ import json
 import anyio
 import pytest
 
+from gateway.brokers.base import History
 from gateway.brokers.memory import MemoryBroker
 from gateway.errors import BadRequest
-from gateway.hub import Hub
+from gateway.hub import CAUGHT_UP, Hub
 from gateway.message import START, Cursor, Message, check_channel, check_event
 from gateway.metrics import Metrics
+from gateway.polls import Waiter
 from gateway.settings import Settings
 from gateway.subscription import GAP, Batch, CloseReason, Subscription
 
@@ -400,3 +402,56 @@ async def test_waiting_polls_share_one_answer_and_time_out_on_the_wheel():
             assert len(answers) == 1  # built once for all 50
             assert [m.data for m in encoded[-1][1]] == ["m"]  # type: ignore[attr-defined]
             assert not hub.channels["c"].polls.waiters  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_a_restoration_during_a_backfill_reads_history_again():
+    """A second hole while the first backfill reads: what the first read missed comes, once, in order."""
+    hub = _hub()
+    broker = hub.broker
+    assert isinstance(broker, MemoryBroker)
+    gate, reads = anyio.Event(), []
+    read_history = broker.history
+
+    async def history_held_by_the_gate(channel: str, cursor: Cursor, limit: int) -> History:
+        answer = await read_history(channel, cursor, limit)  # read now, answered later
+        reads.append(cursor)
+        if len(reads) == 1:
+            await gate.wait()
+        return answer
+
+    broker.history = history_held_by_the_gate  # type: ignore[method-assign]
+    async with hub.running(), hub.subscribe("c") as sub:
+        await hub.publish("c", "message", "a")
+        broker._subscribed.discard("c")  # the live feed has a hole
+        hub.on_channels_restored(["c"])
+        while not reads:
+            await anyio.sleep(0.01)
+        await hub.publish("c", "message", "b")  # a second hole, after the first read
+        hub.on_channels_restored(["c"])
+        broker._subscribed.add("c")
+        await hub.publish("c", "message", "c")
+        gate.set()
+        got: list[str] = []
+        with anyio.fail_after(2):
+            while len(got) < 3:
+                await sub.wait()
+                got.extend(m.data for m in sub.take(10) if isinstance(m, Message))
+        assert got == ["a", "b", "c"] and len(reads) == 2
+
+
+@pytest.mark.anyio
+async def test_a_poll_cursor_ahead_of_the_live_link_is_not_caught_up():
+    """A cursor from history that live delivery has not reached yet: not parked as caught up."""
+    hub = _hub()
+    broker = hub.broker
+    assert isinstance(broker, MemoryBroker)
+    async with hub.running(), hub.subscribe("c"):
+        first = await hub.publish("c", "message", "a")
+        assert first.cursor is not None
+        assert hub.answer_after("c", first.cursor, 10, lambda *a: a) is CAUGHT_UP
+        broker._subscribed.discard("c")  # the live link lags: history is ahead of it
+        ahead = await hub.publish("c", "message", "b")
+        assert ahead.cursor is not None
+        assert hub.answer_after("c", ahead.cursor, 10, lambda *a: a) is None
+        assert not hub.park("c", Waiter(ahead.cursor, 10, None), 1.0, lambda *a: a)

@@ -21,8 +21,11 @@ Decisions:
   command, and a timer. It refreshes the slot map, opens links to new
   primaries, closes those to nodes no longer primaries, subscribes each
   homeless channel on its owner, and then tells the hub which channels
-  came back (``on_channels_restored``): the hub backfills just those from
-  history on their new owner and drops duplicates by id.
+  came back (``on_channels_restored``), before it awaits anything else:
+  the hub backfills just those from history on their new owner and drops
+  duplicates by id. Until the hub has heard, such a channel's live
+  messages are dropped (history holds them): one delivered first would
+  move the hub's cursor past the hole.
 * Each link has a canary, a name in a slot its primary owns: ``check_link``
   sends one through every link, so ``/readyz`` fails while any shard's
   messages would not arrive.
@@ -55,6 +58,7 @@ from redis.exceptions import (
 from gateway.brokers.backoff import Backoff
 from gateway.brokers.base import BrokerListener
 from gateway.brokers.redis_store import (
+    MARKER,
     SUBSCRIBE_TIMEOUT_S,
     RedisStore,
     connection_options,
@@ -186,6 +190,7 @@ class ClusterBroker(RedisStore):
             self._stale = False
         primaries = frozenset(node.name for node in self._cluster.get_primaries())
         if primaries != self._primaries:
+            logger.info("the primaries are now %s", ", ".join(sorted(primaries)))
             await self._load_functions()
             self._primaries = primaries
         for name, link in list(self._links.items()):
@@ -206,31 +211,51 @@ class ClusterBroker(RedisStore):
             owner = self._owner(self.base(channel))
             if self._home.get(channel) != owner:
                 wanted.setdefault(owner, []).append(channel)
-        settled, restored = True, []
+        settled = True
         for node, channels in wanted.items():
             link = self._links.get(node)
             if link is None or not link.alive:
                 settled = False
                 continue
-            confirmed = await link.subscribe([self.base(c).encode() for c in channels])
-            for channel in channels:
-                if self.base(channel).encode() not in confirmed or channel not in self._channels:
-                    settled = False
-                    continue
-                old = self._home.get(channel)
-                self._home[channel] = node
-                if old is not None and old in self._links:
-                    await self._links[old].send("SUNSUBSCRIBE", self.base(channel))
-                if old is not None or channel in self._lost:
-                    restored.append(channel)
-                self._lost.discard(channel)
-                if channel in self._homed:
-                    self._homed[channel].set()
+            settled = await self._home_on(link, channels) and settled
         if not settled:
             self._stale = True
+        return settled
+
+    async def _home_on(self, link: ShardLink, channels: list[str]) -> bool:
+        """Subscribe ``channels`` on ``link``; tell the hub at once of those that had a hole.
+
+        A channel that moves (or was lost) is in ``_lost`` until the hub
+        has heard: its live messages are dropped till then (``_received``),
+        as one handed over first would carry the hub's cursor past the hole
+        its backfill must fill; that backfill, read after this, holds them.
+        The hub hears before any await: this pass may wait on other links.
+        One whose move was refused stays on its old link, told as well (for
+        what was dropped meanwhile); one homed nowhere stays lost.
+        """
+        moving = {c: self._home[c] for c in channels if c in self._home}
+        self._lost.update(moving)
+        confirmed = await link.subscribe([self.base(c).encode() for c in channels])
+        settled = True
+        for channel in channels:
+            if self.base(channel).encode() not in confirmed or channel not in self._channels:
+                settled = False
+                continue
+            old = self._home.get(channel)
+            self._home[channel] = link.node
+            if channel in self._lost:
+                logger.info("channel %s re-homed from %s to %s", channel, old, link.node)
+            if channel in self._homed:
+                self._homed[channel].set()
+        restored = [c for c in channels if c in self._lost and c in self._home]
         if restored and self._listener is not None:
-            logger.info("%d channel(s) re-homed; backfilling them", len(restored))
             self._listener.on_channels_restored(restored)
+        self._lost.difference_update(restored)
+        for channel, old in moving.items():
+            old_link = self._links.get(old)
+            moved = self._home.get(channel) == link.node and old_link is not link
+            if moved and old_link is not None:
+                await old_link.send("SUNSUBSCRIBE", self.base(channel))
         return settled
 
     def _owner(self, key: str) -> str:
@@ -278,6 +303,12 @@ class ClusterBroker(RedisStore):
 
     # -- what links report ------------------------------------------------------
 
+    def _received(self, name: bytes, payload: bytes) -> None:
+        """A message of a channel; one whose hole the hub has not heard of yet is dropped."""
+        if self._lost and payload.startswith(MARKER) and self._channel_of(name) in self._lost:
+            return  # in history: the channel's backfill delivers it
+        super()._received(name, payload)
+
     def _unsubscribed(self, link: ShardLink, name: bytes) -> None:
         """A pushed ``sunsubscribe``: its slot moved away from ``link``'s node."""
         if name == link.canary.name:
@@ -285,7 +316,7 @@ class ClusterBroker(RedisStore):
             link.alive = False
             self._map_changed()
             return
-        channel = name.decode()[len(self.prefix) + 2 : -1]
+        channel = self._channel_of(name)
         if self._home.get(channel) == link.node:
             del self._home[channel]
             self._lost.add(channel)

@@ -279,8 +279,12 @@ class RedisStore:
         if self._listener is not None:
             self._listener.on_messages(burst)
 
+    def _channel_of(self, name: bytes) -> str:
+        """The channel of a pub/sub name (``base``'s inverse)."""
+        return name.decode()[len(self.prefix) + 2 : -1]
+
     def _decode(self, name: bytes, payload: bytes) -> Message:
-        channel = name.decode()[len(self.prefix) + 2 : -1]
+        channel = self._channel_of(name)
         if not payload.startswith(MARKER):
             return Message(channel, "message", payload.decode(errors="replace"))
         message_id, event, data = payload[len(MARKER) :].split(b"\x00", 2)

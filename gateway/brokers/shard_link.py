@@ -48,11 +48,30 @@ class ShardLink:
 
     async def start(self) -> None:
         await self.conn.connect()
+        await self._check_primary()
         self.alive = True
         self._reader = asyncio.get_running_loop().create_task(self._pump())
         if self.canary.name not in await self.subscribe([self.canary.name]):
             await self.close()
             raise ConnectionError(f"{self.node} refused the canary's subscription")
+
+    async def _check_primary(self) -> None:
+        """Refuse a node that is a replica now: its subscriptions may hear nothing.
+
+        Redis 7 accepts ``SSUBSCRIBE`` on a replica of the slot's primary, but
+        a primary forwards its shard's messages only to the replicas it knows
+        of. A primary just failed over is a replica at once and its new
+        primary learns so by gossip, a second or more later: a link opened
+        there on a slot map read a moment too early (another node still
+        listed the old primary) subscribed fine, heard nothing meanwhile,
+        then delivered live messages after that silent hole (seen in
+        test_manual_failover_of_the_channels_primary under load).
+        """
+        await self.conn.send_command("ROLE")
+        role = await self.conn.read_response()
+        if not role or role[0] != b"master":
+            await self.conn.disconnect(nowait=True)
+            raise ConnectionError(f"{self.node} is not a primary now")
 
     async def send(self, *args: Any) -> None:
         try:
