@@ -78,6 +78,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.idle.add(self)
 
+    def on_message_complete(self) -> None:
+        cycle: Any = self.cycle
+        if type(cycle) is Poll:  # a GET's end: nothing to tell a poll (and no body)
+            cycle.more_body = False
+            return
+        super().on_message_complete()
+
     def on_message_begin(self) -> None:
         """As uvicorn's, but the ASGI scope is made only for a request that goes through ASGI."""
         self.url = b""

@@ -75,7 +75,8 @@ def quick_poll(gateway: Gateway, channel: str, scope: Scope, request: QuickReque
             return False
         request.waiter = waiter
         request.conn = gateway.opened("poll", channel)
-    gateway.presence.polled(visit, [channel])
+    if visit.identity is not None:
+        gateway.presence.polled(visit, [channel])
     return True
 
 
