@@ -116,8 +116,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         url = httptools.parse_url(self.url)
         path: bytes = url.path
         several = path == _MULTI
-        if not several and (b"%" in path or not path.isascii() or len(path) <= len(_PREFIX)):
-            return False  # (not /poll/…, or a name uvicorn would unquote)
+        if not several and not (
+            path.startswith(_PREFIX) and len(path) > len(_PREFIX) and path.isascii()
+        ):
+            return False  # not /poll or /poll/{channel} (/pollx, /poll/ …)
+        if b"%" in path:
+            return False  # a name uvicorn would unquote
         if app.cors and any(name == b"origin" for name, _ in self.headers):
             return False  # CORS middleware answers with its headers, through ASGI
         scope = {

@@ -198,6 +198,10 @@ async def test_head_and_refusals_are_answered_as_on_every_route(
         assert status == 400 and json.loads(content)["error"]
         answer = await wire.poll(f"/poll/{channel}?since={cursor}&timeout=0")
         assert answer["messages"] == [] and answer["cursor"] == cursor
+        for path in (f"/pollX{channel}", f"/polls/{channel}", "/poll/"):  # not poll routes
+            wire.send(f"{path}?since={cursor}&timeout=1")
+            status, _, _ = await wire.response()
+            assert status in (404, 307), (path, status)
     finally:
         wire.close()
 
