@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from functools import lru_cache
 from urllib.parse import parse_qsl
 
 import anyio
@@ -126,13 +125,12 @@ def admit(gateway: Gateway, channel: str, request: HTTPConnection) -> tuple[Visi
     check_served(settings)
     if channel not in gateway.hub.channels:  # (a joined channel's name was checked)
         check_channel(channel)
-    raw = request.scope["query_string"]
-    query, cursor, last, timeout, limit = _asked(
-        raw, settings.poll_timeout_s, settings.poll_limit_max
-    )
+    query = query_of(request.scope["query_string"])
     guard = gateway.guard
     rights = OPEN if guard.open else guard.authorize_read(request, channel)
     visit = visit_of(query, rights, guard.open)
+    cursor, last = resume_from(query)
+    timeout, limit = poll_bounds(query, settings)
     gateway.check_capacity()
     gateway.hub.check_broker()
     return visit, (channel, cursor, last, timeout, limit)
@@ -231,29 +229,11 @@ def check_served(settings: Settings) -> None:
 
 def poll_bounds(query: Mapping[str, str], settings: Settings) -> tuple[float, int]:
     """``timeout`` and ``limit``, clamped to the settings; 400 when not numbers."""
-    return _bounds(query, settings.poll_timeout_s, settings.poll_limit_max)
-
-
-def _bounds(query: Mapping[str, str], ceiling: float, limit_max: int) -> tuple[float, int]:
+    ceiling = settings.poll_timeout_s
     timeout = float_param(query, "timeout", ceiling, 0.0, ceiling)
-    limit = int_param(query, "limit", DEFAULT_LIMIT, 1, limit_max)
+    limit = int_param(query, "limit", DEFAULT_LIMIT, 1, settings.poll_limit_max)
     assert limit is not None
     return timeout, limit
-
-
-@lru_cache(maxsize=4096)
-def _asked(
-    raw: bytes, ceiling: float, limit_max: int
-) -> tuple[Mapping[str, str], Cursor | None, int | None, float, int]:
-    """A poll's query, read once for every poller that sends the same one (read-only).
-
-    Thousands of pollers at one cursor send the very same query: parsing it
-    (the query, the cursor, the bounds) was 5 % of a task-less poll's CPU.
-    A refusal (400) is raised each time, never kept.
-    """
-    query = query_of(raw)
-    cursor, last = resume_from(query)
-    return (query, cursor, last, *_bounds(query, ceiling, limit_max))
 
 
 def _outcome(items: list[Item], sub: Subscription) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import anyio
 import orjson
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -28,8 +28,8 @@ from gateway.hub import Hub
 from gateway.message import START, Cursor, Gap, Item
 from gateway.multiplex import Multiplex
 from gateway.polls import GATHER_S
-from gateway.presence_visit import visit_of
-from gateway.state import gateway_of
+from gateway.presence_visit import Visit, visit_of
+from gateway.state import Gateway, gateway_of
 from gateway.transports.channels import ChannelSpec, channel_specs, label
 from gateway.transports.direct import on_http_lost
 from gateway.transports.longpoll import check_served, poll_bounds
@@ -46,14 +46,8 @@ async def poll_multi_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def poll_multi_endpoint(request: Request) -> Response:
     gateway = gateway_of(request)
-    check_served(gateway.settings)
-    specs = channel_specs(request, gateway.settings.max_channels)
+    specs, visit, timeout, limit = admit_multi(gateway, request)
     channels = [spec.channel for spec in specs]
-    rights = gateway.guard.authorize_read_all(request, channels)
-    visit = visit_of(request.query_params, rights, gateway.guard.open)
-    timeout, limit = poll_bounds(request.query_params, gateway.settings)
-    gateway.check_capacity()
-    gateway.hub.check_broker()
     with gateway.connection("poll", label(channels)) as conn:
         waiting = _waiting(gateway.hub, specs, limit)
         if waiting:  # every channel answered from memory, and something waits
@@ -74,6 +68,20 @@ async def poll_multi_endpoint(request: Request) -> Response:
                 runs = mux.take(limit)
             conn.reason = "answered" if runs else _outcome(mux)
     return _answer(specs, starts, runs)
+
+
+def admit_multi(
+    gateway: Gateway, request: HTTPConnection
+) -> tuple[list[ChannelSpec], Visit, float, int]:
+    """The channels, who asks, ``timeout`` and ``limit``, once every check passed."""
+    check_served(gateway.settings)
+    specs = channel_specs(request, gateway.settings.max_channels)
+    rights = gateway.guard.authorize_read_all(request, [spec.channel for spec in specs])
+    visit = visit_of(request.query_params, rights, gateway.guard.open)
+    timeout, limit = poll_bounds(request.query_params, gateway.settings)
+    gateway.check_capacity()
+    gateway.hub.check_broker()
+    return specs, visit, timeout, limit
 
 
 def _outcome(mux: Multiplex) -> str:

@@ -19,22 +19,18 @@ from typing import Protocol
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
-from gateway.auth import OPEN
 from gateway.errors import GatewayError
 from gateway.message import Cursor, Item
 from gateway.polls import ANSWERED, CLIENT_GONE, Client, Ended, Waiter
-from gateway.presence_visit import Visit, visit_of
 from gateway.state import Connection, Gateway
-from gateway.transports.channels import ChannelSpec, channel_specs
+from gateway.transports.channels import ChannelSpec, label
 from gateway.transports.longpoll import (
     PollAnswer,
     admit,
-    check_served,
     encode,
     known_answer,
-    poll_bounds,
 )
-from gateway.transports.poll_multi import Runs, answer_body
+from gateway.transports.poll_multi import Runs, admit_multi, answer_body
 
 
 class Ending(Ended, Protocol):
@@ -75,15 +71,14 @@ def quick_poll(gateway: Gateway, channel: str, scope: Scope, request: QuickReque
             return False
         request.waiter = waiter
         request.conn = gateway.opened("poll", channel)
-    if visit.identity is not None:
-        gateway.presence.polled(visit, [channel])
+    gateway.presence.polled(visit, [channel])
     return True
 
 
 def quick_poll_multi(gateway: Gateway, scope: Scope, request: QuickRequest) -> bool:
     """``GET /poll?channel=…`` at once, when every channel is joined and known to the hub."""
     try:
-        specs, visit, timeout, limit = _admit_multi(gateway, HTTPConnection(scope))
+        specs, visit, timeout, limit = admit_multi(gateway, HTTPConnection(scope))
     except GatewayError:
         return False
     hub = gateway.hub
@@ -96,16 +91,13 @@ def quick_poll_multi(gateway: Gateway, scope: Scope, request: QuickRequest) -> b
         waiting = hub.waiting(spec.channel, start, limit) if start is not None else None
         if start is None or waiting is None:
             return False
-        if not waiting and start != hub.newest(spec.channel):
-            return False  # a cursor ahead of the live link (history read it): not caught up
-        starts.append(start)
+        starts.append(start)  # (a cursor ahead of the live link: ``Hub.park`` refuses it)
         if waiting and limit > 0:
             runs.append((spec.channel, list(waiting[:limit])))
             limit -= len(runs[-1][1])
     channels = [spec.channel for spec in specs]
-    label = ",".join(channels)
     if runs:
-        _answered(gateway, label, request, PollAnswer(answer_body(specs, starts, runs)))
+        _answered(gateway, label(channels), request, PollAnswer(answer_body(specs, starts, runs)))
     elif timeout <= 0:
         return False
     else:
@@ -117,25 +109,9 @@ def quick_poll_multi(gateway: Gateway, scope: Scope, request: QuickRequest) -> b
                 multi.settled(member, None)  # releases those parked already
                 return False
         request.waiter = multi
-        request.conn = gateway.opened("poll", label)
+        request.conn = gateway.opened("poll", label(channels))
     gateway.presence.polled(visit, channels)
     return True
-
-
-def _admit_multi(
-    gateway: Gateway, request: HTTPConnection
-) -> tuple[list[ChannelSpec], Visit, float, int]:
-    """The same checks, in the same order, as ``poll_multi_endpoint``."""
-    check_served(gateway.settings)
-    specs = channel_specs(request, gateway.settings.max_channels)
-    guard = gateway.guard
-    channels = [spec.channel for spec in specs]
-    rights = OPEN if guard.open else guard.authorize_read_all(request, channels)
-    visit = visit_of(request.query_params, rights, guard.open)
-    timeout, limit = poll_bounds(request.query_params, gateway.settings)
-    gateway.check_capacity()
-    gateway.hub.check_broker()
-    return specs, visit, timeout, limit
 
 
 def _answered(gateway: Gateway, label: str, request: QuickRequest, answer: PollAnswer) -> None:
