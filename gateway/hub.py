@@ -194,6 +194,8 @@ class Hub:
         state = self.channels.get(channel)
         if state is None or state.pending is not None:
             return None
+        if cursor == state.last:
+            return CAUGHT_UP  # (the common case: every poller back at the newest message)
         key = (cursor, limit)
         answer = state.answers.get(key)
         if answer is None:

@@ -107,10 +107,14 @@ class Waiter:
         """Answer (or, with None, just release) the poll; later calls do nothing."""
         if self.done:
             return
-        self.done = True
-        self.reason = reason
         if self.channel is not None:
             self.channel.discard(self)
+        self.ended(answer, reason)
+
+    def ended(self, answer: object | None, reason: str) -> None:
+        """``finish`` once out of its channel's set (``ChannelPolls.flush`` takes them all)."""
+        self.done = True
+        self.reason = reason
         if self.polls is not None:
             self.polls.discard(self)
         client, self.client = self.client, None  # (it holds the request)
@@ -185,23 +189,32 @@ class ChannelPolls:
         end = len(batch)
         answers: dict[Any, object] = {}
         handed = 0
-        for waiter in list(self.waiters):
+        # Out of the channel all at once, not one ``discard`` each; those
+        # that wait on (and any that comes while this runs) go in the new set.
+        waiters, self.waiters = self.waiters, {}
+        for waiter in waiters:
+            if waiter.done:
+                continue  # (released meanwhile: a several-channel poll's other waiter)
             if waiter.mark >= end:
                 waiter.mark = 0  # registered after the last item: waits on
+                self.waiters[waiter] = None
                 continue
-            items = batch[waiter.mark : waiter.mark + waiter.limit]
-            handed += len(items)
-            waiter.finish(self.answer(waiter, items, answers), ANSWERED)
+            handed += min(end - waiter.mark, waiter.limit)
+            waiter.ended(self.answer(waiter, batch, answers), ANSWERED)
         if handed:
             self.count(handed)
+        if waiters and not self.waiters:
+            self.on_idle()
 
-    def answer(self, waiter: Waiter, items: list[Item], answers: dict[Any, object]) -> object:
-        """The waiter's answer: encoded once for every waiter at the same place, or its items."""
+    def answer(self, waiter: Waiter, batch: list[Item], answers: dict[Any, object]) -> object:
+        """The waiter's answer from ``batch`` (its items from its mark, an empty one for none):
+        encoded once for every waiter at the same place, or the items themselves (``raw``)."""
         if waiter.raw:
-            return items
-        key = (waiter.mark, waiter.limit, waiter.start) if items else waiter.start
+            return batch[waiter.mark : waiter.mark + waiter.limit]
+        key = (waiter.mark, waiter.limit, waiter.start) if batch else waiter.start
         answer = answers.get(key)
         if answer is None:
+            items = batch[waiter.mark : waiter.mark + waiter.limit]
             answer = answers[key] = self.encode(self.name, items, waiter.start)
         return answer
 
@@ -224,7 +237,10 @@ class Polls:
         slot = max(math.ceil((time.monotonic() + timeout_s) / TICK_S), self._done + 1)
         waiter.slot = slot
         waiter.polls = self
-        self._slots.setdefault(slot, {})[waiter] = None
+        waiters = self._slots.get(slot)
+        if waiters is None:
+            waiters = self._slots[slot] = {}
+        waiters[waiter] = None
 
     def discard(self, waiter: Waiter) -> None:
         slot = self._slots.get(waiter.slot)

@@ -69,14 +69,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.idle.discard(self)
         super().connection_lost(exc)
 
-    def poll_answered(self) -> None:
+    def poll_answered(self, keep_alive: bool) -> None:
         """uvicorn's ``on_response_complete``, the keep-alive timer one sweep for all."""
         if self.pipeline or self.flow.read_paused:
             self.on_response_complete()  # a pipelined request to start: uvicorn's way
             return
         self.server_state.total_requests += 1
-        if not self.transport.is_closing():
-            self.idle.add(self)
+        if keep_alive:
+            self.idle.add(self)  # (a write that failed closes the transport: the sweep skips it)
 
     def on_message_complete(self) -> None:
         cycle: Any = self.cycle
@@ -192,11 +192,12 @@ class Poll:
         if self.response_complete or self.disconnected or transport.is_closing():
             return False
         assert isinstance(answer, PollAnswer)
-        transport.write(answer.wire(protocol.server_state.default_headers, self.keep_alive))
+        keep_alive = self.keep_alive
+        transport.write(answer.wire(protocol.server_state.default_headers, keep_alive))
         self.response_complete = True
-        if not self.keep_alive:
+        if not keep_alive:
             transport.close()
-        protocol.poll_answered()  # counted; the keep-alive timeout, or a pipelined request
+        protocol.poll_answered(keep_alive)  # counted; keep-alive, or a pipelined request
         return True
 
     def settled(self, waiter: Ended, answer: object | None) -> None:

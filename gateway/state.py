@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.requests import HTTPConnection
 
@@ -41,6 +42,8 @@ class Gateway:
     open_connections: int = 0
     closed_connections: int = 0
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    # Long-poll queries parsed, by their raw bytes (transports/longpoll.py ``asked_of``).
+    poll_queries: dict[bytes, Any] = field(default_factory=dict)
 
     def check_capacity(self) -> None:
         """Refuse a new connection past ``GATEWAY_MAX_CONNECTIONS`` (503, WS 1013)."""
@@ -71,6 +74,16 @@ class Gateway:
             fields = _fields(conn=conn.id, transport=transport, channel=channel)
             logger.log(level, "open %s", fields)
         return conn
+
+    def passed(self, transport: str, channel: str, reason: str) -> None:
+        """A connection in and out at once (a poll answered from memory), as ``opened``
+        then ``closed`` count it; its record made only when its lines are logged."""
+        if logger.isEnabledFor(_level(transport)):
+            conn = self.opened(transport, channel)
+            conn.reason = reason
+            self.closed(conn, cycles=False)
+            return
+        self.metrics.connections.opened[transport] += 1
 
     def closed(self, conn: Connection, *, cycles: bool = True) -> None:
         """Count a connection out; its close line unless it is a routine poll end.

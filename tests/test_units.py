@@ -286,8 +286,9 @@ def test_the_fast_path_recognises_the_installed_uvicorn():
 
     async def scenario() -> None:
         port = free_port()
-        config = uvicorn.Config(app, port=port, loop="none", log_level="warning",
-                                ws_per_message_deflate=False)
+        config = uvicorn.Config(
+            app, port=port, loop="none", log_level="warning", ws_per_message_deflate=False
+        )
         server = uvicorn.Server(config)
         serving = asyncio.ensure_future(server.serve())
         while not server.started:
@@ -455,3 +456,78 @@ async def test_a_poll_cursor_ahead_of_the_live_link_is_not_caught_up():
         assert ahead.cursor is not None
         assert hub.answer_after("c", ahead.cursor, 10, lambda *a: a) is None
         assert not hub.park("c", Waiter(ahead.cursor, 10, None), 1.0, lambda *a: a)
+
+
+def test_a_poll_query_is_parsed_once_and_one_with_a_token_is_never_kept():
+    """``asked_of``: the same query bytes give the same parsed object; a ``token`` is not kept."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from gateway.state import Gateway
+    from gateway.transports.longpoll import QUERIES_KEPT, asked_of
+
+    gateway = cast(Gateway, SimpleNamespace(poll_queries={}, settings=Settings()))
+    first = asked_of(gateway, b"since=e1:5-1&timeout=3&limit=7")
+    assert (first.cursor, first.last, first.timeout, first.limit) == (
+        Cursor("e1", (5, 1)),
+        None,
+        3.0,
+        7,
+    )
+    assert asked_of(gateway, b"since=e1:5-1&timeout=3&limit=7") is first
+    secret = asked_of(gateway, b"since=e1:5-1&token=abc.def.ghi")
+    assert secret.query["token"] == "abc.def.ghi"
+    assert not any(b"token" in raw for raw in gateway.poll_queries)
+    with pytest.raises(BadRequest):
+        asked_of(gateway, b"since=nonsense")
+    assert list(gateway.poll_queries) == [b"since=e1:5-1&timeout=3&limit=7"]
+    for n in range(QUERIES_KEPT + 5):
+        asked_of(gateway, b"limit=%d" % n)
+    assert len(gateway.poll_queries) <= QUERIES_KEPT
+
+
+@pytest.mark.anyio
+async def test_a_flush_answers_each_waiter_from_its_own_mark_and_skips_one_released_meanwhile():
+    """Waiters parked before and between the items of one flush get exactly theirs, cut at
+    their limit; one released while the flush runs gets nothing; a later one waits on."""
+    from gateway.polls import Ended
+
+    hub = _hub()
+    got: dict[str, list[str] | None] = {}
+
+    class Client:
+        def __init__(self, name: str, then: Waiter | None = None) -> None:
+            self.name = name
+            self.then = then  # released by this one's answer
+
+        def write(self, answer: object) -> bool:
+            return True
+
+        def settled(self, waiter: Ended, answer: object | None) -> None:
+            items = answer if isinstance(answer, list) else None
+            got[self.name] = None if items is None else [m.data for m in items]
+            if self.then is not None:
+                self.then.cancel()
+
+    async with hub.running():
+        async with hub.subscribe("c"):
+            start = hub.newest("c")
+            assert start is not None
+            late = Waiter(start, 10, Client("late"), raw=True)
+            early = Waiter(start, 10, Client("early", then=late), raw=True)
+            one = Waiter(start, 1, Client("one"), raw=True)
+            for waiter in (early, one, late):
+                assert hub.park("c", waiter, 5.0, lambda *_: object())
+            polls = hub.channels["c"].polls
+            assert polls is not None
+            polls.arrived([_message(1), _message(2)])
+            polls.arrived([_message(3)])
+            after = Waiter(start, 10, Client("after"), raw=True)
+            polls.add(after)  # marked at the end of the batch: waits for what comes next
+            polls.flush()
+            assert got == {"early": ["m1", "m2", "m3"], "one": ["m1"], "late": None}
+            assert late.reason == "client gone"
+            assert list(polls.waiters) == [after] and after.mark == 0
+            polls.arrived([_message(4)])
+            polls.flush()
+            assert got["after"] == ["m4"] and not polls.waiters

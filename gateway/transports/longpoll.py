@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from types import MappingProxyType
+from typing import NamedTuple
 from urllib.parse import parse_qsl
 
 import anyio
@@ -109,7 +111,7 @@ async def poll_app(scope: Scope, receive: Receive, send: Send) -> None:
 async def _poll(scope: Scope, send: Send) -> None:
     gateway: Gateway = scope["app"].gateway
     channel = route_path(scope)[len(POLL_PATH_PREFIX) :]
-    visit, ask = admit(gateway, channel, HTTPConnection(scope))
+    visit, ask = admit(gateway, channel, scope)
     with gateway.connection("poll", channel) as conn:
         # A poller is a member for its poll and the lease after it (presence.py).
         gateway.presence.polled(visit, [channel])
@@ -119,21 +121,54 @@ async def _poll(scope: Scope, send: Send) -> None:
 Ask = tuple[str, Cursor | None, int | None, float, int]
 
 
-def admit(gateway: Gateway, channel: str, request: HTTPConnection) -> tuple[Visit, Ask]:
+def admit(gateway: Gateway, channel: str, scope: Scope) -> tuple[Visit, Ask]:
     """Who asks and what, once every check passed; a ``GatewayError`` says why not."""
     settings = gateway.settings
     check_served(settings)
     if channel not in gateway.hub.channels:  # (a joined channel's name was checked)
         check_channel(channel)
-    query = query_of(request.scope["query_string"])
     guard = gateway.guard
-    rights = OPEN if guard.open else guard.authorize_read(request, channel)
-    visit = visit_of(query, rights, guard.open)
-    cursor, last = resume_from(query)
-    timeout, limit = poll_bounds(query, settings)
+    rights = OPEN if guard.open else guard.authorize_read(HTTPConnection(scope), channel)
+    asked = asked_of(gateway, scope["query_string"])
+    visit = visit_of(asked.query, rights, guard.open)
     gateway.check_capacity()
     gateway.hub.check_broker()
-    return visit, (channel, cursor, last, timeout, limit)
+    return visit, (channel, asked.cursor, asked.last, asked.timeout, asked.limit)
+
+
+class Asked(NamedTuple):
+    """What a poll's query asks, once it parsed (a 400 otherwise)."""
+
+    query: Mapping[str, str]
+    cursor: Cursor | None
+    last: int | None
+    timeout: float
+    limit: int
+
+
+QUERIES_KEPT = 1024
+
+
+def asked_of(gateway: Gateway, raw: bytes) -> Asked:
+    """The query parsed, once per distinct query: thousands of pollers send the same one.
+
+    A poll's query is its cursor and bounds; every poller of a channel
+    comes back with the same cursor after each message. Parsing it was a
+    fifth of a poll's Python (bench/poll_cycle.py). A query that names a
+    ``token`` is parsed each time and never kept: no secret stays in memory.
+    """
+    kept = gateway.poll_queries
+    asked = kept.get(raw)
+    if asked is None:
+        query = query_of(raw)
+        cursor, last = resume_from(query)
+        timeout, limit = poll_bounds(query, gateway.settings)
+        asked = Asked(MappingProxyType(query), cursor, last, timeout, limit)
+        if b"token" not in raw:
+            if len(kept) >= QUERIES_KEPT:
+                kept.clear()
+            kept[raw] = asked
+    return asked
 
 
 async def _answer(gateway: Gateway, conn: Connection, scope: Scope, send: Send, ask: Ask) -> None:

@@ -54,7 +54,7 @@ class QuickRequest(Client, Protocol):
 def quick_poll(gateway: Gateway, channel: str, scope: Scope, request: QuickRequest) -> bool:
     """``GET /poll/{channel}`` at once: from memory, or as a waiter the hub answers."""
     try:
-        visit, ask = admit(gateway, channel, HTTPConnection(scope))
+        visit, ask = admit(gateway, channel, scope)
     except GatewayError:
         return False
     known = known_answer(gateway.hub, ask)
@@ -116,10 +116,8 @@ def quick_poll_multi(gateway: Gateway, scope: Scope, request: QuickRequest) -> b
 
 def _answered(gateway: Gateway, label: str, request: QuickRequest, answer: PollAnswer) -> None:
     """A poll answered at once: counted in and out, as a poll through ASGI is."""
-    conn = gateway.opened("poll", label)
     request.write(answer)
-    conn.reason = ANSWERED
-    gateway.closed(conn, cycles=False)
+    gateway.passed("poll", label, ANSWERED)
 
 
 class MultiPoll:
