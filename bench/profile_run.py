@@ -31,6 +31,8 @@ def main() -> int:
     p.add_argument("--delay", type=float, default=20.0)
     p.add_argument("--duration", type=float, default=12.0)
     p.add_argument("-o", "--out", default="profile.raw")
+    p.add_argument("--native", action="store_true",
+                   help="C frames too (uvloop, httptools); pauses the server at each sample")
     args = p.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="profile-"))
     env = {"GATEWAY_MAX_CONNECTIONS": str(max(20000, args.clients + 100))}
@@ -47,7 +49,8 @@ def main() -> int:
             time.sleep(args.delay)
             subprocess.run(["py-spy", "record", "--pid", str(pid), "--duration",
                             str(int(args.duration)), "--rate", "200", "--format", "raw",
-                            "-o", args.out, "--nonblocking"], check=False,
+                            "-o", args.out,
+                            *(["--native"] if args.native else ["--nonblocking"])], check=False,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             out, _ = gen.communicate(timeout=args.messages / max(args.rate, 1) + 300)
         finally:

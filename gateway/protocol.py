@@ -35,12 +35,11 @@ import logging
 import weakref
 from typing import Any
 
-import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.app import GatewayApp
 from gateway.polls import Ended
-from gateway.state import Connection
+from gateway.state import Connection, Gateway
 from gateway.transports.longpoll import POLL_PATH_PREFIX, PollAnswer
 from gateway.transports.poll_multi import POLL_MULTI_PATH
 from gateway.transports.poll_quick import Ending, quick_poll, quick_poll_multi
@@ -55,28 +54,28 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.idle = _idle_connections(self.loop, self.timeout_keep_alive)
+        self.idle_since: float | None = None  # a poll answered, no request since
         self.gateway_app = _gateway_app(self.app)
         if self.access_log and self.access_logger.isEnabledFor(logging.INFO):
             self.gateway_app = None  # each request's line is written by uvicorn's cycle
         if self.root_path or self.limit_concurrency is not None:
             self.gateway_app = None
 
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.idle.join(self)
+
+    def handle_websocket_upgrade(self) -> None:
+        self.idle.leave(self)  # the socket is the WebSocket protocol's from here
+        super().handle_websocket_upgrade()
+
     def data_received(self, data: bytes) -> None:
-        self.idle.discard(self)
+        self.idle_since = None  # (``IdleConnections``)
         super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.idle.discard(self)
+        self.idle.leave(self)
         super().connection_lost(exc)
-
-    def poll_answered(self, keep_alive: bool) -> None:
-        """uvicorn's ``on_response_complete``, the keep-alive timer one sweep for all."""
-        if self.pipeline or self.flow.read_paused:
-            self.on_response_complete()  # a pipelined request to start: uvicorn's way
-            return
-        self.server_state.total_requests += 1
-        if keep_alive:
-            self.idle.add(self)  # (a write that failed closes the transport: the sweep skips it)
 
     def on_message_complete(self) -> None:
         cycle: Any = self.cycle
@@ -113,15 +112,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             or not (self.cycle is None or self.cycle.response_complete)
         ):
             return False
-        url = httptools.parse_url(self.url)
-        path: bytes = url.path
+        path, _, query = self.url.partition(b"?")  # (origin-form: it starts with /poll)
         several = path == _MULTI
         if not several and not (
             path.startswith(_PREFIX) and len(path) > len(_PREFIX) and path.isascii()
         ):
             return False  # not /poll or /poll/{channel} (/pollx, /poll/ …)
-        if b"%" in path:
-            return False  # a name uvicorn would unquote
+        if b"%" in path or b"#" in self.url:
+            return False  # a name uvicorn would unquote; a fragment (no client sends one)
         if app.cors and any(name == b"origin" for name, _ in self.headers):
             return False  # CORS middleware answers with its headers, through ASGI
         scope = {
@@ -129,7 +127,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             "path": path.decode("ascii"),
             "raw_path": path,
             "headers": self.headers,
-            "query_string": url.query or b"",
+            "query_string": query,
         }
         previous = self.cycle
         poll = Poll(self, parser.should_keep_alive())
@@ -143,7 +141,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         return served
 
 
-class Poll:
+class Poll(Connection):
     """A poll served in the protocol: what uvicorn's protocol sees as the request's cycle.
 
     uvicorn reads and sets ``response_complete``, ``disconnected``,
@@ -151,13 +149,12 @@ class Poll:
     (the client left, a body arrived, the request ended). That event is
     this object: when the client is gone, the waiting poll is released at
     once, as ``direct.on_http_lost`` does for ASGI requests. It is also the
-    waiter's client (polls.py): it writes the answer and closes the
-    connection it counts.
+    waiter's client (polls.py): it writes the answer. And it is its own
+    connection record while it waits (one object less per poll).
     """
 
     __slots__ = (
         "body",
-        "conn",
         "disconnected",
         "keep_alive",
         "more_body",
@@ -167,6 +164,7 @@ class Poll:
     )
 
     def __init__(self, protocol: GatewayHttpProtocol, keep_alive: bool) -> None:
+        # (its ``Connection`` fields are set when it is counted in: ``waits``)
         self.protocol = protocol
         self.keep_alive = keep_alive
         self.response_complete = False
@@ -174,7 +172,13 @@ class Poll:
         self.more_body = True
         self.body = b""
         self.waiter: Ending | None = None
-        self.conn: Connection | None = None
+
+    def waits(self, gateway: Gateway, waiter: Ending, label: str) -> None:
+        """Parked: counted in as its own connection record, released if the client leaves."""
+        self.waiter = waiter
+        self.transport = "poll"
+        self.channel = label
+        gateway.count_in(self)
 
     @property
     def message_event(self) -> Poll:
@@ -197,16 +201,22 @@ class Poll:
         self.response_complete = True
         if not keep_alive:
             transport.close()
-        protocol.poll_answered(keep_alive)  # counted; keep-alive, or a pipelined request
+        # What uvicorn's ``on_response_complete`` does, but the keep-alive
+        # timer: one sweep for all (``IdleConnections``).
+        if protocol.pipeline or protocol.flow.read_paused:
+            protocol.on_response_complete()  # a pipelined request to start: uvicorn's way
+        else:
+            protocol.server_state.total_requests += 1
+            if keep_alive:
+                protocol.idle_since = protocol.loop.time()  # (``IdleConnections``)
         return True
 
     def settled(self, waiter: Ended, answer: object | None) -> None:
         self.waiter = None
-        conn, self.conn = self.conn, None
         app = self.protocol.gateway_app
-        if conn is not None and app is not None and app.gateway is not None:
-            conn.reason = waiter.reason
-            app.gateway.closed(conn, cycles=False)  # (tests/test_protocol.py)
+        if app is not None and app.gateway is not None:
+            self.reason = waiter.reason
+            app.gateway.closed(self, cycles=False)  # (tests/test_protocol.py)
 
 
 class IdleConnections:
@@ -214,33 +224,37 @@ class IdleConnections:
 
     uvicorn arms a timer when a response ends and cancels it when the next
     request arrives: for a long-poll, once per message per client, 8-11 % of
-    the CPU of 5,000 pollers (py-spy). Here a poll's end is a dict entry and
-    one sweep a second closes what waited past the timeout (so a connection
-    may stay idle up to a second longer than ``--timeout-keep-alive``).
+    the CPU of 5,000 pollers (py-spy). Here a poll's end stamps its
+    connection (``idle_since``), the next request clears the stamp, and one
+    sweep a second closes what waited past the timeout (so a connection may
+    stay idle up to a second longer than ``--timeout-keep-alive``). The
+    sweep reads every connection of this protocol; a request touches no
+    shared structure.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
         self._loop = loop
         self._timeout_s = timeout_s
-        self._since: dict[GatewayHttpProtocol, float] = {}
+        self._connections: dict[GatewayHttpProtocol, None] = {}
         self._sweep: asyncio.TimerHandle | None = None
 
-    def add(self, protocol: GatewayHttpProtocol) -> None:
-        self._since[protocol] = self._loop.time()
+    def join(self, protocol: GatewayHttpProtocol) -> None:
+        self._connections[protocol] = None
         if self._sweep is None:
             self._sweep = self._loop.call_later(SWEEP_S, self.sweep)
 
-    def discard(self, protocol: GatewayHttpProtocol) -> None:
-        self._since.pop(protocol, None)
+    def leave(self, protocol: GatewayHttpProtocol) -> None:
+        self._connections.pop(protocol, None)
 
     def sweep(self) -> None:
         self._sweep = None
         deadline = self._loop.time() - self._timeout_s
-        for protocol, since in list(self._since.items()):
-            if since <= deadline:
-                del self._since[protocol]
+        for protocol in list(self._connections):
+            since = protocol.idle_since
+            if since is not None and since <= deadline:
+                protocol.idle_since = None
                 protocol.timeout_keep_alive_handler()  # uvicorn's: close unless closing
-        if self._since:
+        if self._connections:
             self._sweep = self._loop.call_later(SWEEP_S, self.sweep)
 
 

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import HTTPConnection
 
@@ -30,6 +30,9 @@ class Connection:
     reason: str = "client gone"
     started: float = 0.0
     logged: bool = False  # its open line was logged: its close line is too
+
+
+C = TypeVar("C", bound=Connection)
 
 
 @dataclass
@@ -61,17 +64,23 @@ class Gateway:
 
     def opened(self, transport: str, channel: str) -> Connection:
         """Count a connection in (``connection`` without the context manager: the poll's path)."""
-        conn = Connection(transport, channel, next(self._ids), started=time.monotonic())
+        return self.count_in(Connection(transport, channel))
+
+    def count_in(self, conn: C) -> C:
+        """Count in a record made by the caller (a poll served with no task is its own)."""
+        conn.id = next(self._ids)
+        conn.started = time.monotonic()
+        conn.logged = False
         self.open_connections += 1
-        self.metrics.opened(transport)
+        self.metrics.opened(conn.transport)
         # A long-poll is one request per message or timeout: at thousands of
         # clients its two lines a request cost more CPU than the delivery.
         # Polls log at DEBUG, but for an end out of the ordinary (shutdown,
         # a refusal, an error); their counts are in /metrics either way.
-        level = _level(transport)
+        level = _level(conn.transport)
         if logger.isEnabledFor(level):
             conn.logged = True
-            fields = _fields(conn=conn.id, transport=transport, channel=channel)
+            fields = _fields(conn=conn.id, transport=conn.transport, channel=conn.channel)
             logger.log(level, "open %s", fields)
         return conn
 
@@ -97,10 +106,9 @@ class Gateway:
         if cycles:
             self.closed_connections += 1
         self.metrics.closed(conn.transport)
-        level = _level(conn.transport)
         routine = conn.transport == "poll" and conn.reason in ROUTINE_POLL_ENDS
         if not routine or conn.logged:
-            _log_close(level if routine else logging.INFO, conn)
+            _log_close(_level(conn.transport) if routine else logging.INFO, conn)
 
 
 class Counted:

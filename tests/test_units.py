@@ -466,7 +466,10 @@ def test_a_poll_query_is_parsed_once_and_one_with_a_token_is_never_kept():
     from gateway.state import Gateway
     from gateway.transports.longpoll import QUERIES_KEPT, asked_of
 
-    gateway = cast(Gateway, SimpleNamespace(poll_queries={}, settings=Settings()))
+    gateway = cast(
+        Gateway,
+        SimpleNamespace(poll_queries={}, settings=Settings(), guard=SimpleNamespace(open=True)),
+    )
     first = asked_of(gateway, b"since=e1:5-1&timeout=3&limit=7")
     assert (first.cursor, first.last, first.timeout, first.limit) == (
         Cursor("e1", (5, 1)),

@@ -130,7 +130,7 @@ def admit(gateway: Gateway, channel: str, scope: Scope) -> tuple[Visit, Ask]:
     guard = gateway.guard
     rights = OPEN if guard.open else guard.authorize_read(HTTPConnection(scope), channel)
     asked = asked_of(gateway, scope["query_string"])
-    visit = visit_of(asked.query, rights, guard.open)
+    visit = asked.visit or visit_of(asked.query, rights, guard.open)
     gateway.check_capacity()
     gateway.hub.check_broker()
     return visit, (channel, asked.cursor, asked.last, asked.timeout, asked.limit)
@@ -144,6 +144,7 @@ class Asked(NamedTuple):
     last: int | None
     timeout: float
     limit: int
+    visit: Visit | None  # on an open gateway (no token: the query says it all)
 
 
 QUERIES_KEPT = 1024
@@ -163,7 +164,8 @@ def asked_of(gateway: Gateway, raw: bytes) -> Asked:
         query = query_of(raw)
         cursor, last = resume_from(query)
         timeout, limit = poll_bounds(query, gateway.settings)
-        asked = Asked(MappingProxyType(query), cursor, last, timeout, limit)
+        visit = visit_of(query, OPEN, True) if gateway.guard.open else None
+        asked = Asked(MappingProxyType(query), cursor, last, timeout, limit, visit)
         if b"token" not in raw:
             if len(kept) >= QUERIES_KEPT:
                 kept.clear()

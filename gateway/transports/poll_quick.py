@@ -22,7 +22,7 @@ from starlette.types import Scope
 from gateway.errors import GatewayError
 from gateway.message import Cursor, Item
 from gateway.polls import ANSWERED, CLIENT_GONE, Client, Ended, Waiter
-from gateway.state import Connection, Gateway
+from gateway.state import Gateway
 from gateway.transports.channels import ChannelSpec, label
 from gateway.transports.longpoll import (
     PollAnswer,
@@ -41,14 +41,10 @@ class Ending(Ended, Protocol):
 
 
 class QuickRequest(Client, Protocol):
-    """The request, as the protocol holds it until the poll ends (protocol.py).
+    """The request, as the protocol holds it until the poll ends (protocol.py)."""
 
-    ``waiter``: to release when the client leaves; ``conn``: the connection
-    it counts, closed when told the poll ``settled``.
-    """
-
-    waiter: Ending | None
-    conn: Connection | None
+    def waits(self, gateway: Gateway, waiter: Ending, label: str) -> None:
+        """Parked as ``waiter``: counted in (and out when told it ``settled``)."""
 
 
 def quick_poll(gateway: Gateway, channel: str, scope: Scope, request: QuickRequest) -> bool:
@@ -69,8 +65,7 @@ def quick_poll(gateway: Gateway, channel: str, scope: Scope, request: QuickReque
         waiter = Waiter(known, limit, request)
         if not gateway.hub.park(channel, waiter, timeout, encode):
             return False
-        request.waiter = waiter
-        request.conn = gateway.opened("poll", channel)
+        request.waits(gateway, waiter, channel)
     gateway.presence.polled(visit, [channel])
     return True
 
@@ -108,8 +103,7 @@ def quick_poll_multi(gateway: Gateway, scope: Scope, request: QuickRequest) -> b
             if not hub.park(spec.channel, member, timeout, encode):
                 multi.settled(member, None)  # releases those parked already
                 return False
-        request.waiter = multi
-        request.conn = gateway.opened("poll", label(channels))
+        request.waits(gateway, multi, label(channels))
     gateway.presence.polled(visit, channels)
     return True
 
