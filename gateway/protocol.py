@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
-from typing import Any
+import re
+from typing import Any, NamedTuple
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.app import GatewayApp
+from gateway.keepalive import idle_connections
 from gateway.polls import Ended
 from gateway.state import Connection, Gateway
 from gateway.transports.longpoll import POLL_PATH_PREFIX, PollAnswer
@@ -46,6 +47,18 @@ from gateway.transports.poll_quick import Ending, quick_poll, quick_poll_multi
 
 _PREFIX = POLL_PATH_PREFIX.encode()
 _MULTI = POLL_MULTI_PATH.encode()  # (a prefix of _PREFIX)
+# A repeated poll's request line: GET, a visible-ASCII target under /poll, HTTP/1.1.
+_POLL_LINE = re.compile(rb"GET (/poll[!-~]*) HTTP/1\.1")
+# Headers that change how a request is framed or answered: never taken as a repeat.
+_NOT_REPEATED = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
+
+
+class Repeat(NamedTuple):
+    """A served poll's headers: as they came on the wire, and as httptools read them."""
+
+    block: bytes  # from the request line's end: the headers, then the empty line
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
@@ -53,8 +66,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.idle = _idle_connections(self.loop, self.timeout_keep_alive)
+        self.idle = idle_connections(self.loop, self.timeout_keep_alive)
         self.idle_since: float | None = None  # a poll answered, no request since
+        self.repeat: Repeat | None = None  # this connection's last poll, read by httptools
+        self.chunk = b""  # the bytes httptools is reading (a poll's, to remember as a repeat)
+        self.in_message = False  # httptools is inside a request
         self.gateway_app = _gateway_app(self.app)
         if self.access_log and self.access_logger.isEnabledFor(logging.INFO):
             self.gateway_app = None  # each request's line is written by uvicorn's cycle
@@ -70,14 +86,38 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().handle_websocket_upgrade()
 
     def data_received(self, data: bytes) -> None:
-        self.idle_since = None  # (``IdleConnections``)
+        self.idle_since = None  # (keepalive.py)
+        repeat = self.repeat
+        if repeat is not None and data.endswith(repeat.block) and self._repeat_served(data, repeat):
+            return
+        self.chunk = data
         super().data_received(data)
+        self.chunk = b""
+
+    def _repeat_served(self, data: bytes, repeat: Repeat) -> bool:
+        """A poll with the very headers of this connection's last one, served unparsed.
+
+        A keep-alive poller sends the same headers every time; only its
+        request line (the cursor) changes. httptools read those headers
+        once (``_remember``); a request that is exactly a GET under /poll,
+        HTTP/1.1, then those same bytes, means what they meant, so it is
+        served without httptools and its five to fifteen callbacks into
+        Python. Anything else (another header, a second request in the same
+        bytes, a parser mid-request) goes through httptools as usual.
+        """
+        line = _POLL_LINE.fullmatch(data, 0, len(data) - len(repeat.block))
+        if line is None or self.in_message:
+            return False
+        self._unset_keepalive_if_required()  # (uvicorn's timer, if an ASGI answer armed it)
+        self.headers = repeat.headers
+        return self._serve_poll(line[1], repeat.headers, repeat.keep_alive)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.idle.leave(self)
         super().connection_lost(exc)
 
     def on_message_complete(self) -> None:
+        self.in_message = False
         cycle: Any = self.cycle
         if type(cycle) is Poll:  # a GET's end: nothing to tell a poll (and no body)
             cycle.more_body = False
@@ -86,6 +126,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         """As uvicorn's, but the ASGI scope is made only for a request that goes through ASGI."""
+        self.in_message = True
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
@@ -100,37 +141,61 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def _poll_served_here(self) -> bool:
-        app = self.gateway_app
+        """From httptools' callbacks: a GET under /poll, served here if it can be."""
         parser = self.parser
+        if (
+            parser.get_method() != b"GET"
+            or parser.get_http_version() != "1.1"
+            or self.expect_100_continue
+        ):
+            return False
+        keep_alive = parser.should_keep_alive()
+        if not self._serve_poll(self.url, self.headers, keep_alive):
+            self.repeat = None
+            return False
+        self._remember(keep_alive)
+        return True
+
+    def _remember(self, keep_alive: bool) -> None:
+        """This poll's headers, when its bytes were it alone: the next may repeat them."""
+        data, headers = self.chunk, self.headers
+        repeat = self.repeat
+        end = data.find(b"\r\n\r\n") + 4
+        if end != len(data) or any(name in _NOT_REPEATED for name, _ in headers):
+            self.repeat = None
+        elif repeat is None or not data.endswith(repeat.block):
+            self.repeat = Repeat(data[data.find(b"\r\n") :], headers, keep_alive)
+
+    def _serve_poll(self, url: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> bool:
+        """``GET url``, HTTP/1.1, served here: True, or nothing done."""
+        app = self.gateway_app
         if (
             app is None
             or app.gateway is None
-            or parser.get_method() != b"GET"
-            or parser.get_http_version() != "1.1"
-            or self.expect_100_continue
             or self.pipeline
+            or self.flow.read_paused
             or not (self.cycle is None or self.cycle.response_complete)
         ):
             return False
-        path, _, query = self.url.partition(b"?")  # (origin-form: it starts with /poll)
+        path, _, query = url.partition(b"?")  # (origin-form: it starts with /poll)
         several = path == _MULTI
         if not several and not (
             path.startswith(_PREFIX) and len(path) > len(_PREFIX) and path.isascii()
         ):
             return False  # not /poll or /poll/{channel} (/pollx, /poll/ …)
-        if b"%" in path or b"#" in self.url:
+        if b"%" in path or b"#" in url:
             return False  # a name uvicorn would unquote; a fragment (no client sends one)
-        if app.cors and any(name == b"origin" for name, _ in self.headers):
+        if app.cors and any(name == b"origin" for name, _ in headers):
             return False  # CORS middleware answers with its headers, through ASGI
         scope = {
             "type": "http",
             "path": path.decode("ascii"),
             "raw_path": path,
-            "headers": self.headers,
+            "headers": headers,
             "query_string": query,
         }
         previous = self.cycle
-        poll = Poll(self, parser.should_keep_alive())
+        poll = Poll(self, keep_alive)
         self.cycle = poll  # type: ignore[assignment]  # it has what uvicorn uses of a cycle
         if several:
             served = quick_poll_multi(app.gateway, scope, poll)
@@ -217,60 +282,6 @@ class Poll(Connection):
         if app is not None and app.gateway is not None:
             self.reason = waiter.reason
             app.gateway.closed(self, cycles=False)  # (tests/test_protocol.py)
-
-
-class IdleConnections:
-    """Keep-alive connections waiting for their next request, closed after uvicorn's timeout.
-
-    uvicorn arms a timer when a response ends and cancels it when the next
-    request arrives: for a long-poll, once per message per client, 8-11 % of
-    the CPU of 5,000 pollers (py-spy). Here a poll's end stamps its
-    connection (``idle_since``), the next request clears the stamp, and one
-    sweep a second closes what waited past the timeout (so a connection may
-    stay idle up to a second longer than ``--timeout-keep-alive``). The
-    sweep reads every connection of this protocol; a request touches no
-    shared structure.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
-        self._loop = loop
-        self._timeout_s = timeout_s
-        self._connections: dict[GatewayHttpProtocol, None] = {}
-        self._sweep: asyncio.TimerHandle | None = None
-
-    def join(self, protocol: GatewayHttpProtocol) -> None:
-        self._connections[protocol] = None
-        if self._sweep is None:
-            self._sweep = self._loop.call_later(SWEEP_S, self.sweep)
-
-    def leave(self, protocol: GatewayHttpProtocol) -> None:
-        self._connections.pop(protocol, None)
-
-    def sweep(self) -> None:
-        self._sweep = None
-        deadline = self._loop.time() - self._timeout_s
-        for protocol in list(self._connections):
-            since = protocol.idle_since
-            if since is not None and since <= deadline:
-                protocol.idle_since = None
-                protocol.timeout_keep_alive_handler()  # uvicorn's: close unless closing
-        if self._connections:
-            self._sweep = self._loop.call_later(SWEEP_S, self.sweep)
-
-
-SWEEP_S = 1.0
-_IDLE: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, IdleConnections]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _idle_connections(loop: asyncio.AbstractEventLoop, timeout_s: float) -> IdleConnections:
-    """One sweep per loop and timeout (a server runs on one loop; tests may run several)."""
-    sweeps = _IDLE.setdefault(loop, {})
-    idle = sweeps.get(timeout_s)
-    if idle is None:
-        idle = sweeps[timeout_s] = IdleConnections(loop, timeout_s)
-    return idle
 
 
 def _gateway_app(app: Any) -> GatewayApp | None:

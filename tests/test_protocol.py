@@ -367,3 +367,108 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(channel
             wire.close()
     finally:
         server.close()
+
+
+async def test_repeated_headers_and_everything_around_them_on_one_connection(
+    gateway: GatewayServer, channel: str
+) -> None:
+    """A poll with the very headers of the connection's last one is served unparsed
+    (protocol.py ``_repeat_served``); other requests with those headers, changed headers,
+    a request in two writes, and a framing header all still get their own answers."""
+    cursor = await _joined(gateway, channel)
+    wire = await Wire.open(gateway.port)
+    got: list[str] = []
+
+    async def poll(extra: str = "") -> None:
+        nonlocal cursor
+        wire.send(f"/poll/{channel}?since={cursor}&timeout=10", extra=extra)
+        await anyio.sleep(0.02)
+        await publish(gateway.url, channel, f"m{len(got)}")
+        answer = json.loads((await wire.response())[2])
+        got.extend(message["data"] for message in answer["messages"])
+        cursor = answer["cursor"]
+
+    try:
+        for _ in range(3):
+            await poll()
+        wire.send("/healthz")  # the same headers, not a poll
+        assert (await wire.response())[0] == 200
+        wire.send(f"/poll/{channel}?since=bogus")  # the same headers, a refusal
+        assert (await wire.response())[0] == 400
+        for _ in range(2):
+            await poll(extra="X-Client: 7\r\n")  # other headers, then those again
+        for _ in range(2):
+            await poll(extra="Content-Length: 0\r\n")  # framing: never taken as a repeat
+        await poll()
+        request = f"GET /poll/{channel}?since={cursor}&timeout=10 HTTP/1.1\r\nHost: t\r\n\r\n"
+        wire.writer.write(request[:30].encode())  # one poll in two writes
+        await anyio.sleep(0.05)
+        wire.writer.write(request[30:].encode())
+        await anyio.sleep(0.02)
+        await publish(gateway.url, channel, f"m{len(got)}")
+        answer = json.loads((await wire.response())[2])
+        got.extend(message["data"] for message in answer["messages"])
+        cursor = answer["cursor"]
+        await poll()
+    finally:
+        wire.close()
+    assert got == [f"m{n}" for n in range(10)]
+
+
+async def test_a_repeated_poll_skips_the_parser_and_a_changed_one_does_not() -> None:
+    """In this process, the protocol on a transport that keeps its writes: the second
+    poll with the same headers never reaches httptools (its URL is not read)."""
+    from uvicorn.server import ServerState
+
+    app = create_app(Settings.from_env({"REDIS_URL": ""}))
+    config = uvicorn.Config(app, http=GatewayHttpProtocol, log_level="warning")
+    config.load()
+    async with app.running() as gateway, gateway.hub.subscribe("r"):
+        before = (await gateway.hub.publish("r", "message", "0")).cursor
+        message = await gateway.hub.publish("r", "message", "a")
+        await anyio.sleep(0.05)
+        writes: list[bytes] = []
+        protocol = GatewayHttpProtocol(config, ServerState(), {})
+        protocol.connection_made(_Kept(writes))
+
+        def poll(query: str, extra: str = "") -> None:
+            line = f"GET /poll/r?{query} HTTP/1.1\r\nHost: t\r\n{extra}\r\n"
+            protocol.data_received(line.encode())
+
+        poll(f"since={before}&limit=5")
+        assert protocol.url == f"/poll/r?since={before}&limit=5".encode()
+        assert protocol.repeat is not None and len(writes) == 1
+        poll(f"since={before}&limit=7")
+        assert protocol.url == f"/poll/r?since={before}&limit=5".encode()  # not read by httptools
+        assert len(writes) == 2 and b'"data":"a"' in writes[1]
+        poll(f"since={before}&limit=9", "X: 1\r\n")
+        assert protocol.url == f"/poll/r?since={before}&limit=9".encode() and len(writes) == 3
+        poll(f"since={message.cursor}&timeout=5", "X: 1\r\n")
+        assert len(writes) == 3  # waits
+        await gateway.hub.publish("r", "message", "b")
+        with anyio.fail_after(5):
+            while len(writes) < 4:
+                await anyio.sleep(0.01)
+        assert b'"data":"b"' in writes[3]
+        protocol.connection_lost(None)
+
+
+class _Kept(asyncio.Transport):
+    """A transport that keeps what is written to it (no socket)."""
+
+    def __init__(self, writes: list[bytes]) -> None:
+        super().__init__()
+        self.writes = writes
+        self.closing = False
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 9) if name in ("sockname", "peername") else default
