@@ -80,11 +80,10 @@ class Waiter:
         "done",
         "limit",
         "mark",
-        "polls",
         "raw",
         "reason",
-        "slot",
         "start",
+        "timeouts",
         "written",
     )
 
@@ -98,10 +97,9 @@ class Waiter:
         self.written = False
         self.done = False
         self.mark = 0
-        self.slot = 0
         self.reason = TIMED_OUT
         self.channel: ChannelPolls | None = None
-        self.polls: Polls | None = None
+        self.timeouts: dict[Waiter, None] | None = None  # its slot of the wheel (``Polls``)
 
     def finish(self, answer: object | None, reason: str) -> None:
         """Answer (or, with None, just release) the poll; later calls do nothing."""
@@ -115,8 +113,8 @@ class Waiter:
         """``finish`` once out of its channel's set (``ChannelPolls.flush`` takes them all)."""
         self.done = True
         self.reason = reason
-        if self.polls is not None:
-            self.polls.discard(self)
+        if self.timeouts is not None:
+            self.timeouts.pop(self, None)  # (an emptied slot goes when its time comes)
         client, self.client = self.client, None  # (it holds the request)
         if client is not None:
             if answer is not None:
@@ -235,19 +233,11 @@ class Polls:
     def add(self, waiter: Waiter, channel: ChannelPolls, timeout_s: float) -> None:
         channel.add(waiter)
         slot = max(math.ceil((time.monotonic() + timeout_s) / TICK_S), self._done + 1)
-        waiter.slot = slot
-        waiter.polls = self
         waiters = self._slots.get(slot)
         if waiters is None:
             waiters = self._slots[slot] = {}
         waiters[waiter] = None
-
-    def discard(self, waiter: Waiter) -> None:
-        slot = self._slots.get(waiter.slot)
-        if slot is not None:
-            slot.pop(waiter, None)
-            if not slot:
-                del self._slots[waiter.slot]
+        waiter.timeouts = waiters
 
     def expire(self, now: float) -> None:
         """Answer every waiter whose timeout passed with nothing new."""

@@ -187,20 +187,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return False  # a name uvicorn would unquote; a fragment (no client sends one)
         if app.cors and any(name == b"origin" for name, _ in headers):
             return False  # CORS middleware answers with its headers, through ASGI
-        scope = {
-            "type": "http",
-            "path": path.decode("ascii"),
-            "raw_path": path,
-            "headers": headers,
-            "query_string": query,
-        }
         previous = self.cycle
         poll = Poll(self, keep_alive)
         self.cycle = poll  # type: ignore[assignment]  # it has what uvicorn uses of a cycle
         if several:
+            scope = {
+                "type": "http",
+                "path": "/poll",
+                "raw_path": path,
+                "headers": headers,
+                "query_string": query,
+            }
             served = quick_poll_multi(app.gateway, scope, poll)
         else:
-            served = quick_poll(app.gateway, path[len(_PREFIX) :].decode("ascii"), scope, poll)
+            channel = path[len(_PREFIX) :].decode("ascii")
+            served = quick_poll(app.gateway, channel, query, headers, poll)
         if not served:
             self.cycle = previous
         return served

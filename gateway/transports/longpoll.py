@@ -111,7 +111,7 @@ async def poll_app(scope: Scope, receive: Receive, send: Send) -> None:
 async def _poll(scope: Scope, send: Send) -> None:
     gateway: Gateway = scope["app"].gateway
     channel = route_path(scope)[len(POLL_PATH_PREFIX) :]
-    visit, ask = admit(gateway, channel, scope)
+    visit, ask = admit(gateway, channel, scope["query_string"], scope["headers"])
     with gateway.connection("poll", channel) as conn:
         # A poller is a member for its poll and the lease after it (presence.py).
         gateway.presence.polled(visit, [channel])
@@ -121,15 +121,21 @@ async def _poll(scope: Scope, send: Send) -> None:
 Ask = tuple[str, Cursor | None, int | None, float, int]
 
 
-def admit(gateway: Gateway, channel: str, scope: Scope) -> tuple[Visit, Ask]:
+def admit(
+    gateway: Gateway, channel: str, query: bytes, headers: list[tuple[bytes, bytes]]
+) -> tuple[Visit, Ask]:
     """Who asks and what, once every check passed; a ``GatewayError`` says why not."""
     settings = gateway.settings
     check_served(settings)
     if channel not in gateway.hub.channels:  # (a joined channel's name was checked)
         check_channel(channel)
     guard = gateway.guard
-    rights = OPEN if guard.open else guard.authorize_read(HTTPConnection(scope), channel)
-    asked = asked_of(gateway, scope["query_string"])
+    if guard.open:
+        rights = OPEN
+    else:  # the token: from the headers or the query
+        request = HTTPConnection({"type": "http", "headers": headers, "query_string": query})
+        rights = guard.authorize_read(request, channel)
+    asked = asked_of(gateway, query)
     visit = asked.visit or visit_of(asked.query, rights, guard.open)
     gateway.check_capacity()
     gateway.hub.check_broker()

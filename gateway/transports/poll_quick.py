@@ -47,10 +47,16 @@ class QuickRequest(Client, Protocol):
         """Parked as ``waiter``: counted in (and out when told it ``settled``)."""
 
 
-def quick_poll(gateway: Gateway, channel: str, scope: Scope, request: QuickRequest) -> bool:
+def quick_poll(
+    gateway: Gateway,
+    channel: str,
+    query: bytes,
+    headers: list[tuple[bytes, bytes]],
+    request: QuickRequest,
+) -> bool:
     """``GET /poll/{channel}`` at once: from memory, or as a waiter the hub answers."""
     try:
-        visit, ask = admit(gateway, channel, scope)
+        visit, ask = admit(gateway, channel, query, headers)
     except GatewayError:
         return False
     known = known_answer(gateway.hub, ask)
@@ -58,7 +64,8 @@ def quick_poll(gateway: Gateway, channel: str, scope: Scope, request: QuickReque
         return False
     timeout, limit = ask[3], ask[4]
     if isinstance(known, PollAnswer):
-        _answered(gateway, channel, request, known)
+        request.write(known)
+        gateway.passed("poll", channel, ANSWERED)  # counted in and out, as through ASGI
     elif timeout <= 0:
         return False
     else:
@@ -66,7 +73,8 @@ def quick_poll(gateway: Gateway, channel: str, scope: Scope, request: QuickReque
         if not gateway.hub.park(channel, waiter, timeout, encode):
             return False
         request.waits(gateway, waiter, channel)
-    gateway.presence.polled(visit, [channel])
+    if visit.identity is not None:
+        gateway.presence.polled(visit, [channel])
     return True
 
 
@@ -92,7 +100,8 @@ def quick_poll_multi(gateway: Gateway, scope: Scope, request: QuickRequest) -> b
             limit -= len(runs[-1][1])
     channels = [spec.channel for spec in specs]
     if runs:
-        _answered(gateway, label(channels), request, PollAnswer(answer_body(specs, starts, runs)))
+        request.write(PollAnswer(answer_body(specs, starts, runs)))
+        gateway.passed("poll", label(channels), ANSWERED)
     elif timeout <= 0:
         return False
     else:
@@ -106,12 +115,6 @@ def quick_poll_multi(gateway: Gateway, scope: Scope, request: QuickRequest) -> b
         request.waits(gateway, multi, label(channels))
     gateway.presence.polled(visit, channels)
     return True
-
-
-def _answered(gateway: Gateway, label: str, request: QuickRequest, answer: PollAnswer) -> None:
-    """A poll answered at once: counted in and out, as a poll through ASGI is."""
-    request.write(answer)
-    gateway.passed("poll", label, ANSWERED)
 
 
 class MultiPoll:
