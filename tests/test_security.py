@@ -275,3 +275,38 @@ async def _publish(server: GatewayServer, channel: str, data: str, token: str | 
                                    headers=bearer(token) if token else {})
     assert answer.status_code == 201, answer.text
     return str(answer.json()["id"])
+
+
+async def test_a_poll_token_is_verified_once_and_refused_once_it_expires(
+    secured: GatewayServer,
+) -> None:
+    """A poller presents its token with every request: verified once, remembered until its
+    ``exp`` (auth.py), then refused as expired, not served from memory."""
+    token = mint(["rooms:*"], ttl=2)
+    expires_at = jwt.decode(token, options={"verify_signature": False})["exp"]
+    async with httpx.AsyncClient(base_url=secured.url, timeout=10) as client:
+        for _ in range(3):
+            r = await client.get("/poll/rooms:a", params={"timeout": 0}, headers=bearer(token))
+            assert r.status_code == 200, r.text
+        forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+        for _ in range(2):  # a failed check is not remembered either way
+            r = await client.get("/poll/rooms:a", params={"timeout": 0}, headers=bearer(forged))
+            assert r.status_code == 401
+        await anyio.sleep(max(0.0, expires_at - time.time()) + 0.2)
+        r = await client.get("/poll/rooms:a", params={"timeout": 0}, headers=bearer(token))
+        assert r.status_code == 401 and r.json()["error"] == "token expired"
+
+
+def test_the_verified_tokens_are_kept_by_digest_and_bounded() -> None:
+    from gateway.auth import TOKENS_KEPT, Guard
+    from gateway.settings import Settings
+
+    guard = Guard(Settings.from_env({"GATEWAY_SECRET": SECRET}))
+    tokens = [mint([f"c{n}"]) for n in range(TOKENS_KEPT + 3)]
+    rights = guard.decode(tokens[0])
+    assert guard.decode(tokens[0]) is rights  # remembered
+    for token in tokens:
+        guard.decode(token)
+    kept = guard._verified
+    assert 0 < len(kept) <= TOKENS_KEPT
+    assert all(len(key) == 16 for key in kept)  # digests, not the tokens
