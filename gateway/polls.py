@@ -190,15 +190,22 @@ class ChannelPolls:
         # Out of the channel all at once, not one ``discard`` each; those
         # that wait on (and any that comes while this runs) go in the new set.
         waiters, self.waiters = self.waiters, {}
+        same: tuple[Cursor, int, int, object] | None = None  # the last answer, and its place
         for waiter in waiters:
             if waiter.done:
                 continue  # (released meanwhile: a several-channel poll's other waiter)
-            if waiter.mark >= end:
+            mark, limit = waiter.mark, waiter.limit
+            if mark >= end:
                 waiter.mark = 0  # registered after the last item: waits on
                 self.waiters[waiter] = None
                 continue
-            handed += min(end - waiter.mark, waiter.limit)
-            waiter.ended(self.answer(waiter, batch, answers), ANSWERED)
+            handed += min(end - mark, limit)
+            if same is not None and waiter.start is same[0] and (mark, limit) == same[1:3]:
+                answer = same[3]  # (the common case: the waiter before was at the same place)
+            else:
+                answer = self.answer(waiter, batch, answers)
+                same = None if waiter.raw else (waiter.start, mark, limit, answer)
+            waiter.ended(answer, ANSWERED)
         if handed:
             self.count(handed)
         if waiters and not self.waiters:

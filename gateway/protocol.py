@@ -222,6 +222,7 @@ class Poll(Connection):
     __slots__ = (
         "body",
         "disconnected",
+        "gateway",
         "keep_alive",
         "more_body",
         "protocol",
@@ -242,6 +243,7 @@ class Poll(Connection):
     def waits(self, gateway: Gateway, waiter: Ending, label: str) -> None:
         """Parked: counted in as its own connection record, released if the client leaves."""
         self.waiter = waiter
+        self.gateway = gateway
         self.transport = "poll"
         self.channel = label
         gateway.count_in(self)
@@ -279,10 +281,8 @@ class Poll(Connection):
 
     def settled(self, waiter: Ended, answer: object | None) -> None:
         self.waiter = None
-        app = self.protocol.gateway_app
-        if app is not None and app.gateway is not None:
-            self.reason = waiter.reason
-            app.gateway.closed(self, cycles=False)  # (tests/test_protocol.py)
+        self.reason = waiter.reason
+        self.gateway.closed(self, cycles=False)  # (tests/test_protocol.py)
 
 
 def _gateway_app(app: Any) -> GatewayApp | None:

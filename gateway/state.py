@@ -72,12 +72,15 @@ class Gateway:
         conn.started = time.monotonic()
         conn.logged = False
         self.open_connections += 1
-        self.metrics.opened(conn.transport)
+        transport = conn.transport
+        counts = self.metrics.connections  # (``Metrics.opened``, inline: a poll's hot path)
+        counts.open[transport] += 1
+        counts.opened[transport] += 1
         # A long-poll is one request per message or timeout: at thousands of
         # clients its two lines a request cost more CPU than the delivery.
         # Polls log at DEBUG, but for an end out of the ordinary (shutdown,
         # a refusal, an error); their counts are in /metrics either way.
-        level = _level(conn.transport)
+        level = _level(transport)
         if logger.isEnabledFor(level):
             conn.logged = True
             fields = _fields(conn=conn.id, transport=conn.transport, channel=conn.channel)
