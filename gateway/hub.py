@@ -169,7 +169,8 @@ class Hub:
         state = self.channels.get(channel)
         if state is None or state.pending is not None or self.closing:
             return False
-        if waiter.start != (state.last if state.last is not None else START):
+        start, last = waiter.start, state.last
+        if start is not last and start != (last if last is not None else START):
             return False  # ahead of the live link (a cursor read from history): see answer_after
         polls = state.polls
         if polls is None:
@@ -194,7 +195,7 @@ class Hub:
         state = self.channels.get(channel)
         if state is None or state.pending is not None:
             return None
-        if cursor == state.last:
+        if cursor is state.last or cursor == state.last:
             return CAUGHT_UP  # (the common case: every poller back at the newest message)
         key = (cursor, limit)
         answer = state.answers.get(key)
@@ -376,6 +377,8 @@ class Hub:
             delivered += 1
         if items:
             state.delivered_at = time.monotonic()
+            if state.last is not None:
+                state.last = state.last.shared()  # (identity for the pollers: answer_after, park)
         for batch in _batches(items):
             self._fan_out(state, batch)
         self.metrics.delivered.inc(delivered * len(state.subs))

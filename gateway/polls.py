@@ -239,7 +239,9 @@ class Polls:
 
     def add(self, waiter: Waiter, channel: ChannelPolls, timeout_s: float) -> None:
         channel.add(waiter)
-        slot = max(math.ceil((time.monotonic() + timeout_s) / TICK_S), self._done + 1)
+        slot = int((time.monotonic() + timeout_s) / TICK_S) + 1  # (never early)
+        if slot <= self._done:
+            slot = self._done + 1
         waiters = self._slots.get(slot)
         if waiters is None:
             waiters = self._slots[slot] = {}
