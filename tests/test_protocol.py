@@ -293,6 +293,43 @@ async def test_a_waiting_poll_holds_no_task(tmp_path: Any) -> None:
             server.should_exit = True
 
 
+async def test_the_keep_alive_sweep_holds_only_open_http_connections(tmp_path: Any) -> None:
+    """keepalive.py: every HTTP connection is known to the sweep until it closes; one that
+    becomes a WebSocket leaves it at the upgrade (it is the WebSocket protocol's then)."""
+    import websockets
+
+    from gateway.keepalive import idle_connections
+
+    app = create_app(Settings.from_env({"REDIS_URL": ""}))
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=GatewayHttpProtocol, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    known = idle_connections(asyncio.get_running_loop(), config.timeout_keep_alive)._connections
+
+    async def settled(count: int) -> None:
+        with anyio.fail_after(5):
+            while len(known) != count:
+                await anyio.sleep(0.02)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(server.serve)
+        while not server.started:
+            await anyio.sleep(0.02)
+        try:
+            wire = await Wire.open(port)
+            wire.send("/healthz")
+            assert (await wire.response())[0] == 200
+            await settled(1)
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws/k", compression=None):
+                await settled(1)  # the upgraded one is not there
+            wire.close()
+            await settled(0)
+        finally:
+            server.should_exit = True
+
+
 async def _waits_without_a_task(server: uvicorn.Server, port: int) -> None:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
         assert (await http.post("/publish/quiet", content=b"a")).status_code == 201
