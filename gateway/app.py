@@ -31,6 +31,7 @@ from starlette.websockets import WebSocket
 from gateway.auth import Guard
 from gateway.brokers import make_broker
 from gateway.collector import Collector, collector_running
+from gateway.cors import CorsHeaders
 from gateway.errors import GatewayError
 from gateway.hub import Hub
 from gateway.metrics import Metrics
@@ -106,13 +107,21 @@ class GatewayApp(Starlette):
       bench/README.md). CORS (HTTP only) still wraps SSE and poll.
     """
 
-    def __init__(self, *, direct: Direct, start: Callable[[], Started], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        direct: Direct,
+        start: Callable[[], Started],
+        cors: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.gateway: Gateway | None = None
         self._sse = direct.sse
         self._sse_multi = direct.sse_multi
         self._poll = direct.poll
         self._poll_multi = direct.poll_multi
-        self.cors = direct.poll is not poll_app  # CORS wraps the direct routes
+        # What CORS adds to an answer written outside ASGI (protocol.py), when configured.
+        self.cors = CorsHeaders(cors) if cors else None
         self._start = start
         self._refused_at = -NOT_STARTED_LOG_EVERY_S
         super().__init__(lifespan=self.lifespan, **kwargs)
@@ -227,6 +236,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             poll_multi=direct(poll_multi_app),
         ),
         start=lambda: _started(settings),
+        cors=cors,
         routes=routes,
         middleware=middleware,
         exception_handlers={GatewayError: _gateway_error},

@@ -18,7 +18,7 @@ shutdown, pipelining, a body) works on it unchanged.
 
 Every other request, and every poll this path cannot answer at once (a
 refusal, a channel not joined yet, a cursor older than memory, ``last=N``,
-HEAD, CORS with an ``Origin``, HTTP/1.0, a pipelined request, uvicorn's
+HEAD, HTTP/1.0, a pipelined request, uvicorn's
 access log or ``--limit-concurrency`` on, the gateway mounted under a
 parent app), goes through uvicorn's ASGI path as before: same answers,
 slower.
@@ -185,10 +185,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return False  # not /poll or /poll/{channel} (/pollx, /poll/ …)
         if b"%" in path or b"#" in url:
             return False  # a name uvicorn would unquote; a fragment (no client sends one)
-        if app.cors and any(name == b"origin" for name, _ in headers):
-            return False  # CORS middleware answers with its headers, through ASGI
+        cors = b""
+        if app.cors is not None:  # the headers CORSMiddleware would add (cors.py)
+            origin = next((value for name, value in headers if name == b"origin"), None)
+            if origin is not None:
+                cors = app.cors.for_origin(origin)
         previous = self.cycle
-        poll = Poll(self, keep_alive)
+        poll = Poll(self, keep_alive, cors)
         self.cycle = poll  # type: ignore[assignment]  # it has what uvicorn uses of a cycle
         if several:
             scope = {
@@ -221,6 +224,7 @@ class Poll(Connection):
 
     __slots__ = (
         "body",
+        "cors",
         "disconnected",
         "gateway",
         "keep_alive",
@@ -230,10 +234,11 @@ class Poll(Connection):
         "waiter",
     )
 
-    def __init__(self, protocol: GatewayHttpProtocol, keep_alive: bool) -> None:
+    def __init__(self, protocol: GatewayHttpProtocol, keep_alive: bool, cors: bytes) -> None:
         # (its ``Connection`` fields are set when it is counted in: ``waits``)
         self.protocol = protocol
         self.keep_alive = keep_alive
+        self.cors = cors
         self.response_complete = False
         self.disconnected = False
         self.more_body = True
@@ -265,7 +270,7 @@ class Poll(Connection):
             return False
         assert isinstance(answer, PollAnswer)
         keep_alive = self.keep_alive
-        transport.write(answer.wire(protocol.server_state.default_headers, keep_alive))
+        transport.write(answer.wire(protocol.server_state.default_headers, keep_alive, self.cors))
         self.response_complete = True
         if not keep_alive:
             transport.close()

@@ -509,3 +509,81 @@ class _Kept(asyncio.Transport):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 9) if name in ("sockname", "peername") else default
+
+
+@pytest.fixture(scope="module", params=list(PROTOCOLS))
+def cross_origin(request: pytest.FixtureRequest) -> Iterator[GatewayServer]:
+    """A gateway that allows one other origin (CORS), with our protocol and with uvicorn's."""
+    env = {"REDIS_URL": "", "GATEWAY_ALLOWED_ORIGINS": "https://app.example"}
+    server = GatewayServer(env, http=PROTOCOLS[request.param]).start()
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("origin", ["https://app.example", "https://elsewhere.example"])
+async def test_a_cross_origin_poll_gets_the_cors_headers_on_every_path(
+    cross_origin: GatewayServer, channel: str, origin: str
+) -> None:
+    """With ``Origin`` (a browser on another site): the same CORS headers as Starlette's
+    middleware gives through ASGI, answered at once, parked, and repeated (cors.py)."""
+    cursor = await _joined(cross_origin, channel)
+    wire = await Wire.open(cross_origin.port)
+    seen: list[dict[str, str]] = []
+    try:
+        for n in range(3):  # waits, then the same headers again (the repeat path)
+            wire.send(f"/poll/{channel}?since={cursor}&timeout=10", extra=f"Origin: {origin}\r\n")
+            await anyio.sleep(0.05)
+            await publish(cross_origin.url, channel, f"m{n}")
+            status, headers, content = await wire.response()
+            assert status == 200
+            cursor = json.loads(content)["cursor"]
+            seen.append(headers)
+        earlier = await publish(cross_origin.url, channel, "behind")
+        await publish(cross_origin.url, channel, "behind too")
+        wire.send(f"/poll/{channel}?since={earlier}", extra=f"Origin: {origin}\r\n")
+        status, headers, content = await wire.response()  # answered at once, from memory
+        assert status == 200 and json.loads(content)["messages"][0]["data"] == "behind too"
+        seen.append(headers)
+    finally:
+        wire.close()
+    async with httpx.AsyncClient(timeout=10) as http:  # through ASGI: /healthz has no fast path
+        asgi = await http.get(
+            f"{cross_origin.url}/poll/{channel}?since=0&timeout=0&last=1",
+            headers={"Origin": origin},
+        )
+    cors = {k: v for k, v in asgi.headers.items() if k.startswith("access-control") or k == "vary"}
+    if origin == "https://app.example":
+        assert cors.get("access-control-allow-origin") == origin
+    else:
+        assert "access-control-allow-origin" not in cors
+    for headers in seen:
+        assert {k: v for k, v in headers.items() if k in cors} == cors, headers
+        assert not any(k.startswith("access-control") and k not in cors for k in headers)
+
+
+async def test_a_cross_origin_poll_is_served_in_the_protocol_with_its_cors_headers() -> None:
+    """In this process: with ``Origin``, a poll answered at once is written before
+    ``data_received`` returns (no ASGI task), the allowed origin named in it."""
+    from uvicorn.server import ServerState
+
+    settings = {"REDIS_URL": "", "GATEWAY_ALLOWED_ORIGINS": "https://app.example"}
+    app = create_app(Settings.from_env(settings))
+    config = uvicorn.Config(app, http=GatewayHttpProtocol, log_level="warning")
+    config.load()
+    async with app.running() as gateway, gateway.hub.subscribe("o"):
+        before = (await gateway.hub.publish("o", "message", "0")).cursor
+        await gateway.hub.publish("o", "message", "a")
+        await anyio.sleep(0.05)
+        writes: list[bytes] = []
+        protocol = GatewayHttpProtocol(config, ServerState(), {})
+        protocol.connection_made(_Kept(writes))
+        for _ in range(2):  # parsed, then repeated
+            protocol.data_received(
+                f"GET /poll/o?since={before} HTTP/1.1\r\nHost: t\r\n"
+                "Origin: https://app.example\r\n\r\n".encode()
+            )
+        assert len(writes) == 2
+        for answer in writes:
+            assert b"access-control-allow-origin: https://app.example\r\n" in answer.lower()
+            assert b'"data":"a"' in answer
+        protocol.connection_lost(None)

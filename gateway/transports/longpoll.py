@@ -76,9 +76,14 @@ class PollAnswer:
         self._for: list[tuple[bytes, bytes]] | None = None
         self._wire = b""
 
-    def wire(self, default_headers: list[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
+    def wire(
+        self, default_headers: list[tuple[bytes, bytes]], keep_alive: bool, extra: bytes = b""
+    ) -> bytes:
+        """The whole answer; ``extra``: header lines of its own (CORS, cors.py)."""
         if not keep_alive:
-            return self._build(default_headers, b"connection: close\r\n")
+            return self._build(default_headers, extra + b"connection: close\r\n")
+        if extra:
+            return self._build(default_headers, extra)
         if self._for is not default_headers:
             self._for = default_headers
             self._wire = self._build(default_headers, b"")
