@@ -14,7 +14,10 @@ hub's memory (the bytes built once for every poller at that cursor), or
 registered as a ``Waiter`` (polls.py) that the hub's fan-out or the timer
 wheel answers by writing to this socket. ``Poll`` stands where uvicorn
 keeps the request's cycle, so uvicorn's own code (the client leaving,
-shutdown, pipelining, a body) works on it unchanged.
+shutdown, pipelining, a body) works on it unchanged. A poll whose headers
+are the very bytes of its connection's last poll is served without
+httptools at all (``_repeat_served``); a cross-origin one carries the
+headers CORSMiddleware would add (cors.py).
 
 Every other request, and every poll this path cannot answer at once (a
 refusal, a channel not joined yet, a cursor older than memory, ``last=N``,
