@@ -80,6 +80,10 @@ class Metrics:
         connections.open[transport] += 1
         connections.opened[transport] += 1
 
+    def passed(self, transport: str) -> None:
+        """Opened and closed at once (a poll answered from memory)."""
+        self.connections.opened[transport] += 1
+
     def closed(self, transport: str) -> None:
         self.connections.open[transport] -= 1
 

@@ -190,7 +190,6 @@ class ChannelPolls:
         # Out of the channel all at once, not one ``discard`` each; those
         # that wait on (and any that comes while this runs) go in the new set.
         waiters, self.waiters = self.waiters, {}
-        same: tuple[Cursor, int, int, object] | None = None  # the last answer, and its place
         for waiter in waiters:
             if waiter.done:
                 continue  # (released meanwhile: a several-channel poll's other waiter)
@@ -200,12 +199,7 @@ class ChannelPolls:
                 self.waiters[waiter] = None
                 continue
             handed += min(end - mark, limit)
-            if same is not None and waiter.start is same[0] and (mark, limit) == same[1:3]:
-                answer = same[3]  # (the common case: the waiter before was at the same place)
-            else:
-                answer = self.answer(waiter, batch, answers)
-                same = None if waiter.raw else (waiter.start, mark, limit, answer)
-            waiter.ended(answer, ANSWERED)
+            waiter.ended(self.answer(waiter, batch, answers), ANSWERED)
         if handed:
             self.count(handed)
         if waiters and not self.waiters:

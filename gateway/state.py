@@ -73,9 +73,7 @@ class Gateway:
         conn.logged = False
         self.open_connections += 1
         transport = conn.transport
-        counts = self.metrics.connections  # (``Metrics.opened``, inline: a poll's hot path)
-        counts.open[transport] += 1
-        counts.opened[transport] += 1
+        self.metrics.opened(transport)
         # A long-poll is one request per message or timeout: at thousands of
         # clients its two lines a request cost more CPU than the delivery.
         # Polls log at DEBUG, but for an end out of the ordinary (shutdown,
@@ -95,7 +93,7 @@ class Gateway:
             conn.reason = reason
             self.closed(conn, cycles=False)
             return
-        self.metrics.connections.opened[transport] += 1
+        self.metrics.passed(transport)
 
     def closed(self, conn: Connection, *, cycles: bool = True) -> None:
         """Count a connection out; its close line unless it is a routine poll end.
