@@ -87,6 +87,8 @@
   const CATCH_UP_LIMIT = 1000;
   const CATCH_UP_PAGES = 20;
   const WORKER_HELLO_MS = 10000; // a shared worker starting on a busy machine takes seconds
+  const WORKER_RETRY_MS = 1000; // after the worker went away: each try to reach its successor
+  const WORKER_RETRIES = 20;
   const LOCK_PREFIX = "gateway.js";
 
   // Refusals that will not change by trying again or elsewhere.
@@ -893,13 +895,16 @@
     let port = null;
     let worker = null;
     let ready = false;
+    let timer = null;
+    let retries = -1; // since the worker went away: -1, none went away yet
     const link = {
       where: "worker",
       post(ops) {
         if (port) port.postMessage({ from: client.id, ops });
       },
       start() {
-        const timer = setTimeout(() => failed("no answer from the shared worker"), WORKER_HELLO_MS);
+        const wait = retries < 0 ? WORKER_HELLO_MS : WORKER_RETRY_MS;
+        timer = setTimeout(() => failed("no answer from the shared worker"), wait);
         try {
           worker = new SharedWorker(url, { name: LOCK_PREFIX });
         } catch (err) {
@@ -915,11 +920,13 @@
           if (op.op === "hello") {
             clearTimeout(timer);
             ready = true;
+            retries = 0;
             whenGone(`${LOCK_PREFIX}/worker/${op.worker}`, () => {
               // The worker went away (it crashed, or was told to end): start another.
               port = null;
               worker = null;
               ready = false;
+              retries = 0;
               client.holderLost();
               link.start();
             });
@@ -934,7 +941,17 @@
     };
     function failed(why) {
       if (ready) return;
+      clearTimeout(timer);
       port = null;
+      if (retries >= 0 && retries < WORKER_RETRIES) {
+        // The worker went away, and a new SharedWorker() can still reach it
+        // while Chromium tears it down (it then never answers): ask again,
+        // rather than lead apart from the tabs that reached its successor
+        // (two connections for one browser, seen in tests/test_browser_multi.py).
+        retries += 1;
+        link.start();
+        return;
+      }
       client.fallBack(why);
     }
     return link;
@@ -1249,29 +1266,62 @@
       this.catchUp(asked, cursor).then((found) => this.caughtUp(found, cursor));
     }
 
-    // History between where we are (or the last N) and W, read once over a single-channel poll.
+    // History between where we are (or the last N before W) and W, read once over a single-channel poll.
     async catchUp(since, until) {
+      if (since === null) return this.lastUpTo(until);
       const messages = [];
       let gap = false;
       let after = since;
       for (let page = 0; page < CATCH_UP_PAGES; page++) {
-        const query = after !== null ? { since: after } : { last: this.opts.last };
         let answer;
         try {
-          const url = endpoint(this.baseUrl, `poll/${encodeURIComponent(this.channel)}`, { ...query, timeout: 0, limit: CATCH_UP_LIMIT });
-          answer = await getJson(url, this.token, (this.opts.connectTimeout || CONNECT_TIMEOUT_MS) * 2);
+          answer = await this.history({ since: after });
         } catch (err) {
           return { messages: [], gap: true, error: err };
         }
         gap = gap || !!answer.gap;
         const upTo = answer.messages.findIndex((m) => m.id === until);
         if (upTo >= 0) return { messages: messages.concat(answer.messages.slice(0, upTo + 1)), gap };
-        // W not among them: all of these come after W (they will come live), or W lies further.
-        if (after === null || answer.messages.length < CATCH_UP_LIMIT) return { messages, gap };
+        // W not among them: it lies further on.
+        if (answer.messages.length < CATCH_UP_LIMIT) return { messages, gap };
         messages.push(...answer.messages);
         after = answer.cursor;
       }
       return { messages, gap };
+    }
+
+    // The last N messages up to W. "The last N", read now, also counts what was
+    // published after the wire reached W (that comes live): while W has fewer
+    // than N before it in the answer, ask for as many more as came after it.
+    async lastUpTo(until) {
+      const want = this.opts.last;
+      let asked = want;
+      let gap = false;
+      for (let page = 0; page < CATCH_UP_PAGES; page++) {
+        let answer;
+        try {
+          answer = await this.history({ last: asked });
+        } catch (err) {
+          return { messages: [], gap: true, error: err };
+        }
+        gap = gap || !!answer.gap;
+        const got = answer.messages;
+        const upTo = got.findIndex((m) => m.id === until);
+        const whole = got.length < asked; // all the history there is (or all a poll may hold)
+        const most = whole || asked >= CATCH_UP_LIMIT; // no more to ask for
+        if (upTo >= 0 && (upTo + 1 >= want || most)) {
+          return { messages: got.slice(Math.max(0, upTo + 1 - want), upTo + 1), gap };
+        }
+        if (most) break; // W is not in history
+        asked = Math.min(CATCH_UP_LIMIT, want + (upTo >= 0 ? got.length - upTo - 1 : got.length));
+      }
+      return { messages: [], gap };
+    }
+
+    history(query) {
+      const path = `poll/${encodeURIComponent(this.channel)}`;
+      const url = endpoint(this.baseUrl, path, { ...query, timeout: 0, limit: CATCH_UP_LIMIT });
+      return getJson(url, this.token, (this.opts.connectTimeout || CONNECT_TIMEOUT_MS) * 2);
     }
 
     caughtUp(found, cursor) {
@@ -1392,7 +1442,12 @@
             });
             port.postMessage({ op: "hello", worker: workerId });
           } else if (op.op === "end-worker") {
-            root.close(); // for tests: the worker goes away as if it had crashed
+            // For tests: the worker goes away as if it had crashed. Its sockets are
+            // closed first, as a crash closes them: after close() alone, Chromium was
+            // seen keeping an ended worker's SSE stream open for over 20 s.
+            ports.clear();
+            for (const wire of holder.wires.values()) wire.close();
+            root.close();
           } else {
             holder.handle(from, op);
           }
