@@ -81,14 +81,11 @@ class Guard:
         if settings.secret is not None and len(settings.secret.encode()) < MIN_SECRET_BYTES:
             raise ConfigError(f"GATEWAY_SECRET must be at least {MIN_SECRET_BYTES} bytes long")
         self.secret = settings.secret
+        self.open = settings.secret is None  # (read on every request: an attribute, not a property)
         self.public = settings.public_channels
         self.any_origin = "*" in settings.allowed_origins
         self.origins = {_origin(o) for o in settings.allowed_origins if o != "*"} - {None}
         self._verified: dict[bytes, Rights] = {}  # by the token's digest, until its exp
-
-    @property
-    def open(self) -> bool:
-        return self.secret is None
 
     def rights(self, conn: HTTPConnection) -> Rights:
         """The caller's rights; ``NONE`` when it brought no token."""

@@ -75,11 +75,11 @@ class Waiter:
     """
 
     __slots__ = (
-        "channel",
         "client",
         "done",
         "limit",
         "mark",
+        "polls",
         "raw",
         "reason",
         "start",
@@ -98,15 +98,15 @@ class Waiter:
         self.done = False
         self.mark = 0
         self.reason = TIMED_OUT
-        self.channel: ChannelPolls | None = None
+        self.polls: ChannelPolls | None = None  # its channel's waiters
         self.timeouts: dict[Waiter, None] | None = None  # its slot of the wheel (``Polls``)
 
     def finish(self, answer: object | None, reason: str) -> None:
         """Answer (or, with None, just release) the poll; later calls do nothing."""
         if self.done:
             return
-        if self.channel is not None:
-            self.channel.discard(self)
+        if self.polls is not None:
+            self.polls.discard(self)
         self.ended(answer, reason)
 
     def ended(self, answer: object | None, reason: str) -> None:
@@ -165,7 +165,7 @@ class ChannelPolls:
 
     def add(self, waiter: Waiter) -> None:
         waiter.mark = len(self.batch)
-        waiter.channel = self
+        waiter.polls = self
         self.waiters[waiter] = None
 
     def discard(self, waiter: Waiter) -> None:
@@ -248,7 +248,7 @@ class Polls:
         answers: dict[ChannelPolls, dict[Any, object]] = {}
         for key in range(self._done + 1, due + 1):
             for waiter in list(self._slots.pop(key, ())):
-                channel = waiter.channel
+                channel = waiter.polls
                 assert channel is not None
                 empty = channel.answer(waiter, [], answers.setdefault(channel, {}))
                 waiter.finish(empty, TIMED_OUT)

@@ -42,8 +42,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.app import GatewayApp
 from gateway.keepalive import idle_connections
-from gateway.polls import Ended
-from gateway.state import Connection, Gateway
+from gateway.message import Cursor
+from gateway.polls import Ended, Waiter
+from gateway.state import Gateway
 from gateway.transports.longpoll import POLL_PATH_PREFIX, PollAnswer
 from gateway.transports.poll_multi import POLL_MULTI_PATH
 from gateway.transports.poll_quick import Ending, quick_poll, quick_poll_multi
@@ -62,6 +63,45 @@ class Repeat(NamedTuple):
     block: bytes  # from the request line's end: the headers, then the empty line
     headers: list[tuple[bytes, bytes]]
     keep_alive: bool
+
+
+class Target(NamedTuple):
+    """A request target under /poll that this protocol serves, as read once (``poll_target``)."""
+
+    path: bytes
+    query: bytes
+    channel: str | None  # None: ``/poll``, several channels in the query
+
+
+# Targets read, by their request line: thousands of pollers send the same one after each message.
+_TARGETS: dict[bytes, Target] = {}
+TARGETS_KEPT = 1024
+
+
+def poll_target(line: bytes, url: bytes) -> Target | None:
+    """``GET url HTTP/1.1`` (``line``) as a poll served here, read once per distinct line.
+
+    None: not ``/poll/{channel}`` or ``/poll``. A line is kept only once it
+    was checked (by httptools, or ``_POLL_LINE``), and never with a token.
+    """
+    target = _TARGETS.get(line)
+    if target is not None:
+        return target
+    path, _, query = url.partition(b"?")  # (origin-form: it starts with /poll)
+    if path == _MULTI:
+        channel = None
+    elif path.startswith(_PREFIX) and len(path) > len(_PREFIX) and path.isascii():
+        channel = path[len(_PREFIX) :].decode("ascii")
+    else:
+        return None  # not /poll or /poll/{channel} (/pollx, /poll/ …)
+    if 37 in path or 35 in url:  # ord("%"): a name uvicorn would unquote; "#": a fragment
+        return None
+    target = Target(path, query, channel)
+    if b"token" not in query:  # no secret stays in memory (as ``asked_of``)
+        if len(_TARGETS) >= TARGETS_KEPT:
+            _TARGETS.clear()
+        _TARGETS[line] = target
+    return target
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
@@ -108,12 +148,18 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         Python. Anything else (another header, a second request in the same
         bytes, a parser mid-request) goes through httptools as usual.
         """
-        line = _POLL_LINE.fullmatch(data, 0, len(data) - len(repeat.block))
-        if line is None or self.in_message:
+        line = data[: len(data) - len(repeat.block)]
+        target = _TARGETS.get(line)  # (a line served before was checked then)
+        if target is None:
+            match = _POLL_LINE.fullmatch(line)
+            if match is None or (target := poll_target(line, match[1])) is None:
+                return False
+        if self.in_message:
             return False
-        self._unset_keepalive_if_required()  # (uvicorn's timer, if an ASGI answer armed it)
+        if self.timeout_keep_alive_task is not None:  # (an ASGI answer armed uvicorn's timer)
+            self._unset_keepalive_if_required()
         self.headers = repeat.headers
-        return self._serve_poll(line[1], repeat.headers, repeat.keep_alive)
+        return self._serve_poll(target, repeat.headers, repeat.keep_alive)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.idle.leave(self)
@@ -153,7 +199,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         ):
             return False
         keep_alive = parser.should_keep_alive()
-        if not self._serve_poll(self.url, self.headers, keep_alive):
+        target = poll_target(b"GET " + self.url + b" HTTP/1.1", self.url)
+        if target is None or not self._serve_poll(target, self.headers, keep_alive):
             self.repeat = None
             return False
         self._remember(keep_alive)
@@ -169,8 +216,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         elif repeat is None or not data.endswith(repeat.block):
             self.repeat = Repeat(data[data.find(b"\r\n") :], headers, keep_alive)
 
-    def _serve_poll(self, url: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> bool:
-        """``GET url``, HTTP/1.1, served here: True, or nothing done."""
+    def _serve_poll(
+        self, target: Target, headers: list[tuple[bytes, bytes]], keep_alive: bool
+    ) -> bool:
+        """``GET target``, HTTP/1.1, served here: True, or nothing done."""
         app = self.gateway_app
         if (
             app is None
@@ -180,14 +229,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             or not (self.cycle is None or self.cycle.response_complete)
         ):
             return False
-        path, _, query = url.partition(b"?")  # (origin-form: it starts with /poll)
-        several = path == _MULTI
-        if not several and not (
-            path.startswith(_PREFIX) and len(path) > len(_PREFIX) and path.isascii()
-        ):
-            return False  # not /poll or /poll/{channel} (/pollx, /poll/ …)
-        if b"%" in path or b"#" in url:
-            return False  # a name uvicorn would unquote; a fragment (no client sends one)
         cors = b""
         if app.cors is not None:  # the headers CORSMiddleware would add (cors.py)
             origin = next((value for name, value in headers if name == b"origin"), None)
@@ -196,49 +237,61 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         previous = self.cycle
         poll = Poll(self, keep_alive, cors)
         self.cycle = poll  # type: ignore[assignment]  # it has what uvicorn uses of a cycle
-        if several:
+        if target.channel is None:
             scope = {
                 "type": "http",
                 "path": "/poll",
-                "raw_path": path,
+                "raw_path": target.path,
                 "headers": headers,
-                "query_string": query,
+                "query_string": target.query,
             }
             served = quick_poll_multi(app.gateway, scope, poll)
         else:
-            channel = path[len(_PREFIX) :].decode("ascii")
-            served = quick_poll(app.gateway, channel, query, headers, poll)
+            served = quick_poll(app.gateway, target.channel, target.query, headers, poll)
         if not served:
             self.cycle = previous
         return served
 
 
-class Poll(Connection):
+class Poll(Waiter):
     """A poll served in the protocol: what uvicorn's protocol sees as the request's cycle.
 
     uvicorn reads and sets ``response_complete``, ``disconnected``,
     ``keep_alive``, ``body``, ``more_body`` and calls ``message_event.set()``
     (the client left, a body arrived, the request ended). That event is
     this object: when the client is gone, the waiting poll is released at
-    once, as ``direct.on_http_lost`` does for ASGI requests. It is also the
-    waiter's client (polls.py): it writes the answer. And it is its own
-    connection record while it waits (one object less per poll).
+    once, as ``direct.on_http_lost`` does for ASGI requests. A poll of one
+    channel is its own waiter (polls.py) and that waiter's client, which
+    writes the answer; and it is its own connection record while it waits
+    (``state.Record``): one object per poll.
     """
 
     __slots__ = (
         "body",
+        "channel",
         "cors",
         "disconnected",
+        "ending",
         "gateway",
+        "id",
         "keep_alive",
+        "logged",
         "more_body",
         "protocol",
         "response_complete",
-        "waiter",
+        "started",
+        "transport",
     )
+    # Its connection record's fields (``state.Record``), set when it is counted in.
+    transport: str
+    channel: str
+    id: int
+    started: float
+    logged: bool
+    gateway: Gateway
 
     def __init__(self, protocol: GatewayHttpProtocol, keep_alive: bool, cors: bytes) -> None:
-        # (its ``Connection`` fields are set when it is counted in: ``waits``)
+        # (its waiter's fields are set if it waits: ``waiter``; its record's: ``waits``)
         self.protocol = protocol
         self.keep_alive = keep_alive
         self.cors = cors
@@ -246,11 +299,16 @@ class Poll(Connection):
         self.disconnected = False
         self.more_body = True
         self.body = b""
-        self.waiter: Ending | None = None
+        self.ending: Ending | None = None
+
+    def waiter(self, start: Cursor, limit: int) -> Poll:
+        """Itself as its channel's waiter (its own client until it ends)."""
+        Waiter.__init__(self, start, limit, self)
+        return self
 
     def waits(self, gateway: Gateway, waiter: Ending, label: str) -> None:
         """Parked: counted in as its own connection record, released if the client leaves."""
-        self.waiter = waiter
+        self.ending = waiter
         self.gateway = gateway
         self.transport = "poll"
         self.channel = label
@@ -262,8 +320,8 @@ class Poll(Connection):
 
     def set(self) -> None:
         """uvicorn's signal: acted on only when the client is gone."""
-        if self.disconnected and self.waiter is not None:
-            self.waiter.cancel()
+        if self.disconnected and self.ending is not None:
+            self.ending.cancel()
 
     def write(self, answer: object) -> bool:
         """The whole answer on the socket now, as uvicorn's cycle would end; False if it can't."""
@@ -288,7 +346,7 @@ class Poll(Connection):
         return True
 
     def settled(self, waiter: Ended, answer: object | None) -> None:
-        self.waiter = None
+        self.ending = None
         self.reason = waiter.reason
         self.gateway.closed(self, cycles=False)  # (tests/test_protocol.py)
 

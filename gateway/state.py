@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from starlette.requests import HTTPConnection
 
@@ -32,7 +32,18 @@ class Connection:
     logged: bool = False  # its open line was logged: its close line is too
 
 
-C = TypeVar("C", bound=Connection)
+class Record(Protocol):
+    """What counting a connection in and out reads and sets (a ``Connection``, or a poll's own)."""
+
+    transport: str
+    channel: str
+    id: int
+    reason: str
+    started: float
+    logged: bool
+
+
+C = TypeVar("C", bound=Record)
 
 
 @dataclass
@@ -78,7 +89,7 @@ class Gateway:
         # clients its two lines a request cost more CPU than the delivery.
         # Polls log at DEBUG, but for an end out of the ordinary (shutdown,
         # a refusal, an error); their counts are in /metrics either way.
-        level = _level(transport)
+        level = _LEVELS.get(transport, logging.INFO)  # (``_level``, without the call)
         if logger.isEnabledFor(level):
             conn.logged = True
             fields = _fields(conn=conn.id, transport=conn.transport, channel=conn.channel)
@@ -88,14 +99,14 @@ class Gateway:
     def passed(self, transport: str, channel: str, reason: str) -> None:
         """A connection in and out at once (a poll answered from memory), as ``opened``
         then ``closed`` count it; its record made only when its lines are logged."""
-        if logger.isEnabledFor(_level(transport)):
+        if logger.isEnabledFor(_LEVELS.get(transport, logging.INFO)):
             conn = self.opened(transport, channel)
             conn.reason = reason
             self.closed(conn, cycles=False)
             return
         self.metrics.passed(transport)
 
-    def closed(self, conn: Connection, *, cycles: bool = True) -> None:
+    def closed(self, conn: Record, *, cycles: bool = True) -> None:
         """Count a connection out; its close line unless it is a routine poll end.
 
         ``cycles=False``: its end leaves no reference cycle for the garbage
@@ -139,13 +150,16 @@ class Counted:
 
 
 def _level(transport: str) -> int:
-    return logging.DEBUG if transport == "poll" else logging.INFO
+    return _LEVELS.get(transport, logging.INFO)
+
+
+_LEVELS = {"poll": logging.DEBUG}
 
 
 ROUTINE_POLL_ENDS = frozenset({"answered", "timed out", "client gone"})
 
 
-def _log_close(level: int, conn: Connection) -> None:
+def _log_close(level: int, conn: Record) -> None:
     fields = _fields(
         conn=conn.id,
         transport=conn.transport,

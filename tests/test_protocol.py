@@ -490,6 +490,30 @@ async def test_a_repeated_poll_skips_the_parser_and_a_changed_one_does_not() -> 
         protocol.connection_lost(None)
 
 
+def test_a_poll_target_is_read_once_and_never_kept_with_a_token() -> None:
+    """``poll_target``: read once per distinct request line, then served from what was read;
+    a line with a token never kept; at most ``TARGETS_KEPT`` lines; not a poll here: None."""
+    from gateway import protocol
+
+    def target(url: bytes) -> protocol.Target | None:
+        return protocol.poll_target(b"GET " + url + b" HTTP/1.1", url)
+
+    protocol._TARGETS.clear()
+    line = b"GET /poll/a?since=1-0 HTTP/1.1"
+    read = protocol.poll_target(line, b"/poll/a?since=1-0")
+    assert read == protocol.Target(b"/poll/a", b"since=1-0", "a")
+    assert protocol.poll_target(line, b"/not/read/again") is read
+    several = target(b"/poll?channel=a&channel=b")
+    assert several is not None and several.channel is None
+    assert target(b"/poll/a?since=1-0&token=abc") is not None
+    assert [kept for kept in protocol._TARGETS if b"token" in kept] == []
+    for url in (b"/pollx", b"/poll/", b"/poll/a%20b", b"/poll/a?x#y", "/poll/é".encode()):
+        assert target(url) is None, url
+    for n in range(protocol.TARGETS_KEPT * 2):
+        target(b"/poll/a?since=%d-0" % n)
+    assert 0 < len(protocol._TARGETS) <= protocol.TARGETS_KEPT
+
+
 class _Kept(asyncio.Transport):
     """A transport that keeps what is written to it (no socket)."""
 

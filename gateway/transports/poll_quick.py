@@ -43,6 +43,9 @@ class Ending(Ended, Protocol):
 class QuickRequest(Client, Protocol):
     """The request, as the protocol holds it until the poll ends (protocol.py)."""
 
+    def waiter(self, start: Cursor, limit: int) -> Waiter:
+        """Its single channel's waiter, its client itself (the protocol's ``Poll`` is one)."""
+
     def waits(self, gateway: Gateway, waiter: Ending, label: str) -> None:
         """Parked as ``waiter``: counted in (and out when told it ``settled``)."""
 
@@ -69,7 +72,7 @@ def quick_poll(
     elif timeout <= 0:
         return False
     else:
-        waiter = Waiter(known, limit, request)
+        waiter = request.waiter(known, limit)
         if not gateway.hub.park(channel, waiter, timeout, encode):
             return False
         request.waits(gateway, waiter, channel)
@@ -142,9 +145,9 @@ class MultiPoll:
         for member in self.members:
             member.cancel()  # the other channels' waiters (this one is done already)
         if answer is not None:
-            assert waiter.channel is not None and isinstance(answer, list)
+            assert waiter.polls is not None and isinstance(answer, list)
             items: list[Item] = answer
-            runs = [(waiter.channel.name, items)] if items else []
+            runs = [(waiter.polls.name, items)] if items else []
             body = answer_body(self.specs, self.starts, runs)
             self.request.write(PollAnswer(body))
         self.request.settled(self, answer)
