@@ -87,8 +87,8 @@
   const CATCH_UP_LIMIT = 1000;
   const CATCH_UP_PAGES = 20;
   const WORKER_HELLO_MS = 10000; // a shared worker starting on a busy machine takes seconds
-  const WORKER_RETRY_MS = 1000; // after the worker went away: each try to reach its successor
-  const WORKER_RETRIES = 20;
+  const WORKER_RETRY_MS = 1000; // after the worker went away: the first try to reach its successor
+  const WORKER_RETRIES = 6; // (each waits twice as long as the one before, up to WORKER_HELLO_MS)
   const LOCK_PREFIX = "gateway.js";
 
   // Refusals that will not change by trying again or elsewhere.
@@ -903,7 +903,7 @@
         if (port) port.postMessage({ from: client.id, ops });
       },
       start() {
-        const wait = retries < 0 ? WORKER_HELLO_MS : WORKER_RETRY_MS;
+        const wait = retries < 0 ? WORKER_HELLO_MS : Math.min(WORKER_HELLO_MS, WORKER_RETRY_MS * 2 ** retries);
         timer = setTimeout(() => failed("no answer from the shared worker"), wait);
         try {
           worker = new SharedWorker(url, { name: LOCK_PREFIX });
