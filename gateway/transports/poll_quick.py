@@ -74,6 +74,7 @@ def quick_poll(
     else:
         waiter = request.waiter(known, limit)
         if not gateway.hub.park(channel, waiter, timeout, encode):
+            waiter.client = None  # (the protocol's poll is its own client: no cycle left behind)
             return False
         request.waits(gateway, waiter, channel)
     if visit.identity is not None:
