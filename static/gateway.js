@@ -274,6 +274,7 @@
       this.expected = []; // one entry per frame sent: its answer comes in order
       this.channels = new Map(); // name -> "subscribing" | "live" (unsubscribed: absent)
       this.presence = new Map(); // name -> whether its subscribe frame asked presence events
+      this.asked = new Map(); // name -> the WireChannel its subscribe frame was for
     }
 
     start() {
@@ -308,23 +309,27 @@
     sync() {
       if (!this.usable) return;
       for (const ch of this.wire.channels.values()) {
-        if (this.channels.has(ch.name) && this.presence.get(ch.name) === ch.presence) continue;
+        const same = this.asked.get(ch.name) === ch && this.presence.get(ch.name) === ch.presence;
+        if (this.channels.has(ch.name) && same) continue;
         if (this.channels.has(ch.name)) {
-          // Presence asked for a channel already carried: subscribe it again, from its cursor.
+          // Presence asked for a channel already carried, or the channel taken
+          // again: subscribe it again, from its own cursor.
           this.channels.delete(ch.name);
           this.send({ type: "unsubscribe", channel: ch.name }, { kind: "unsubscribe", channel: ch.name });
         }
         this.channels.set(ch.name, "subscribing");
         this.presence.set(ch.name, ch.presence);
+        this.asked.set(ch.name, ch);
         const frame = { type: "subscribe", channel: ch.name };
         if (ch.presence) frame.presence = true;
         if (ch.cursor !== null) frame.since = ch.cursor;
         else if (ch.last) frame.last = ch.last;
-        this.send(frame, { kind: "subscribe", channel: ch.name });
+        this.send(frame, { kind: "subscribe", channel: ch.name, ch });
       }
       for (const name of [...this.channels.keys()]) {
         if (this.wire.channels.has(name)) continue;
         this.channels.delete(name);
+        this.asked.delete(name);
         this.send({ type: "unsubscribe", channel: name }, { kind: "unsubscribe", channel: name });
       }
     }
@@ -338,16 +343,21 @@
       }
       const { type, channel } = frame;
       if (type === "message") {
-        if (this.channels.get(channel) !== "live") return; // an old subscription's tail
+        if (!this.live(channel)) return; // an old subscription's tail
         const { id, event, data } = frame;
         this.h.message(channel, { id, channel, event, data });
       } else if (type === "gap") {
-        if (this.channels.get(channel) === "live") this.h.gap(channel);
+        if (this.live(channel)) this.h.gap(channel);
       } else if (type === "join" || type === "leave") {
-        if (this.channels.get(channel) === "live") this.h.presence(channel, { type, user: frame.user, info: frame.info });
+        if (this.live(channel)) this.h.presence(channel, { type, user: frame.user, info: frame.info });
       } else if (["subscribed", "unsubscribed", "ack", "error"].includes(type)) {
         this.answer(frame, this.expected.shift());
       }
+    }
+
+    // Subscribed on this socket, for the very WireChannel the wire carries now.
+    live(channel) {
+      return this.channels.get(channel) === "live" && this.asked.get(channel) === this.wire.channels.get(channel);
     }
 
     answer(frame, expect) {
@@ -356,6 +366,8 @@
         if (frame.type === "ack") expect.resolve({ id: frame.id });
         else expect.reject(new GatewayError(frame.reason || "publish refused"));
       } else if (expect.kind === "subscribe" && this.channels.get(expect.channel) === "subscribing") {
+        // Taken again since this frame: sync() subscribes the new one from its own cursor.
+        if (this.wire.channels.get(expect.channel) !== expect.ch) return;
         if (frame.type === "subscribed") {
           this.channels.set(expect.channel, "live");
           this.h.position(expect.channel, frame.cursor);
@@ -411,6 +423,12 @@
       if (this.wire.request().key !== this.asked.key) this.abort(REOPEN);
     }
 
+    // Whether `channel` is still the very one this request asked for.
+    mine(channel) {
+      const ch = this.asked.chans.get(channel);
+      return ch !== undefined && this.wire.channels.get(channel) === ch;
+    }
+
     abort(err) {
       this.control.abort();
       this.h.end(err);
@@ -463,8 +481,12 @@
         return;
       }
       if (ev.event === "subscribed") {
-        for (const [channel, cursor] of Object.entries(body.cursors || {})) this.h.position(channel, cursor);
+        for (const [channel, cursor] of Object.entries(body.cursors || {})) {
+          if (this.mine(channel)) this.h.position(channel, cursor);
+        }
         this.wire.schedule(); // channels left out of this request (another `last`) may join now
+      } else if (!this.mine(body.channel)) {
+        // taken again since this request: the next one starts it from its own cursor
       } else if (ev.event === "gap") {
         this.h.gap(body.channel);
       } else if (ev.event === "join" || ev.event === "leave") {
@@ -495,9 +517,11 @@
     }
 
     take(answer) {
-      for (const channel of answer.gaps || []) this.h.gap(channel);
-      for (const msg of answer.messages || []) this.h.message(msg.channel, msg);
-      for (const [channel, cursor] of Object.entries(answer.cursors || {})) this.h.position(channel, cursor);
+      for (const channel of answer.gaps || []) if (this.mine(channel)) this.h.gap(channel);
+      for (const msg of answer.messages || []) if (this.mine(msg.channel)) this.h.message(msg.channel, msg);
+      for (const [channel, cursor] of Object.entries(answer.cursors || {})) {
+        if (this.mine(channel)) this.h.position(channel, cursor);
+      }
     }
 
     get(timeout) {
@@ -510,9 +534,16 @@
 
   // -- the wire: one connection for every channel of one (baseUrl, token, transports) --
 
+  // A channel dropped from a wire and taken again (a subscription closed and
+  // opened anew in one tick, a tab attaching again as the same client) is
+  // another WireChannel: the connection must start it again from its own
+  // cursor, and nothing the old one's subscription brings may reach it.
+  let wireChannels = 0;
+
   class WireChannel {
     constructor(name, since, last) {
       this.name = name;
+      this.serial = ++wireChannels;
       this.cursor = since; // where to resume: the last id delivered, "0" after a gap; null: not known yet
       this.last = last; // asked with no cursor: the last N
       this.known = since !== null; // a position the gateway said (or the first listener gave)
@@ -546,6 +577,7 @@
     // without a cursor, so one request carries one kind of those; the others join next time.
     request() {
       const named = [];
+      const chans = new Map(); // name -> the WireChannel this request is for
       let kind;
       const specs = [];
       let last;
@@ -562,10 +594,12 @@
           last = ch.last || undefined;
         }
         named.push(ch.name);
+        chans.set(ch.name, ch);
       }
       // Cursors move with every message: only another list of channels is another request.
       const query = { channel: specs, last, user: this.user, presence };
-      return { names: named, query, key: named.join("\n") + (presence ? "\n+presence" : "") };
+      const key = [...chans.values()].map((ch) => `${ch.name}#${ch.serial}`).join("\n");
+      return { names: named, chans, query, key: key + (presence ? "\n+presence" : "") };
     }
 
     schedule() {
@@ -1428,7 +1462,11 @@
         if (port) port.postMessage(op);
       }
     });
-    holdForever(`${LOCK_PREFIX}/worker/${workerId}`);
+    // A tab learns the worker went away when it is granted this lock: answer
+    // hello only once the worker holds it. A tab that asked before the worker
+    // held it was granted it at once, and took a live worker for gone (it then
+    // attached again; seen in 1 of ~150 runs of the holder-goes-away test).
+    const held = holdForever(`${LOCK_PREFIX}/worker/${workerId}`);
     root.onconnect = (ev) => {
       const port = ev.ports[0];
       port.onmessage = (msg) => {
@@ -1440,7 +1478,7 @@
               holder.dropClient(from);
               ports.delete(from);
             });
-            port.postMessage({ op: "hello", worker: workerId });
+            held.then(() => port.postMessage({ op: "hello", worker: workerId }));
           } else if (op.op === "end-worker") {
             // For tests: the worker goes away as if it had crashed. Its sockets are
             // closed first, as a crash closes them: after close() alone, Chromium was
