@@ -91,18 +91,35 @@ class Collector:
         logger.log(level, "gc: full pass found %d objects in %.3f s", found, took)
 
 
+class _Process:
+    """The collector's settings are the process's: several gateways in one
+    process (tests, an app mounting two) share them. The first to start
+    sets them, the last to stop gives the process back as it was, in
+    whatever order they stop."""
+
+    running = 0
+    thresholds: tuple[int, ...] = ()
+
+
 @asynccontextmanager
 async def collector_running(collector: Collector) -> AsyncIterator[Collector]:
-    thresholds = gc.get_threshold()
-    gc.set_threshold(max(YOUNG_THRESHOLD, thresholds[0]), *thresholds[1:])
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_tick_forever, collector)
-        try:
-            yield collector
-        finally:
-            tasks.cancel_scope.cancel()
-            gc.unfreeze()  # give the process back as it was (tests run several apps)
-            gc.set_threshold(*thresholds)
+    if _Process.running == 0:
+        _Process.thresholds = gc.get_threshold()
+        young, *older = _Process.thresholds
+        gc.set_threshold(max(YOUNG_THRESHOLD, young), *older)
+    _Process.running += 1
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_tick_forever, collector)
+            try:
+                yield collector
+            finally:
+                tasks.cancel_scope.cancel()
+    finally:
+        _Process.running -= 1
+        if _Process.running == 0:
+            gc.unfreeze()
+            gc.set_threshold(*_Process.thresholds)
 
 
 async def _tick_forever(collector: Collector) -> None:

@@ -253,6 +253,42 @@ def test_the_collector_freezes_long_lived_connections_and_gives_them_back_on_chu
         gc.unfreeze()
 
 
+def test_two_gateways_in_one_process_give_the_collector_back_whatever_order_they_stop_in():
+    """The first to start sets the young threshold; the last to stop restores it (not LIFO)."""
+    import gc
+
+    from gateway.collector import YOUNG_THRESHOLD, Collector, collector_running
+
+    before = gc.get_threshold()
+
+    async def gateway(started: anyio.Event, stop: anyio.Event, stopped: anyio.Event) -> None:
+        async with collector_running(Collector(lambda: 0, lambda: 0)):  # as each lifespan does
+            started.set()
+            await stop.wait()
+        stopped.set()
+
+    async def scenario() -> list[int]:
+        seen = []
+        events = [(anyio.Event(), anyio.Event(), anyio.Event()) for _ in range(2)]
+        async with anyio.create_task_group() as tasks:
+            for started, stop, stopped in events:
+                tasks.start_soon(gateway, started, stop, stopped)
+                await started.wait()
+                seen.append(gc.get_threshold()[0])
+            for _, stop, stopped in events:  # the first to start stops first
+                stop.set()
+                await stopped.wait()
+                seen.append(gc.get_threshold()[0])
+        return seen
+
+    gc.set_threshold(700, *before[1:])
+    try:
+        young = max(YOUNG_THRESHOLD, 700)
+        assert anyio.run(scenario) == [young, young, young, 700]
+    finally:
+        gc.set_threshold(*before)
+
+
 def test_the_fast_path_recognises_the_installed_uvicorn():
     """Under uvicorn as the Procfile runs it, SSE and WebSocket streams get a sink (else all is slow)."""
     import asyncio
