@@ -357,7 +357,7 @@
 
     // Subscribed on this socket, for the very WireChannel the wire carries now.
     live(channel) {
-      return this.channels.get(channel) === "live" && this.asked.get(channel) === this.wire.channels.get(channel);
+      return this.channels.get(channel) === "live" && this.wire.carries(this.asked.get(channel));
     }
 
     answer(frame, expect) {
@@ -367,7 +367,7 @@
         else expect.reject(new GatewayError(frame.reason || "publish refused"));
       } else if (expect.kind === "subscribe" && this.channels.get(expect.channel) === "subscribing") {
         // Taken again since this frame: sync() subscribes the new one from its own cursor.
-        if (this.wire.channels.get(expect.channel) !== expect.ch) return;
+        if (!this.wire.carries(expect.ch)) return;
         if (frame.type === "subscribed") {
           this.channels.set(expect.channel, "live");
           this.h.position(expect.channel, frame.cursor);
@@ -425,8 +425,7 @@
 
     // Whether `channel` is still the very one this request asked for.
     mine(channel) {
-      const ch = this.asked.chans.get(channel);
-      return ch !== undefined && this.wire.channels.get(channel) === ch;
+      return this.wire.carries(this.asked.chans.get(channel));
     }
 
     abort(err) {
@@ -576,7 +575,6 @@
     // The query of a several-channel request. `?last=N` applies to every channel named
     // without a cursor, so one request carries one kind of those; the others join next time.
     request() {
-      const named = [];
       const chans = new Map(); // name -> the WireChannel this request is for
       let kind;
       const specs = [];
@@ -593,13 +591,17 @@
           specs.push(ch.name);
           last = ch.last || undefined;
         }
-        named.push(ch.name);
         chans.set(ch.name, ch);
       }
       // Cursors move with every message: only another list of channels is another request.
       const query = { channel: specs, last, user: this.user, presence };
       const key = [...chans.values()].map((ch) => `${ch.name}#${ch.serial}`).join("\n");
-      return { names: named, chans, query, key: key + (presence ? "\n+presence" : "") };
+      return { names: [...chans.keys()], chans, query, key: key + (presence ? "\n+presence" : "") };
+    }
+
+    // Whether `ch` (a WireChannel some request or frame was for) is still the one carried.
+    carries(ch) {
+      return ch !== undefined && this.channels.get(ch.name) === ch;
     }
 
     schedule() {
