@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--pub", action="append", default=[], help="glob of publishable channels")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     token.add_argument("--user", default=None, help="who it names, for presence (the sub claim)")
+    token.add_argument("--admin", action="store_true", help="open the admin routes to it")
     return parser
 
 
@@ -95,7 +96,7 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-    print(guard.mint(args.sub, args.pub, args.ttl, user=args.user))
+    print(guard.mint(args.sub, args.pub, args.ttl, user=args.user, admin=args.admin))
     return 0
 
 

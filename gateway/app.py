@@ -28,6 +28,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from gateway.access import Access
+from gateway.admin import admin_disconnect_endpoint
 from gateway.auth import Guard
 from gateway.brokers import make_broker
 from gateway.collector import Collector, collector_running
@@ -220,6 +222,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         Route("/poll", poll_multi_endpoint),
         Route("/publish/{channel:anytext}", publish_endpoint, methods=["POST"]),
         Route("/presence/{channel:anytext}", presence_endpoint),
+        Route("/admin/disconnect", admin_disconnect_endpoint, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
     cors = _cors_options(settings)
@@ -254,12 +257,14 @@ async def _started(settings: Settings) -> AsyncIterator[Gateway]:
             "GATEWAY_SECRET is not set: the gateway is OPEN, anyone may read and publish"
         )
     presence = Presence(make_presence_store(hub.broker), settings)
-    gateway = Gateway(settings, hub, metrics, guard, presence)
+    access = Access(guard.revocations)
+    gateway = Gateway(settings, hub, metrics, guard, presence, access)
     collector = Collector(lambda: gateway.open_connections, lambda: gateway.closed_connections)
     async with (
         sole_worker() if not settings.redis_url else nullcontext(),
         hub.running(),
         presence.running(),
+        access.running(hub),
         stats_running(hub, metrics, settings.stats_interval_s),
         collector_running(collector),
     ):

@@ -11,7 +11,13 @@ Decisions:
 * The secret must be at least 32 bytes (RFC 7518 asks for a key as long as
   the hash): a short HS256 key can be brute-forced offline from one token.
 * ``exp`` is checked when a connection opens and again at every publish on
-  it; a reading connection is not cut when its token expires later.
+  it; an open connection is ended at its ``exp`` by ``access.py`` (one
+  sweep a quarter second for every connection, not a timer each).
+* ``iat`` (issued at, may be fractional) dates a token against a
+  revocation (access.py): a token issued before a revocation of its user
+  is refused (403 ``revoked``) for what was revoked; a token without
+  ``iat`` counts as issued before every revocation. ``admin: true`` opens
+  the admin routes.
 * Presence (presence.py): ``sub`` names the user, ``info`` (optional) is a
   JSON object of at most ``MAX_INFO_BYTES`` that others see beside the name.
   Either malformed is a 401 with the reason: the token is what is wrong.
@@ -40,6 +46,7 @@ import orjson
 from starlette.requests import HTTPConnection
 
 from gateway.errors import ConfigError, Forbidden, Unauthorized
+from gateway.revocations import Revocations
 from gateway.settings import Settings
 
 ALGORITHM = "HS256"
@@ -60,6 +67,8 @@ class Rights:
     expires_at: float | None = None
     user: str | None = None  # the token's ``sub``: who this is, for presence
     info: str | None = None  # the token's ``info`` object, as JSON text
+    issued_at: float | None = None  # the token's ``iat``: dates it against revocations
+    admin: bool = False  # the token's ``admin`` claim: the admin routes are open to it
 
     def may_read(self, channel: str) -> bool:
         return _matches(channel, self.sub)
@@ -70,6 +79,11 @@ class Rights:
 
 OPEN = Rights(sub=("*",), pub=("*",))
 NONE = Rights(sub=(), pub=())
+
+
+def matches(channel: str, patterns: Iterable[str]) -> bool:
+    """Whether ``channel`` matches one of the glob ``patterns``."""
+    return _matches(channel, patterns)
 
 
 def _matches(channel: str, patterns: Iterable[str]) -> bool:
@@ -86,6 +100,7 @@ class Guard:
         self.any_origin = "*" in settings.allowed_origins
         self.origins = {_origin(o) for o in settings.allowed_origins if o != "*"} - {None}
         self._verified: dict[bytes, Rights] = {}  # by the token's digest, until its exp
+        self.revocations = Revocations(settings.revocation_ttl_s)  # fed by access.py
 
     def rights(self, conn: HTTPConnection) -> Rights:
         """The caller's rights; ``NONE`` when it brought no token."""
@@ -122,6 +137,8 @@ class Guard:
             expires_at=float(claims["exp"]),
             user=_user(claims),
             info=_info(claims),
+            issued_at=_issued_at(claims),
+            admin=claims.get("admin") is True,
         )
 
     def authorize_read(self, conn: HTTPConnection, channel: str) -> Rights:
@@ -151,6 +168,7 @@ class Guard:
         refused = [channel for channel in private if not rights.may_read(channel)]
         if refused:
             raise Forbidden("token does not allow reading " + ", ".join(map(repr, refused)))
+        self.revocations.check(rights, private)
 
     def authorize_publish(self, rights: Rights, channel: str) -> None:
         if rights is NONE:
@@ -159,6 +177,20 @@ class Guard:
             raise Unauthorized("token expired")
         if not rights.may_publish(channel):
             raise Forbidden(f"token does not allow publishing to {channel!r}")
+        self.revocations.check(rights, (channel,))
+
+    def authorize_admin(self, conn: HTTPConnection) -> None:
+        """401 or 403 unless the caller is an admin (anyone, on an open gateway)."""
+        if self.secret is None:
+            return
+        token = _token_of(conn)
+        if token is None:
+            raise Unauthorized("token required")
+        rights = self.decode(token)
+        if rights.expires_at is not None and rights.expires_at <= time.time():
+            raise Unauthorized("token expired")
+        if not rights.admin:
+            raise Forbidden('the admin routes need a token with "admin": true')
 
     def origin_allowed(self, conn: HTTPConnection) -> bool:
         """No Origin (not a browser) is allowed; else a listed origin or the same one."""
@@ -175,14 +207,23 @@ class Guard:
             raise Forbidden(f"origin {origin!r} not allowed (see GATEWAY_ALLOWED_ORIGINS)")
 
     def mint(
-        self, sub: Iterable[str], pub: Iterable[str], ttl_s: int, user: str | None = None
+        self,
+        sub: Iterable[str],
+        pub: Iterable[str],
+        ttl_s: float,
+        user: str | None = None,
+        admin: bool = False,
     ) -> str:
+        """A token; ``iat`` to the millisecond, so one minted just after a revocation works."""
         assert self.secret is not None, "GATEWAY_SECRET is not set"
-        exp = int(time.time()) + ttl_s
+        now = time.time()
         claims: dict[str, object] = {"sub_channels": list(sub), "pub_channels": list(pub)}
-        claims["exp"] = exp
+        claims["exp"] = int(now + ttl_s)
+        claims["iat"] = round(now, 3)
         if user is not None:
             claims["sub"] = user
+        if admin:
+            claims["admin"] = True
         return jwt.encode(claims, self.secret, algorithm=ALGORITHM)
 
 
@@ -229,6 +270,11 @@ def _user(claims: Mapping[str, object]) -> str | None:
     if not isinstance(user, str) or not 0 < len(user) <= MAX_USER_CHARS:
         raise Unauthorized(f"invalid token: sub must be a string of 1-{MAX_USER_CHARS} characters")
     return user
+
+
+def _issued_at(claims: Mapping[str, object]) -> float | None:
+    issued = claims.get("iat")  # (PyJWT checked it is a number, if present)
+    return float(issued) if isinstance(issued, int | float) else None
 
 
 def _info(claims: Mapping[str, object]) -> str | None:

@@ -28,6 +28,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, AsyncExitStack
+from fnmatch import fnmatchcase
 from types import TracebackType
 
 from gateway.hub import Hub
@@ -49,6 +50,11 @@ class Multiplex:
         self._exits: dict[str, AsyncExitStack] = {}
         self._arrivals: deque[_Arrival] = deque()  # oldest first
         self._waiter: asyncio.Future[None] | None = None
+        # Access (access.py): what to tell the client of an expiry or a revocation, and
+        # the channels revoked alone, for the writer to announce and leave.
+        self.note: str | None = None
+        self.revoked: list[str] = []
+        self.whole = False  # a revocation of any of its channels ends it all (a poll)
 
     async def __aenter__(self) -> Multiplex:
         return self
@@ -162,6 +168,25 @@ class Multiplex:
         """End the connection (its writer sees ``close_reason``)."""
         self._closed(reason)
         self._signal()
+
+    def access_ended(
+        self, reason: CloseReason, note: str, patterns: tuple[str, ...] | None
+    ) -> None:
+        """Its token expired or its user was revoked: end it, or mark the channels revoked."""
+        if patterns is not None:
+            hit = [c for c in self.subs if any(fnmatchcase(c, p) for p in patterns)]
+            if not hit:
+                return
+            if not self.whole:
+                for channel in hit:
+                    self.subs[channel].sink = None  # nothing more of it goes straight out
+                self.revoked.extend(c for c in hit if c not in self.revoked)
+                self.note = note
+                self._signal()
+                return
+        if self.close_reason is None:
+            self.note = note
+        self.close(reason)
 
     def poke(self) -> None:
         """Wake the writer: a reply to write, or a heartbeat due."""

@@ -49,6 +49,11 @@ CLIENT_GONE = "client gone"
 SHUTDOWN = "server shutting down"
 
 
+class Releasable(Protocol):
+    def drop(self) -> None:
+        """The poll ended: no more need to end it (``access.Grant``)."""
+
+
 class Writer(Protocol):
     def write(self, answer: object) -> bool:
         """The answer on the client's socket now, without waiting; False if it cannot be."""
@@ -77,6 +82,7 @@ class Waiter:
     __slots__ = (
         "client",
         "done",
+        "grant",
         "limit",
         "mark",
         "polls",
@@ -100,6 +106,7 @@ class Waiter:
         self.reason = TIMED_OUT
         self.polls: ChannelPolls | None = None  # its channel's waiters
         self.timeouts: dict[Waiter, None] | None = None  # its slot of the wheel (``Polls``)
+        self.grant: Releasable | None = None  # its token's watch (access.py), if any
 
     def finish(self, answer: object | None, reason: str) -> None:
         """Answer (or, with None, just release) the poll; later calls do nothing."""
@@ -115,6 +122,10 @@ class Waiter:
         self.reason = reason
         if self.timeouts is not None:
             self.timeouts.pop(self, None)  # (an emptied slot goes when its time comes)
+        grant = self.grant
+        if grant is not None:
+            self.grant = None
+            grant.drop()
         client, self.client = self.client, None  # (it holds the request)
         if client is not None:
             if answer is not None:

@@ -8,6 +8,7 @@ it may have been), or a refusal (the gateway's error class for its status).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 import httpx
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from gateway.brokers.functions import missing_function, publish_call
+from gateway.access import CONTROL, REVOKE_EVENT
+from gateway.brokers.functions import deployment_prefix, missing_function, publish_call
 from gateway.errors import (
     BadRequest,
     BrokerUnavailable,
@@ -29,6 +31,7 @@ from gateway.errors import (
     Unauthorized,
 )
 from gateway.message import check_channel, check_event
+from gateway.revocations import Revocation, revocation
 
 TIMEOUT_S = 5.0
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -64,7 +67,8 @@ class Target:
         self.over_redis = scheme in REDIS_SCHEMES
         self.url = url if self.over_redis else url.rstrip("/")
         self.token = token
-        self.prefix = prefix
+        # On a single Redis the database number is part of every name (functions.py).
+        self.prefix = deployment_prefix(prefix, url) if self.over_redis else prefix
         self.max_message_bytes = max_message_bytes
         self.timeout_s = timeout_s
         self.ssl_verify = ssl_verify
@@ -79,6 +83,27 @@ class Target:
         """The Redis call, after the checks the HTTP route makes."""
         channel, event = self.check(channel, data, event)
         return publish_call(self.prefix, channel, event, data)
+
+    def revoke_command(
+        self, user: str, channels: list[str] | None, reason: str | None
+    ) -> tuple[str | int, ...]:
+        """The Redis call that publishes a revocation on the control channel (access.py)."""
+        record = _revocation(user, channels, reason)
+        return publish_call(self.prefix, CONTROL, REVOKE_EVENT, record.encode())
+
+    def revoke_request(
+        self, user: str, channels: list[str] | None, reason: str | None
+    ) -> dict[str, Any]:
+        """``httpx`` arguments of ``POST /admin/disconnect`` (the token must be an admin's)."""
+        _revocation(user, channels, reason)  # the checks, before anything is sent
+        fields: dict[str, Any] = {"user": user}
+        if channels is not None:
+            fields["channels"] = channels
+        if reason is not None:
+            fields["reason"] = reason
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        url = f"{self.url}/admin/disconnect"
+        return {"method": "POST", "url": url, "json": fields, "headers": headers}
 
     def request(self, channel: str, data: str, event: str | None) -> dict[str, Any]:
         """``httpx`` arguments of the HTTP call, after the same checks."""
@@ -177,9 +202,14 @@ def message_id(reply: Any) -> str:
     return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
+def _revocation(user: str, channels: list[str] | None, reason: str | None) -> Revocation:
+    fields: dict[str, Any] = {"user": user, "channels": channels, "reason": reason}
+    return revocation(fields, at=time.time())
+
+
 def answer(response: httpx.Response) -> str:
-    """A gateway's answer: the id of a 201, else the error class of its status."""
-    if response.status_code == 201:
+    """A gateway's answer: the id of a 201 (or 202), else the error class of its status."""
+    if response.status_code in (201, 202):
         return str(response.json()["id"])
     try:
         reason = str(response.json()["error"])

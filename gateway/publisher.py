@@ -71,7 +71,7 @@ from gateway.publish_target import (
 )
 from gateway.settings import Settings
 
-__all__ = ["AsyncPublisher", "Publisher", "apublish", "publish"]
+__all__ = ["AsyncPublisher", "Publisher", "adisconnect", "apublish", "disconnect", "publish"]
 
 
 class _Publisher:
@@ -119,16 +119,33 @@ class Publisher(_Publisher):
 
     def publish(self, channel: str, data: str, event: str | None = None) -> str:
         """Publish one message; returns its id."""
+        if self._http is not None:
+            return self._post(self._target.request(channel, data, event))
+        return self._call(self._target.command(channel, data, event))
+
+    def disconnect(
+        self, user: str, channels: list[str] | None = None, reason: str | None = None
+    ) -> str:
+        """Revoke ``user``'s access (to ``channels`` patterns only, if given) on every node.
+
+        Over HTTP the publisher's token must be an admin's. Returns the
+        revocation's id on the control channel.
+        """
+        if self._http is not None:
+            return self._post(self._target.revoke_request(user, channels, reason))
+        return self._call(self._target.revoke_command(user, channels, reason))
+
+    def _post(self, request: dict[str, Any]) -> str:
+        assert self._http is not None
+        with over_http(self._target.url):
+            response = self._http.request(**request)
+        return answer(response)
+
+    def _call(self, command: tuple[str | int, ...]) -> str:
         if self._cluster is not None:
-            command = self._target.command(channel, data, event)
             with sent_to_cluster():
                 return message_id(self._cluster.execute_command(*command))
-        if self._redis is None:
-            assert self._http is not None
-            with over_http(self._target.url):
-                response = self._http.request(**self._target.request(channel, data, event))
-            return answer(response)
-        command = self._target.command(channel, data, event)
+        assert self._redis is not None
         pool = self._redis.connection_pool
         with reaching_redis():
             conn = pool.get_connection()
@@ -174,16 +191,29 @@ class AsyncPublisher(_Publisher):
 
     async def publish(self, channel: str, data: str, event: str | None = None) -> str:
         """Publish one message; returns its id."""
+        if self._http is not None:
+            return await self._post(self._target.request(channel, data, event))
+        return await self._call(self._target.command(channel, data, event))
+
+    async def disconnect(
+        self, user: str, channels: list[str] | None = None, reason: str | None = None
+    ) -> str:
+        """Revoke ``user``'s access (to ``channels`` patterns only, if given) on every node."""
+        if self._http is not None:
+            return await self._post(self._target.revoke_request(user, channels, reason))
+        return await self._call(self._target.revoke_command(user, channels, reason))
+
+    async def _post(self, request: dict[str, Any]) -> str:
+        assert self._http is not None
+        with over_http(self._target.url):
+            response = await self._http.request(**request)
+        return answer(response)
+
+    async def _call(self, command: tuple[str | int, ...]) -> str:
         if self._cluster is not None:
-            command = self._target.command(channel, data, event)
             with sent_to_cluster():
                 return message_id(await self._cluster.execute_command(*command))
-        if self._redis is None:
-            assert self._http is not None
-            with over_http(self._target.url):
-                response = await self._http.request(**self._target.request(channel, data, event))
-            return answer(response)
-        command = self._target.command(channel, data, event)
+        assert self._redis is not None
         pool = self._redis.connection_pool
         with reaching_redis():
             conn = await pool.get_connection()
@@ -230,14 +260,30 @@ _default: tuple[int, Publisher] | None = None
 _default_lock = threading.Lock()
 
 
-def publish(channel: str, data: str, event: str | None = None) -> str:
-    """Publish with this process's ``Publisher.from_env()``; returns the id."""
+def _process_publisher() -> Publisher:
     global _default
     with _default_lock:
         if _default is None or _default[0] != os.getpid():
             _default = (os.getpid(), Publisher.from_env())
-        publisher = _default[1]
-    return publisher.publish(channel, data, event)
+        return _default[1]
+
+
+def publish(channel: str, data: str, event: str | None = None) -> str:
+    """Publish with this process's ``Publisher.from_env()``; returns the id."""
+    return _process_publisher().publish(channel, data, event)
+
+
+def disconnect(user: str, channels: list[str] | None = None, reason: str | None = None) -> str:
+    """Revoke a user's access with this process's ``Publisher.from_env()`` (access.py)."""
+    return _process_publisher().disconnect(user, channels, reason)
+
+
+async def adisconnect(
+    user: str, channels: list[str] | None = None, reason: str | None = None
+) -> str:
+    """Revoke a user's access with an ``AsyncPublisher.from_env()`` opened for this call."""
+    async with AsyncPublisher.from_env() as publisher:
+        return await publisher.disconnect(user, channels, reason)
 
 
 async def apublish(channel: str, data: str, event: str | None = None) -> str:

@@ -45,6 +45,7 @@ class Settings:
     gateway_token: str | None = None
     max_channels: int = 64
     presence_max_members: int = 1000
+    revocation_ttl_s: float = 86400.0  # how long a revocation is remembered (access.py)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -76,6 +77,7 @@ class Settings:
             gateway_token=get("GATEWAY_TOKEN") or None,
             max_channels=_int(env, "GATEWAY_MAX_CHANNELS", 64, minimum=1),
             presence_max_members=_int(env, "GATEWAY_PRESENCE_MAX_MEMBERS", 1000, minimum=0),
+            revocation_ttl_s=_float(env, "GATEWAY_REVOCATION_TTL", 86400.0, minimum=1.0),
         )
 
     def serves(self, transport: str) -> bool:

@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 from starlette.requests import HTTPConnection
 
+from gateway.access import Access
 from gateway.auth import Guard
 from gateway.errors import GatewayError, Overloaded
 from gateway.hub import Hub
@@ -53,6 +54,7 @@ class Gateway:
     metrics: Metrics
     guard: Guard
     presence: Presence
+    access: Access
     open_connections: int = 0
     closed_connections: int = 0
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.message import GAP, Batch, Cursor, Gap, Item, Message, data_size
@@ -46,6 +47,8 @@ class CloseReason(enum.Enum):
     STALLED = "stalled: a write blocked too long"
     SLOW_CONSUMER = "lagged"
     SHUTDOWN = "server shutting down"
+    EXPIRED = "token expired"  # its token's exp passed (access.py)
+    REVOKED = "revoked"  # its user's access was revoked (access.py)
 
 
 class Owner(Protocol):
@@ -76,6 +79,7 @@ class Subscription:
         "history_left",
         "last",
         "limit",
+        "note",
         "owner",
         "queue",
         "replies_owed",
@@ -114,6 +118,7 @@ class Subscription:
         self.sink: Sink | None = None  # set by the transport once its stream is open
         self.replies_owed = 0  # answers (WS acks) to write before any message goes direct
         self.owner = owner
+        self.note: str | None = None  # what to tell the client of an EXPIRED or REVOKED end
 
     @property
     def closed(self) -> bool:
@@ -175,6 +180,15 @@ class Subscription:
     def client_gone(self) -> None:
         """The client closed or reset its connection (transports/direct.py ``on_http_lost``)."""
         self.close(CloseReason.CLIENT_GONE)
+
+    def access_ended(
+        self, reason: CloseReason, note: str, patterns: tuple[str, ...] | None
+    ) -> None:
+        """Its token expired, or its user was revoked (of ``patterns``: if they match): close."""
+        if patterns is None or any(fnmatchcase(self.channel, p) for p in patterns):
+            if self.close_reason is None:
+                self.note = note
+            self.close(reason)
 
     def close(self, reason: CloseReason) -> None:
         if self.close_reason is None:

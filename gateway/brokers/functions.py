@@ -60,6 +60,31 @@ def function_name(prefix: str, action: str) -> str:
     return f"{function_prefix(prefix)}_{action}_{VERSION}"
 
 
+def database_of(url: str | None) -> int:
+    """The database number a Redis URL names (``redis://host/7``, ``?db=7``); 0 by default."""
+    if not url:
+        return 0
+    from redis.connection import parse_url
+
+    return int(parse_url(url).get("db") or 0)  # type: ignore[no-untyped-call]
+
+
+def deployment_prefix(prefix: str, url: str | None) -> str:
+    """The prefix of every key, pub/sub name and function of a deployment: ``P``, or ``P@N``
+    on database N (not 0) of a single Redis.
+
+    Redis pub/sub ignores database numbers: two deployments on databases 7
+    and 8 of one Redis, both under ``gw``, heard each other's messages live.
+    Carrying the database in the prefix keeps their pub/sub names apart, and
+    the Function publishes on the very name it is given (its first key), so
+    a ``redis-cli -n 7`` publish names ``gw@7:{C}`` and reaches only them. A
+    cluster has only database 0: its deployments are told apart by their
+    prefix alone.
+    """
+    database = database_of(url)
+    return prefix if database == 0 else f"{prefix}@{database}"
+
+
 def channel_key(prefix: str, channel: str) -> str:
     """A channel's base key and pub/sub name; the hash tag keeps its keys in one slot."""
     return f"{prefix}:{{{channel}}}"

@@ -46,7 +46,7 @@ class RedisStore:
     def __init__(self, settings: Settings) -> None:
         assert settings.redis_url
         self.settings = settings
-        self.prefix = settings.redis_prefix
+        self.prefix = functions.deployment_prefix(settings.redis_prefix, settings.redis_url)
         self.node = secrets.token_hex(4)
         self.roll_call = f"{self.prefix}:nodes"
         self._announced_at = 0.0

@@ -36,15 +36,16 @@ from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway.auth import OPEN
-from gateway.errors import GatewayError, NotServed
+from gateway.access import Grant
+from gateway.auth import OPEN, Rights, matches
+from gateway.errors import Forbidden, GatewayError, NotServed, Unauthorized
 from gateway.hub import CAUGHT_UP, Hub
 from gateway.message import START, Cursor, Message
 from gateway.polls import GATHER_S, TIMED_OUT, TaskClient, Waiter
 from gateway.presence_visit import Visit, visit_of
 from gateway.settings import Settings
 from gateway.state import Connection, Gateway
-from gateway.subscription import Gap, Item, Subscription
+from gateway.subscription import CloseReason, Gap, Item, Subscription
 from gateway.transports.common import (
     check_channel,
     float_param,
@@ -70,6 +71,8 @@ class PollAnswer:
     """
 
     __slots__ = ("_for", "_wire", "body")
+    status = 200
+    status_line = b"HTTP/1.1 200 OK\r\n"
 
     def __init__(self, body: bytes) -> None:
         self.body = body
@@ -92,13 +95,51 @@ class PollAnswer:
     def _build(self, default_headers: list[tuple[bytes, bytes]], extra: bytes) -> bytes:
         server = b"".join(name + b": " + value + b"\r\n" for name, value in default_headers)
         length = b"content-length: %d\r\n" % len(self.body)
-        return b"HTTP/1.1 200 OK\r\n" + server + _HEAD + extra + length + b"\r\n" + self.body
+        return self.status_line + server + _HEAD + extra + length + b"\r\n" + self.body
 
     async def send(self, send: Send) -> None:
         """Through ASGI (middleware adds its headers)."""
         length = (b"content-length", b"%d" % len(self.body))
-        await send({"type": "http.response.start", "status": 200, "headers": [length, *HEADERS]})
+        headers = [length, *HEADERS]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
+
+
+class PollRefusal(PollAnswer):
+    """A waiting poll's end when its token expired (401) or was revoked (403): ``{"error"}``."""
+
+    __slots__ = ("status", "status_line")
+
+    def __init__(self, reason: CloseReason, note: str) -> None:
+        super().__init__(orjson.dumps({"error": note}))
+        expired = reason is CloseReason.EXPIRED
+        self.status = 401 if expired else 403
+        self.status_line = (
+            b"HTTP/1.1 401 Unauthorized\r\n" if expired else b"HTTP/1.1 403 Forbidden\r\n"
+        )
+
+
+class PollEnd:
+    """What ends a waiting poll when its token expires or its user is revoked (access.py)."""
+
+    __slots__ = ("channels", "waiter")
+
+    def __init__(self, waiter: Waiter, channels: list[str]) -> None:
+        self.waiter = waiter
+        self.channels = channels
+
+    def access_ended(
+        self, reason: CloseReason, note: str, patterns: tuple[str, ...] | None
+    ) -> None:
+        if patterns is None or any(matches(channel, patterns) for channel in self.channels):
+            self.waiter.finish(PollRefusal(reason, note), note)
+
+
+def watch_waiter(gateway: Gateway, rights: Rights, waiter: Waiter, channels: list[str]) -> None:
+    """A parked poll opened with a token: answered 401 at its exp, 403 when revoked."""
+    grant = gateway.access.watch(rights, PollEnd(waiter, channels))
+    if isinstance(grant, Grant):
+        waiter.grant = grant
 
 
 async def poll_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -123,7 +164,8 @@ async def _poll(scope: Scope, send: Send) -> None:
         await _answer(gateway, conn, scope, send, ask)
 
 
-Ask = tuple[str, Cursor | None, int | None, float, int]
+# channel, cursor, last, timeout, limit, and the token's rights (ended at exp: access.py)
+Ask = tuple[str, Cursor | None, int | None, float, int, Rights]
 
 
 def admit(
@@ -144,7 +186,7 @@ def admit(
     visit = asked.visit or visit_of(asked.query, rights, guard.open)
     gateway.check_capacity()
     gateway.hub.check_broker()
-    return visit, (channel, asked.cursor, asked.last, asked.timeout, asked.limit)
+    return visit, (channel, asked.cursor, asked.last, asked.timeout, asked.limit, rights)
 
 
 class Asked(NamedTuple):
@@ -198,6 +240,7 @@ async def _answer(gateway: Gateway, conn: Connection, scope: Scope, send: Send, 
         client = TaskClient(reply)
         waiter = Waiter(known, limit, client)
         if hub.park(channel, waiter, timeout, encode):
+            watch_waiter(gateway, ask[5], waiter, [channel])
             await _wait(waiter, client.future, scope, send, conn)
             return
     items, start = await _subscribed(gateway, conn, scope, ask)
@@ -208,7 +251,7 @@ async def _answer(gateway: Gateway, conn: Connection, scope: Scope, send: Send, 
 
 def known_answer(hub: Hub, ask: Ask) -> PollAnswer | Cursor | None:
     """What the hub's memory says at once: the answer, the cursor to wait at, or None (ask it)."""
-    channel, cursor, last, _, limit = ask
+    channel, cursor, last, _, limit, _ = ask
     if cursor is not None:
         known = hub.answer_after(channel, cursor, limit, encode)
         if isinstance(known, PollAnswer):
@@ -241,20 +284,29 @@ async def _subscribed(
     gateway: Gateway, conn: Connection, scope: Scope, ask: Ask
 ) -> tuple[list[Item], Cursor]:
     """The items and start of a poll served by a subscription (history read first)."""
-    channel, cursor, last, timeout, limit = ask
+    channel, cursor, last, timeout, limit, rights = ask
     async with gateway.hub.subscribe(channel, cursor, last, most=limit) as sub:
         start = cursor if cursor is not None else gateway.hub.latest(channel)
         items = sub.take(limit)
         if not items and not sub.closed:
             unhook = on_http_lost(scope, sub.client_gone)
-            with anyio.move_on_after(timeout):
+            with anyio.move_on_after(timeout), gateway.access.watch(rights, sub):
                 await sub.wait()
                 await anyio.sleep(GATHER_S)
             if unhook is not None:
                 unhook()
             items = sub.take(limit)
         conn.reason = _outcome(items, sub)
+    refuse_ended(sub.close_reason, sub.note)
     return items, start
+
+
+def refuse_ended(reason: CloseReason | None, note: str | None) -> None:
+    """A poll whose token expired (401) or whose user was revoked (403) while it waited."""
+    if reason is CloseReason.EXPIRED:
+        raise Unauthorized(note or reason.value)
+    if reason is CloseReason.REVOKED:
+        raise Forbidden(note or reason.value)
 
 
 def query_of(raw: bytes) -> dict[str, str]:

@@ -32,7 +32,7 @@ from gateway.presence_visit import Visit, visit_of
 from gateway.state import Gateway, gateway_of
 from gateway.transports.channels import ChannelSpec, channel_specs, label
 from gateway.transports.direct import on_http_lost
-from gateway.transports.longpoll import check_served, poll_bounds
+from gateway.transports.longpoll import check_served, poll_bounds, refuse_ended
 from gateway.transports.sse import answer
 
 Runs = list[tuple[str, list[Item]]]
@@ -56,17 +56,21 @@ async def poll_multi_endpoint(request: Request) -> Response:
             return _answer(specs, [spec.cursor or START for spec in specs], waiting)
         async with Multiplex(gateway.hub) as mux:
             mux.attend = gateway.presence.attender(visit, (), hold=True)
+            mux.whole = True  # a revocation of any of its channels answers it 403
             starts = [await mux.open(s.channel, s.cursor, s.last, limit) for s in specs]
             runs = mux.take(limit)
             if not runs and mux.close_reason is None:
                 unhook = on_http_lost(request.scope, mux.client_gone)
-                with anyio.move_on_after(timeout):
+                grant = gateway.access.watch(gateway.guard.rights(request), mux)
+                with anyio.move_on_after(timeout), grant:
                     await mux.wait()
                     await anyio.sleep(GATHER_S)
                 if unhook is not None:
                     unhook()
                 runs = mux.take(limit)
             conn.reason = "answered" if runs else _outcome(mux)
+        if not runs:
+            refuse_ended(mux.close_reason, mux.note)
     return _answer(specs, starts, runs)
 
 

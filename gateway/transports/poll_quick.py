@@ -29,6 +29,7 @@ from gateway.transports.longpoll import (
     admit,
     encode,
     known_answer,
+    watch_waiter,
 )
 from gateway.transports.poll_multi import Runs, admit_multi, answer_body
 
@@ -76,6 +77,7 @@ def quick_poll(
         if not gateway.hub.park(channel, waiter, timeout, encode):
             waiter.client = None  # (the protocol's poll is its own client: no cycle left behind)
             return False
+        watch_waiter(gateway, ask[5], waiter, [channel])  # 401 at its token's exp, 403 revoked
         request.waits(gateway, waiter, channel)
     if visit.identity is not None:
         gateway.presence.polled(visit, [channel])
@@ -116,6 +118,8 @@ def quick_poll_multi(gateway: Gateway, scope: Scope, request: QuickRequest) -> b
             if not hub.park(spec.channel, member, timeout, encode):
                 multi.settled(member, None)  # releases those parked already
                 return False
+        rights = gateway.guard.rights(HTTPConnection(scope))
+        watch_waiter(gateway, rights, multi.members[0], channels)  # its first ends them all
         request.waits(gateway, multi, label(channels))
     gateway.presence.polled(visit, channels)
     return True
@@ -145,7 +149,9 @@ class MultiPoll:
         self.reason = waiter.reason
         for member in self.members:
             member.cancel()  # the other channels' waiters (this one is done already)
-        if answer is not None:
+        if isinstance(answer, PollAnswer):  # a refusal: its token expired or was revoked
+            self.request.write(answer)
+        elif answer is not None:
             assert waiter.polls is not None and isinstance(answer, list)
             items: list[Item] = answer
             runs = [(waiter.polls.name, items)] if items else []

@@ -38,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.auth import NONE, Rights
 from gateway.errors import GatewayError, NotServed
 from gateway.message import Cursor, sse_event
 from gateway.presence_visit import ANONYMOUS, Visit, visit_of
@@ -107,7 +108,7 @@ async def sse_endpoint(request: Request) -> Response:
     cursor, last = resume_from(request.query_params, request.headers.get("last-event-id"))
     gateway.check_capacity()
     gateway.hub.check_broker()
-    return EventStream(gateway, channel, cursor, last, visit)
+    return EventStream(gateway, channel, cursor, last, visit, rights)
 
 
 class Stream(Response):
@@ -132,12 +133,14 @@ class EventStream(Stream):
         cursor: Cursor | None,
         last: int | None,
         visit: Visit = ANONYMOUS,
+        rights: Rights = NONE,
     ) -> None:
         self.gateway = gateway
         self.channel = channel
         self.cursor = cursor
         self.last = last
         self.visit = visit  # presence: who, and whether join/leave events are wanted
+        self.rights = rights  # its token's: the stream ends at its exp or revocation
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Stream until the subscription ends; False when the client stalled."""
@@ -148,13 +151,15 @@ class EventStream(Stream):
                     gateway.hub.subscribe(self.channel, self.cursor, self.last) as sub,
                     gateway.presence.attending(self.visit, sub),
                 ):
+                    grant = gateway.access.watch(self.rights, sub)
                     sub.wants_heartbeat = True
                     sub.writer = asyncio.current_task()
                     await receive()  # the (empty) request body of a GET
                     # Inline, not through a helper coroutine: each frame held for a
                     # connection's life costs memory per idle client (bench/, e).
                     try:
-                        await _pump(sub, stream_writer(sub, send), receive, scope)
+                        with grant:
+                            await _pump(sub, stream_writer(sub, send), receive, scope)
                     except asyncio.CancelledError:
                         if not stall_absorbed(sub.close_reason):
                             raise
@@ -174,6 +179,19 @@ async def broker_gone(conn: Connection, exc: GatewayError, send: Send) -> bool:
     conn.reason = exc.reason
     await send({"type": "http.response.body", "body": RECONNECT_HINT, "more_body": True})
     return True
+
+
+def last_words(reason: CloseReason | None, note: str | None) -> bytes:
+    """A stream's last event: ``expired`` or ``revoked`` with the reason, else ``retry:``.
+
+    The browser's ``EventSource`` reconnects on its own after either: with
+    a token expired or revoked it is refused (401/403) and stops there.
+    """
+    if reason is CloseReason.EXPIRED or reason is CloseReason.REVOKED:
+        name = b"expired" if reason is CloseReason.EXPIRED else b"revoked"
+        text = (note or reason.value).encode()
+        return b"event: " + name + b"\ndata: " + text + b"\n\n"
+    return RECONNECT_HINT
 
 
 def stream_writer(sub: Subscription, send: Send) -> Write:
@@ -218,7 +236,7 @@ async def _pump(sub: Subscription, write: Write, receive: Receive, scope: Scope)
             continue
         if sub.closed:
             if sub.close_reason is not CloseReason.CLIENT_GONE:
-                await write(RECONNECT_HINT)
+                await write(last_words(sub.close_reason, sub.note))
             return
         if sub.poked():  # a heartbeat: also the time to notice a client that left
             if await client_left(receive):
@@ -246,5 +264,3 @@ async def _write_batch(write: Write, items: list[Item]) -> None:
             chunk, size = [], 0
     if chunk:
         await write(b"".join(chunk))
-
-

@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.auth import NONE, Rights
 from gateway.composite import Composite
 from gateway.errors import GatewayError, NotServed
 from gateway.message import Batch, Cursor, Gap, Item
@@ -44,13 +45,13 @@ from gateway.transports.direct import ChannelSink, on_http_lost, sse_sink, write
 from gateway.transports.sse import (
     HEARTBEAT,
     LEFT_CHECK_S,
-    RECONNECT_HINT,
     WRITE_BYTES,
     Stream,
     Write,
     answer,
     broker_gone,
     client_left,
+    last_words,
     stream_end,
     stream_writer,
 )
@@ -74,7 +75,7 @@ async def sse_multi_endpoint(request: Request) -> Response:
     visit = visit_of(request.query_params, rights, gateway.guard.open)
     gateway.check_capacity()
     gateway.hub.check_broker()
-    return MultiEventStream(gateway, specs, visit)
+    return MultiEventStream(gateway, specs, visit, rights)
 
 
 class Encoder:
@@ -117,11 +118,16 @@ def opening(encoder: Encoder, channels: list[str], starts: list[Cursor]) -> byte
 
 class MultiEventStream(Stream):
     def __init__(
-        self, gateway: Gateway, specs: list[ChannelSpec], visit: Visit = ANONYMOUS
+        self,
+        gateway: Gateway,
+        specs: list[ChannelSpec],
+        visit: Visit = ANONYMOUS,
+        rights: Rights = NONE,
     ) -> None:
         self.gateway = gateway
         self.specs = specs
         self.visit = visit  # presence: who, and whether join/leave events are wanted
+        self.rights = rights  # its token's: the stream ends at its exp or revocation
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Stream until a subscription ends; False when the client stalled."""
@@ -141,13 +147,29 @@ class MultiEventStream(Stream):
                     write = stream_writer(lead, send)  # the lead stands for the whole stream
                     await write(opening(encoder, channels, starts))
                     try:  # inline, as EventStream: no helper frame held per connection
-                        await _pump(mux, encoder, write, receive, scope)
+                        with self.gateway.access.watch(self.rights, mux):
+                            await _pump(mux, encoder, write, receive, scope)
                     except asyncio.CancelledError:
                         if not stall_absorbed(mux.close_reason):
                             raise
                     return stream_end(conn, mux.close_reason)
             except GatewayError as exc:  # the broker went away while we joined
                 return await broker_gone(conn, exc, send)
+
+
+async def _leave_revoked(mux: Multiplex) -> bytes:
+    """Leave the channels revoked alone, a ``revoked`` event each (the end when none is left)."""
+    note = mux.note or CloseReason.REVOKED.value
+    events = []
+    for channel in mux.revoked:
+        if channel in mux.subs:
+            await mux.close_channel(channel)
+        data = orjson.dumps({"channel": channel, "reason": note})
+        events.append(b"event: revoked\ndata: " + data + b"\n\n")
+    mux.revoked.clear()
+    if not mux.subs:
+        mux.close(CloseReason.REVOKED)
+    return b"".join(events)
 
 
 async def _pump(
@@ -162,9 +184,15 @@ async def _pump(
     assert lead is not None
     checked_at = time.monotonic()
     while True:
+        if mux.revoked:
+            await write(await _leave_revoked(mux))
+            if mux.lead is not None:  # (the lead may have been revoked: another stands in)
+                lead = mux.lead
+                lead.wants_heartbeat = True
+            continue
         if mux.close_reason is not None:
             if mux.close_reason is not CloseReason.CLIENT_GONE:
-                await write(RECONNECT_HINT)
+                await write(last_words(mux.close_reason, mux.note))
             return
         if mux.queued():
             if raw is not None:

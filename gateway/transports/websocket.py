@@ -42,6 +42,7 @@ from gateway.transports.common import (
     unless_stalled,
 )
 from gateway.transports.direct import WsSink, write_queued, ws_sink
+from gateway.transports.refresh import Token
 from gateway.transports.ws_lean import forget_handshake
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ CLOSE_CODES = {
     CloseReason.SHUTDOWN: 1012,
     CloseReason.STALLED: 1013,
     CloseReason.CLIENT_GONE: 1000,
+    CloseReason.EXPIRED: 4001,  # its token expired (access.py)
+    CloseReason.REVOKED: 4003,  # its user's access was revoked
 }
 
 
@@ -83,10 +86,12 @@ async def ws_endpoint(websocket: WebSocket) -> None:
                 # Accepted only once subscribed: an open socket never misses a message.
                 await websocket.accept()
                 forget_handshake(websocket)
-                if drain.start(sub):
-                    await _serve_one_task(websocket, gateway, sub, rights, conn, drain)
-                else:
-                    await _serve(websocket, gateway, sub, rights, conn)
+                with gateway.access.watch(rights, sub) as grant:
+                    token = Token(rights, grant)
+                    if drain.start(sub):
+                        await _serve_one_task(websocket, gateway, sub, token, conn, drain)
+                    else:
+                        await _serve(websocket, gateway, sub, token, conn)
         except GatewayError as exc:
             conn.reason = exc.reason
             await refuse(websocket, exc.close_code, exc.reason)
@@ -141,7 +146,7 @@ def _close_reason(reason: str) -> str:
 
 
 async def _serve(
-    websocket: WebSocket, gateway: Gateway, sub: Subscription, rights: Rights, conn: Connection
+    websocket: WebSocket, gateway: Gateway, sub: Subscription, token: Token, conn: Connection
 ) -> None:
     replies: deque[str] = deque()  # acks and errors, written by the writer: one writer, no lock
     refusals: list[GatewayError] = []
@@ -156,7 +161,7 @@ async def _serve(
                 sub.poke()  # wake the writer; WebSocket subscriptions take no heartbeat from it
 
             async def reader() -> None:
-                refusal = await _read(websocket, gateway, sub, rights, reply)
+                refusal = await _read(websocket, gateway, sub, token, reply)
                 refusals.extend([refusal] if refusal else [])
                 tasks.cancel_scope.cancel()
 
@@ -172,7 +177,7 @@ async def _serve(
         await close_socket(websocket, refusals[0].close_code, refusals[0].reason)
     elif sub.close_reason is not None and sub.close_reason is not CloseReason.CLIENT_GONE:
         conn.reason = sub.close_reason.value
-        await close_socket(websocket, CLOSE_CODES[sub.close_reason], sub.close_reason.value)
+        await close_socket(websocket, CLOSE_CODES[sub.close_reason], sub.note or conn.reason)
 
 
 class Drain:
@@ -238,7 +243,7 @@ class Drain:
             sub.writer = None
         reason = sub.close_reason
         if reason is not None and reason is not CloseReason.CLIENT_GONE:
-            await close_socket(self.websocket, CLOSE_CODES[reason], reason.value)
+            await close_socket(self.websocket, CLOSE_CODES[reason], sub.note or reason.value)
 
     async def _write(self, sub: Subscription) -> None:
         """Until nothing is left to write (or the subscription closed)."""
@@ -258,14 +263,14 @@ async def _serve_one_task(
     websocket: WebSocket,
     gateway: Gateway,
     sub: Subscription,
-    rights: Rights,
+    token: Token,
     conn: Connection,
     drain: Drain,
 ) -> None:
     """The fast path's connection: this task reads, the hub and ``drain`` write."""
     sub.writer = asyncio.current_task()
     try:
-        refusal = await _read(websocket, gateway, sub, rights, drain.reply)
+        refusal = await _read(websocket, gateway, sub, token, drain.reply)
     finally:
         await drain.stop()
     if refusal is not None:
@@ -323,7 +328,7 @@ async def _read(
     websocket: WebSocket,
     gateway: Gateway,
     sub: Subscription,
-    rights: Rights,
+    token: Token,
     reply: Callable[[str], None],
 ) -> GatewayError | None:
     """Answer the client's frames until it leaves; a frame too large ends it (1009).
@@ -342,7 +347,7 @@ async def _read(
         if isinstance(received, GatewayError):
             return received
         sub.replies_owed += 1  # from now: messages queue behind the answer
-        answer = await _handle_frame(received.text, gateway, sub.channel, rights, limiter)
+        answer = await _handle_frame(received.text, gateway, sub.channel, token, limiter)
         sub.replies_owed -= 1
         reply(answer)
 
@@ -371,11 +376,14 @@ async def receive_frame(websocket: WebSocket, most: int) -> Frame | CloseReason 
 
 
 async def _handle_frame(
-    text: str | None, gateway: Gateway, channel: str, rights: Rights, limiter: RateLimit
+    text: str | None, gateway: Gateway, channel: str, token: Token, limiter: RateLimit
 ) -> str:
     try:
-        event, data = _parse_publish(text)
-        message = await publish_checked(gateway, rights, limiter, channel, event, data)
+        frame = parse_frame(text)
+        if frame.get("type") == "refresh":
+            return token.refresh(gateway.guard, frame, [channel])
+        event, data = _parse_publish(frame)
+        message = await publish_checked(gateway, token.rights, limiter, channel, event, data)
     except GatewayError as exc:
         return orjson.dumps({"type": "error", "reason": exc.reason}).decode()
     return orjson.dumps({"type": "ack", "id": message.id}).decode()
@@ -392,10 +400,9 @@ async def publish_checked(
     return await gateway.hub.publish(channel, event, data)
 
 
-def _parse_publish(text: str | None) -> tuple[str, str]:
-    frame = parse_frame(text)
+def _parse_publish(frame: dict[str, Any]) -> tuple[str, str]:
     if frame.get("type") != "publish":
-        raise BadRequest('expected {"type": "publish", "data": ...}')
+        raise BadRequest('expected {"type": "publish", "data": ...} or {"type": "refresh", ...}')
     return publish_fields(frame)
 
 

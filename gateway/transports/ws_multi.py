@@ -44,6 +44,7 @@ from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, frame_spec, label, named
 from gateway.transports.common import unless_stalled
 from gateway.transports.direct import ChannelSink, write_arrivals, ws_sink
+from gateway.transports.refresh import Token
 from gateway.transports.websocket import (
     BATCH,
     CLOSE_CODES,
@@ -89,12 +90,13 @@ async def ws_multi_endpoint(websocket: WebSocket) -> None:
             # Accepted only once subscribed: an open socket never misses a message.
             await websocket.accept()
             forget_handshake(websocket)
-            session = Session(websocket, gateway, mux, rights)
-            session.listening = listening
-            for channel, start in zip(channels, starts, strict=True):
-                mux.replies_owed += 1
-                session.subscribed(channel, start)
-            await session.serve(conn)
+            with gateway.access.watch(rights, mux) as grant:
+                session = Session(websocket, gateway, mux, Token(rights, grant))
+                session.listening = listening
+                for channel, start in zip(channels, starts, strict=True):
+                    mux.replies_owed += 1
+                    session.subscribed(channel, start)
+                await session.serve(conn)
 
 
 def _asked(websocket: WebSocket, gateway: Gateway) -> tuple[list[ChannelSpec], Rights, Visit]:
@@ -111,12 +113,12 @@ class Session:
     """One socket's reader and writer around its ``Multiplex``."""
 
     def __init__(
-        self, websocket: WebSocket, gateway: Gateway, mux: Multiplex, rights: Rights
+        self, websocket: WebSocket, gateway: Gateway, mux: Multiplex, token: Token
     ) -> None:
         self.websocket = websocket
         self.gateway = gateway
         self.mux = mux
-        self.rights = rights
+        self.token = token  # its rights, renewed by a refresh frame
         self.replies: deque[str] = deque()  # written by the writer: one writer, no lock
         self.raw = ws_sink(websocket.scope)
         self.limiter = RateLimit(gateway.settings.publish_rate)
@@ -168,7 +170,7 @@ class Session:
             await close_socket(self.websocket, refusals[0].close_code, refusals[0].reason)
         elif reason is not None and reason is not CloseReason.CLIENT_GONE:
             conn.reason = reason.value
-            await close_socket(self.websocket, CLOSE_CODES[reason], reason.value)
+            await close_socket(self.websocket, CLOSE_CODES[reason], mux.note or reason.value)
 
     async def _write(self) -> None:
         mux, websocket = self.mux, self.websocket
@@ -181,6 +183,9 @@ class Session:
                     return
             if mux.close_reason is not None:
                 return
+            if mux.revoked:
+                await self._leave_revoked()
+                continue
             if not mux.queued():
                 await mux.wait()
             elif self.raw is not None:
@@ -192,6 +197,18 @@ class Session:
                         if not await send_frame(websocket, self.text(channel, item), mux.lead):
                             mux.close(CloseReason.CLIENT_GONE)
                             return
+
+    async def _leave_revoked(self) -> None:
+        """Leave the channels revoked alone, each with a ``revoked`` frame; the others go on."""
+        mux = self.mux
+        note = mux.note or CloseReason.REVOKED.value
+        for channel in mux.revoked:
+            if channel in mux.subs:
+                await mux.close_channel(channel)
+            self.listening.discard(channel)
+            mux.replies_owed += 1
+            self.reply(_frame(type="revoked", channel=channel, reason=note))
+        mux.revoked.clear()
 
     async def _read(self) -> GatewayError | None:
         """Answer the client's frames until it leaves; a frame too large ends it (1009)."""
@@ -219,8 +236,13 @@ class Session:
                 await self._unsubscribe(frame)
             elif kind == "publish":
                 await self._publish(frame)
+            elif kind == "refresh":
+                guard = self.gateway.guard
+                self.reply(self.token.refresh(guard, frame, list(self.mux.subs)))
             else:
-                raise BadRequest('expected a frame of type "subscribe", "unsubscribe" or "publish"')
+                raise BadRequest(
+                    'expected a frame of type "subscribe", "unsubscribe", "publish" or "refresh"'
+                )
         except GatewayError as exc:
             fields = {"channel": channel} if isinstance(channel, str) else {}
             self.reply(_frame(type="error", **fields, reason=exc.reason))
@@ -232,7 +254,7 @@ class Session:
             raise BadRequest(f"already subscribed to {spec.channel!r}")
         if len(mux.subs) >= most:
             raise BadRequest(f"at most {most} channels on one connection (GATEWAY_MAX_CHANNELS)")
-        self.gateway.guard.check_read(self.rights, [spec.channel])
+        self.gateway.guard.check_read(self.token.rights, [spec.channel])
         self.gateway.hub.check_broker()
         if frame.get("presence") is True:
             self.listening.add(spec.channel)
@@ -251,7 +273,8 @@ class Session:
         channel = _channel_of(frame)
         event, data = publish_fields(frame)
         gateway = self.gateway
-        message = await publish_checked(gateway, self.rights, self.limiter, channel, event, data)
+        rights = self.token.rights
+        message = await publish_checked(gateway, rights, self.limiter, channel, event, data)
         self.reply(_frame(type="ack", channel=channel, id=message.id))
 
 
