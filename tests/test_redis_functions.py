@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import subprocess
 
+import anyio
 import httpx
 import pytest
 import redis
 
 from gateway.brokers import functions
-from tests.clients import publish
+from tests.clients import Reader, publish, read_sse
 from tests.conftest import gateway_env
 from tests.servers import GatewayServer, RedisServer, wait_until
 
@@ -162,3 +163,39 @@ async def test_an_older_node_subscribed_the_classic_way_hears_every_publish(fres
         listener.close()
         client.close()
         server.close()
+
+
+async def test_two_deployments_on_databases_7_and_8_hear_only_their_own(redis_server):
+    """Same prefix, one Redis, databases 7 and 8: live and history stay apart, redis-cli included.
+
+    Redis pub/sub ignores database numbers: before the database joined the
+    prefix, db 8's reader got db 7's message live (a spurious gap).
+    """
+    base = redis_server.url.rsplit("/", 1)[0]
+    prefix = "gwtenants"
+    seven, eight = (
+        GatewayServer(gateway_env("redis", redis_server) | {"REDIS_URL": f"{base}/{db}", "GATEWAY_REDIS_PREFIX": prefix}).start()
+        for db in (7, 8)
+    )
+    try:
+        channel = "tenants:room"
+        readers = {name: Reader() for name in ("seven", "eight")}
+        async with anyio.create_task_group() as tasks:
+            for name, server in (("seven", seven), ("eight", eight)):
+                tasks.start_soon(lambda s=server, r=readers[name]: read_sse(s.url, channel, r, 2))
+            with anyio.fail_after(15):
+                for reader in readers.values():
+                    await reader.ready.wait()
+            await publish(seven.url, channel, "from 7")
+            # The README's redis-cli line, on database 7 with its prefix gwtenants@7.
+            own = functions.deployment_prefix(prefix, f"{base}/7")
+            assert own == f"{prefix}@7"
+            keys = functions.channel_keys(own, channel)
+            _cli(redis_server, "-n", "7", "FCALL", functions.function_name(own, "publish"), "3", *keys, "cli 7")
+            await publish(eight.url, channel, "from 8")
+            await publish(eight.url, channel, "more 8")
+        assert [m["data"] for m in readers["seven"].messages] == ["from 7", "cli 7"]
+        assert [m["data"] for m in readers["eight"].messages] == ["from 8", "more 8"]
+    finally:
+        seven.close()
+        eight.close()
