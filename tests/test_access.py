@@ -418,3 +418,62 @@ async def test_admin_routes_need_an_admin_token(nodes):
     assert plain.status_code == 403 and "admin" in plain.json()["error"]
     assert [r.status_code for r in bad] == [400, 400, 400, 400]
     assert ok.status_code == 202
+
+
+async def test_a_node_started_after_a_revocation_refuses_the_old_token(nodes, broker, channel):
+    """The revocation is kept in the control channel's history: a new node reads it at start."""
+    if broker == "memory":
+        pytest.skip("the embedded broker is one process: nothing outlives it")
+    one = nodes[0]
+    user = f"w{time.monotonic_ns()}"
+    token = mint([f"{channel}*"], user=user)
+    admin = bearer(mint([], user="root", **ADMIN))
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.post(
+            f"{one.url}/admin/disconnect", json={"user": user}, headers=admin
+        )
+        assert answer.status_code == 202
+        late = GatewayServer(one.env).start()
+        try:
+            with anyio.fail_after(10):
+                while True:
+                    refused = await client.get(
+                        f"{late.url}/poll/{channel}", params={"timeout": 0}, headers=bearer(token)
+                    )
+                    if refused.status_code == 403:
+                        break
+                    await anyio.sleep(0.1)  # (its follower reads the history just after start)
+            assert refused.json() == {"error": "revoked"}
+        finally:
+            late.close()
+
+
+async def test_waiting_polls_end_at_exp_through_uvicorns_own_protocol(channel):
+    """The ASGI poll paths (a waiter with a task, several channels by subscriptions): 401 at exp."""
+    server = GatewayServer(
+        gateway_env("memory", None, GATEWAY_SECRET=SECRET), http="httptools"
+    ).start()
+    try:
+        a, b = f"{channel}:a", f"{channel}:b"
+        token = mint([f"{channel}:*"], ttl=2)
+        exp = exp_of(token)
+        ends = {name: Ended() for name in ("one", "several")}
+        keep = Ended()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(sse, f"{server.url}/sse/{a}", mint([f"{channel}:*"]), keep)
+            with anyio.fail_after(10):
+                await keep.ready.wait()
+            await joined(server, a)
+            tasks.start_soon(poll, f"{server.url}/poll/{a}", token, ends["one"])
+            tasks.start_soon(
+                lambda: poll(f"{server.url}/poll", token, ends["several"], channel=[a, b])
+            )
+            with anyio.fail_after(10):
+                while not all(end.at for end in ends.values()):
+                    await anyio.sleep(0.05)
+            tasks.cancel_scope.cancel()
+        for end in ends.values():
+            on_time(end, exp)
+            assert (end.status, end.body) == (401, {"error": "token expired"})
+    finally:
+        server.close()
