@@ -113,9 +113,12 @@ class GatewayApp(Starlette):
         direct: Direct,
         start: Callable[[], Started],
         cors: dict[str, Any] | None = None,
+        header_timeout_s: float = 10.0,
         **kwargs: Any,
     ) -> None:
         self.gateway: Gateway | None = None
+        # A connection's wait for a whole request head (protocol.py, keepalive.py).
+        self.header_timeout_s = header_timeout_s
         self._sse = direct.sse
         self._sse_multi = direct.sse_multi
         self._poll = direct.poll
@@ -237,6 +240,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         ),
         start=lambda: _started(settings),
         cors=cors,
+        header_timeout_s=settings.header_timeout_s,
         routes=routes,
         middleware=middleware,
         exception_handlers={GatewayError: _gateway_error},

@@ -45,6 +45,7 @@ class Settings:
     gateway_token: str | None = None
     max_channels: int = 64
     presence_max_members: int = 1000
+    header_timeout_s: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -76,6 +77,7 @@ class Settings:
             gateway_token=get("GATEWAY_TOKEN") or None,
             max_channels=_int(env, "GATEWAY_MAX_CHANNELS", 64, minimum=1),
             presence_max_members=_int(env, "GATEWAY_PRESENCE_MAX_MEMBERS", 1000, minimum=0),
+            header_timeout_s=_float(env, "GATEWAY_HEADER_TIMEOUT", 10.0, minimum=0.1),
         )
 
     def serves(self, transport: str) -> bool:

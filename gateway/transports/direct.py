@@ -257,19 +257,24 @@ class HttpReply:
     no ASGI send chain, no task to wake before the bytes leave. The
     cycle's state moves exactly as two ``send`` calls would move it
     (started, complete, keep-alive or close, the next pipelined request).
+    ``writes`` False: middleware wraps ``send`` (CORS), so the answer goes
+    through it; the cycle is still asked whether the client reads or left.
     """
 
-    __slots__ = ("_cycle",)
+    __slots__ = ("_cycle", "writes")
 
-    def __init__(self, cycle: Any) -> None:
+    def __init__(self, cycle: Any, writes: bool = True) -> None:
         self._cycle = cycle
+        self.writes = writes
 
     def write(self, response: object) -> bool:
         """Write ``response`` (a ``WholeResponse``) now; False when the request cannot take it."""
         cycle = self._cycle
         transport: asyncio.Transport = cycle.transport
-        if cycle.response_started or cycle.disconnected or transport.is_closing():
+        if not self.writes or cycle.response_started or cycle.disconnected:
             return False
+        if transport.is_closing() or cycle.flow.write_paused:
+            return False  # (paused: the client reads nothing; ``sent`` waits for it)
         assert hasattr(response, "wire")
         cycle.response_started = True
         cycle.waiting_for_100_continue = False
@@ -281,20 +286,40 @@ class HttpReply:
         cycle.on_response()
         return True
 
+    async def sent(self, response: object) -> bool:
+        """``write`` once the client reads again; True also when it left (nothing to write).
+
+        False: through ``send`` (at once, with nothing to wait for). uvicorn's
+        own ``send`` waits for a paused client too, but when the client
+        leaves it marks gone only the newest request of a connection: one
+        answering behind a pipelined request would then write to a closed
+        transport (a traceback under uvloop).
+        """
+        cycle = self._cycle
+        if cycle.flow.write_paused and not cycle.disconnected:
+            await cycle.flow.drain()
+        if cycle.disconnected or cycle.transport.is_closing():
+            cycle.disconnected = True  # (as the protocol will say: no "returned without" error)
+            return True
+        return self.write(response)
+
 
 def http_reply(scope: Scope, send: Send) -> HttpReply | None:
-    """Whole responses straight to the socket, when ``send`` is uvicorn's httptools cycle itself.
+    """The request's httptools cycle, to write whole responses straight to the socket.
 
-    Not under middleware that wraps ``send`` (CORS for a request with an
-    ``Origin``, a parent app's), not for HEAD, not with uvicorn's access log on.
+    It writes only when ``send`` is uvicorn's cycle itself (not under
+    middleware that wraps ``send``: CORS, a parent app's), not for HEAD, not
+    with uvicorn's access log on.
     """
-    if scope.get(RAW_SEND) is not send or scope["method"] != "GET":
+    if scope["method"] != "GET":
         return None
     cycle = _owner(scope, "uvicorn.protocols.http.httptools_impl", "RequestResponseCycle")
     if cycle is None or cycle.response_started:
         return None
+    if scope.get(RAW_SEND) is not send:
+        return HttpReply(cycle, writes=False)
     if cycle.access_log and cycle.access_logger.isEnabledFor(logging.INFO):
-        return None  # its line would be written by ``send``
+        return HttpReply(cycle, writes=False)  # its line would be written by ``send``
     return HttpReply(cycle)
 
 
