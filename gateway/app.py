@@ -62,7 +62,16 @@ WS_LINE_MAX = 65536
 # call time by websockets, so setting it here is enough.
 websockets.http11.MAX_LINE_LENGTH = max(websockets.http11.MAX_LINE_LENGTH, WS_LINE_MAX)
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+def _static_dir() -> Path:
+    """The pages and browser client: inside the package once installed (the wheel
+    carries them there, pyproject.toml), else the checkout's top-level ``static/``."""
+    package = Path(__file__).resolve().parent
+    installed = package / "static"
+    return installed if installed.is_dir() else package.parent / "static"
+
+
+STATIC_DIR = _static_dir()
 
 
 class _AnyText(Convertor[str]):
