@@ -37,9 +37,9 @@ from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.presence import Presence
 from gateway.presence_route import make_presence_store, presence_endpoint
-from gateway.publish import publish_endpoint
+from gateway.publish import LocalPublisher, publish_endpoint
 from gateway.settings import Settings
-from gateway.state import Gateway, gateway_of
+from gateway.state import NOT_STARTED, Gateway, gateway_of
 from gateway.stats import stats_running
 from gateway.transports.common import refusal, route_path
 from gateway.transports.direct import RAW_SEND
@@ -125,6 +125,8 @@ class GatewayApp(Starlette):
         **kwargs: Any,
     ) -> None:
         self.gateway: Gateway | None = None
+        # Publishes from the app that mounts this one, without a URL (publish.py).
+        self.publisher = LocalPublisher(lambda: self.gateway)
         self._sse = direct.sse
         self._sse_multi = direct.sse_multi
         self._poll = direct.poll
@@ -198,7 +200,6 @@ class GatewayApp(Starlette):
             await JSONResponse({"error": NOT_STARTED}, status_code=503)(scope, receive, send)
 
 
-NOT_STARTED = "the gateway is not started: run its lifespan (see README, Embedding)"
 NOT_STARTED_LOG_EVERY_S = 60.0
 
 Started = AbstractAsyncContextManager[Gateway]
