@@ -35,6 +35,7 @@ pytestmark = pytest.mark.browser
 browser = test_browser.browser
 page_log = test_browser.page_log
 new_page = test_browser.new_page
+server = test_browser.server  # the gateway alone, at /
 
 MOUNT = "/realtime"
 WIDTHS = [(420, 900), (1366, 768), (1920, 1080)]
@@ -43,16 +44,9 @@ WIDTHS = [(420, 900), (1366, 768), (1920, 1080)]
 @pytest.fixture(scope="module")
 def mounted() -> Iterator[GatewayServer]:
     """The README's FastAPI app, the gateway mounted at /realtime, on the embedded broker."""
-    server = GatewayServer(memory_env(), app="tests.embedded_apps:fastapi_app", mount=MOUNT)
-    yield server.start()
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def alone() -> Iterator[GatewayServer]:
-    server = GatewayServer(memory_env()).start()
-    yield server
-    server.close()
+    parent = GatewayServer(memory_env(), app="tests.embedded_apps:fastapi_app", mount=MOUNT)
+    yield parent.start()
+    parent.close()
 
 
 def open_page(browser: Browser, log: PageLog, width: int, height: int) -> Page:
@@ -94,14 +88,14 @@ def test_the_dashboard_under_a_mount_prefix_shows_the_stats(new_page, mounted, c
     assert dashboard.url.startswith(f"{mounted.url}/")
 
 
-def test_a_long_polling_page_sees_who_comes_and_goes(browser, page_log, alone, channel):
+def test_a_long_polling_page_sees_who_comes_and_goes(browser, page_log, server, channel):
     """Long-poll carries no presence events: the poll page's list follows the snapshot."""
     room = f"chat:{channel.split(':')[0]}-poll"
     ada = open_page(browser, page_log, 1280, 800)
-    open_chat(ada, alone.url, room, "poll", name="ada")
+    open_chat(ada, server.url, room, "poll", name="ada")
     wait_people(ada, ["ada"])
     bo = open_page(browser, page_log, 1280, 800)
-    open_chat(bo, alone.url, room, "sse", name="bo")
+    open_chat(bo, server.url, room, "sse", name="bo")
     took = wait_people(ada, ["ada", "bo"], timeout_ms=10_000)
     bo.context.close()
     wait_people(ada, ["ada"], timeout_ms=20_000)
@@ -110,19 +104,19 @@ def test_a_long_polling_page_sees_who_comes_and_goes(browser, page_log, alone, c
     assert page_log.errors == []
 
 
-def test_the_demo_and_dashboard_fit_from_420_to_1920_px(browser, page_log, alone, channel):
+def test_the_demo_and_dashboard_fit_from_420_to_1920_px(browser, page_log, server, channel):
     """No page wider than the window, no message's transport badge past its bubble."""
     room = f"chat:{channel.split(':')[0]}-fit"
     for n in range(3):
         publish(
-            alone.url,
+            server.url,
             room,
             f'{{"name":"bo","text":"message {n}, long enough to wrap on a phone"}}',
             "chat",
         )
     for width, height in WIDTHS:
         page = open_page(browser, page_log, width, height)
-        open_chat(page, alone.url, room, "auto", name="ada")
+        open_chat(page, server.url, room, "auto", name="ada")
         wait_rows(page, 3)
         overflow = page.evaluate(
             """() => ({
@@ -140,7 +134,7 @@ def test_the_demo_and_dashboard_fit_from_420_to_1920_px(browser, page_log, alone
         assert max(overflow["bar"]) <= 0.5, (width, overflow)
         page.fill("#text", "")
         screenshot(page, f"demo-{width}.png")
-        page.goto(f"{alone.url}/dashboard")
+        page.goto(f"{server.url}/dashboard")
         page.wait_for_function("() => document.body.dataset.broker === 'ready'")
         assert page.evaluate("() => document.documentElement.scrollWidth - innerWidth") <= 0, width
         if width in (420, 1366):
