@@ -34,7 +34,8 @@ import pytest
 from tests.clients import read_sse, subscribed
 from tests.servers import ROOT, RedisServer, _death_pact, free_port, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.anyio]
+pytestmark = pytest.mark.anyio
+slow = pytest.mark.slow  # each test but the last builds on the module's fresh virtualenv
 
 SNIPPET = re.compile(r"<!-- snippet: ([\w-]+) -->\n```python\n(.*?)```", re.DOTALL)
 PIP_TIMEOUT_S = 300
@@ -185,6 +186,7 @@ def standalone(
         yield origin, env
 
 
+@slow
 def test_the_package_installs_with_its_pages_and_lua_from_a_path_and_a_git_url(installed):
     """Both forms install the package ``gateway``, its static files and Lua, its bounded dependencies."""
     found = installed.run(
@@ -208,6 +210,7 @@ def test_the_package_installs_with_its_pages_and_lua_from_a_path_and_a_git_url(i
     installed.run("python", "-m", "pip", "check")
 
 
+@slow
 async def test_the_installed_gateway_serves_its_pages_and_publishes_over_redis(
     installed, standalone, channel
 ):
@@ -226,6 +229,7 @@ async def test_the_installed_gateway_serves_its_pages_and_publishes_over_redis(
     assert (got["id"], got["data"]) == (answer.json()["id"], "on redis")
 
 
+@slow
 async def test_the_readme_starlette_snippet_delivers_to_an_sse_reader(installed, channel):
     """Mounted at /realtime on the embedded broker, its route publishes with ``realtime.publisher``."""
     with serving(installed, "starlette", uvicorn(), {}) as origin:
@@ -238,6 +242,7 @@ async def test_the_readme_starlette_snippet_delivers_to_an_sse_reader(installed,
     )
 
 
+@slow
 async def test_the_readme_fastapi_snippet_delivers_and_answers_a_refusal(
     installed, redis_server, channel
 ):
@@ -252,6 +257,7 @@ async def test_the_readme_fastapi_snippet_delivers_and_answers_a_refusal(
     assert refused.status_code == 400 and "invalid channel" in refused.json()["error"]
 
 
+@slow
 async def test_the_readme_flask_snippet_publishes_over_redis_and_says_when_unset(
     installed, standalone
 ):
@@ -269,6 +275,7 @@ async def test_the_readme_flask_snippet_publishes_over_redis_and_says_when_unset
     assert unset.status_code == 500 and "set GATEWAY_URL" in unset.json()["error"]
 
 
+@slow
 async def test_the_readme_fastapi_publisher_snippet_publishes_over_http(
     installed, standalone, channel
 ):
