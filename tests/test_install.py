@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from packaging.requirements import Requirement
 
 from tests.clients import read_sse, subscribed
 from tests.servers import ROOT, RedisServer, _death_pact, free_port, wait_until
@@ -290,3 +292,23 @@ async def test_the_readme_fastapi_publisher_snippet_publishes_over_http(
 def test_the_readme_marks_every_snippet_this_module_runs():
     """A renamed or dropped marker would let a snippet go untested: all four are found."""
     assert set(readme_snippets()) == {"starlette", "fastapi", "flask", "fastapi-publisher"}
+
+
+def test_the_pins_of_requirements_txt_satisfy_the_packages_bounds():
+    """The Procfile platform's pins and pip's bounds name one tested set: bump both together."""
+    declared = {
+        Requirement(line).name.lower(): Requirement(line)
+        for line in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    pins = [
+        Requirement(line.split("#")[0])
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.split("#")[0].strip()
+    ]
+    assert pins
+    for pin in pins:
+        (version,) = [spec.version for spec in pin.specifier if spec.operator == "=="]
+        bounds = declared[pin.name.lower()]
+        assert bounds.specifier.contains(version), (str(pin), str(bounds))
+        assert bounds.extras == pin.extras, (str(pin), str(bounds))
+        assert {spec.operator for spec in bounds.specifier} >= {">=", "<"}, str(bounds)
