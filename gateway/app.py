@@ -37,9 +37,9 @@ from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.presence import Presence
 from gateway.presence_route import make_presence_store, presence_endpoint
-from gateway.publish import publish_endpoint
+from gateway.publish import LocalPublisher, publish_endpoint
 from gateway.settings import Settings
-from gateway.state import Gateway, gateway_of
+from gateway.state import NOT_STARTED, Gateway, gateway_of
 from gateway.stats import stats_running
 from gateway.transports.common import refusal, route_path
 from gateway.transports.direct import RAW_SEND
@@ -62,7 +62,16 @@ WS_LINE_MAX = 65536
 # call time by websockets, so setting it here is enough.
 websockets.http11.MAX_LINE_LENGTH = max(websockets.http11.MAX_LINE_LENGTH, WS_LINE_MAX)
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+def _static_dir() -> Path:
+    """The pages and browser client: inside the package once installed (the wheel
+    carries them there, pyproject.toml), else the checkout's top-level ``static/``."""
+    package = Path(__file__).resolve().parent
+    installed = package / "static"
+    return installed if installed.is_dir() else package.parent / "static"
+
+
+STATIC_DIR = _static_dir()
 
 
 class _AnyText(Convertor[str]):
@@ -119,6 +128,8 @@ class GatewayApp(Starlette):
         self.gateway: Gateway | None = None
         # A connection's wait for a whole request head (protocol.py, keepalive.py).
         self.header_timeout_s = header_timeout_s
+        # Publishes from the app that mounts this one, without a URL (publish.py).
+        self.publisher = LocalPublisher(lambda: self.gateway)
         self._sse = direct.sse
         self._sse_multi = direct.sse_multi
         self._poll = direct.poll
@@ -192,7 +203,6 @@ class GatewayApp(Starlette):
             await JSONResponse({"error": NOT_STARTED}, status_code=503)(scope, receive, send)
 
 
-NOT_STARTED = "the gateway is not started: run its lifespan (see README, Embedding)"
 NOT_STARTED_LOG_EVERY_S = 60.0
 
 Started = AbstractAsyncContextManager[Gateway]
