@@ -58,9 +58,9 @@ def _serve(settings: Settings, host: str, port: int) -> int:
         "gateway.app:app",
         host=host,
         port=port,
-        loop="gateway.loop:GreedyAcceptLoop",  # uvloop, accepting every waiting connection
+        loop="gateway.server.loop:GreedyAcceptLoop",  # uvloop, accepting every waiting connection
         access_log=False,  # the platform's router logs requests; ours logs connections
-        http="gateway.protocol:GatewayHttpProtocol",  # long-polls served without a task
+        http="gateway.server.protocol:GatewayHttpProtocol",  # long-polls served without a task
         ws_ping_interval=settings.heartbeat_s,
         ws_ping_timeout=settings.heartbeat_s,
         ws_max_size=settings.ws_max_frame_bytes,

@@ -31,18 +31,18 @@ from starlette.websockets import WebSocket
 from gateway.auth import Guard
 from gateway.brokers import make_broker
 from gateway.collector import Collector, collector_running
-from gateway.cors import CorsHeaders
 from gateway.errors import GatewayError
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.presence import Presence
 from gateway.presence_route import make_presence_store, presence_endpoint
 from gateway.publish import LocalPublisher, publish_endpoint
+from gateway.server.cors import CorsHeaders
+from gateway.server.direct import RAW_SEND
 from gateway.settings import Settings
 from gateway.state import NOT_STARTED, Gateway, gateway_of
 from gateway.stats import stats_running
 from gateway.transports.common import refusal, route_path
-from gateway.transports.direct import RAW_SEND
 from gateway.transports.longpoll import POLL_PATH_PREFIX, poll_app
 from gateway.transports.poll_multi import POLL_MULTI_PATH, poll_multi_app, poll_multi_endpoint
 from gateway.transports.sse import SSE_PATH_PREFIX, sse_app
@@ -104,7 +104,7 @@ class GatewayApp(Starlette):
       reaches a gateway never started is answered 503 with that reason.
     * The server's own ``send`` is kept in the scope: middleware wraps
       ``send``, and the transports need the server's object behind it to
-      write straight to a socket (transports/direct.py). Under a parent app
+      write straight to a socket (server/direct.py). Under a parent app
       its middleware has wrapped ``send`` already, so streams write through
       ASGI there: correct, slower, and safe for a parent's middleware.
     * ``/sse/…``, ``/sse``, ``/ws/…``, ``/ws``, ``/poll/…`` and ``/poll`` go to

@@ -209,7 +209,7 @@ class GatewayServer:
         args: Sequence[str] = (),
         app: str = "gateway.app:app",
         mount: str = "",
-        http: str = "gateway.protocol:GatewayHttpProtocol",
+        http: str = "gateway.server.protocol:GatewayHttpProtocol",
     ) -> None:
         self.env = dict(env or {})
         self.port = port or free_port()
@@ -256,7 +256,7 @@ class GatewayServer:
             "--port",
             str(self.port),
             "--loop",
-            "gateway.loop:GreedyAcceptLoop",
+            "gateway.server.loop:GreedyAcceptLoop",
             "--http",
             self.http,
             "--ws-per-message-deflate",

@@ -42,6 +42,7 @@ from gateway.hub import CAUGHT_UP, Hub
 from gateway.message import START, Cursor, Message
 from gateway.polls import GATHER_S, TIMED_OUT, TaskClient, Waiter
 from gateway.presence_visit import Visit, visit_of
+from gateway.server.direct import HttpReply, http_reply, on_http_lost
 from gateway.settings import Settings
 from gateway.state import Connection, Gateway
 from gateway.subscription import Gap, Item, Subscription
@@ -53,7 +54,6 @@ from gateway.transports.common import (
     resume_from,
     route_path,
 )
-from gateway.transports.direct import HttpReply, http_reply, on_http_lost
 
 POLL_PATH_PREFIX = "/poll/"
 DEFAULT_LIMIT = 100

@@ -47,6 +47,7 @@ from starlette.types import Scope, Send
 from websockets.protocol import State
 
 from gateway.message import BATCH_BYTES, BATCH_ITEMS, Batch
+from gateway.subscription import Sink
 
 if TYPE_CHECKING:
     from gateway.multiplex import Multiplex
@@ -54,23 +55,6 @@ if TYPE_CHECKING:
 
 RAW_SEND = "gateway.raw_send"
 HEARTBEAT_CHUNK = b"3\r\n:\n\n\r\n"  # an SSE comment as an HTTP/1.1 chunk
-
-
-class Sink(Protocol):
-    def ready(self) -> bool:
-        """Open and not paused: a write now goes out without queueing in memory."""
-
-    def gone(self) -> bool:
-        """The connection is closed, closing or lost: nothing more can be written."""
-
-    def write(self, batch: Batch) -> None:
-        """Write the batch's bytes now; only after ``ready()`` said so."""
-
-    def heartbeat(self) -> None:
-        """Keep an idle stream alive (SSE: a comment; WebSocket: nothing, uvicorn pings)."""
-
-    async def drain(self) -> None:
-        """Return once the transport takes writes again (or the connection is lost)."""
 
 
 class SseSink:

@@ -26,7 +26,7 @@ access log or ``--limit-concurrency`` on, the gateway mounted under a
 parent app), goes through uvicorn's ASGI path as before: same answers,
 slower.
 
-Use it with uvicorn's ``--http gateway.protocol:GatewayHttpProtocol`` (the
+Use it with uvicorn's ``--http gateway.server.protocol:GatewayHttpProtocol`` (the
 Procfile and ``python -m gateway`` do). Without it the gateway serves every
 route the same way, through ASGI.
 """
@@ -41,9 +41,9 @@ from typing import Any, NamedTuple
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.app import GatewayApp
-from gateway.keepalive import HEADER_TIMEOUT_S, idle_connections
 from gateway.message import Cursor
 from gateway.polls import Ended, Waiter
+from gateway.server.keepalive import HEADER_TIMEOUT_S, idle_connections
 from gateway.state import Gateway
 from gateway.transports.longpoll import POLL_PATH_PREFIX, PollAnswer, carries_token
 from gateway.transports.poll_multi import POLL_MULTI_PATH

@@ -33,7 +33,7 @@ from starlette.websockets import WebSocket
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
-from gateway.transports.direct import RAW_SEND
+from gateway.server.direct import RAW_SEND
 
 
 def forget_handshake(websocket: WebSocket) -> None:

@@ -12,7 +12,7 @@ for plain TCP listeners our own accept loop, which takes every connection
 waiting (up to the backlog) each time the listening socket is readable and
 hands each to uvloop (``connect_accepted_socket``).
 
-Use it with uvicorn's ``--loop gateway.loop:GreedyAcceptLoop`` (the
+Use it with uvicorn's ``--loop gateway.server.loop:GreedyAcceptLoop`` (the
 Procfile and ``python -m gateway`` do). TLS listeners and Unix sockets keep
 uvloop's own server.
 """
