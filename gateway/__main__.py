@@ -14,6 +14,8 @@ from gateway.auth import Guard
 from gateway.errors import ConfigError
 from gateway.settings import Settings
 
+WS_LINE_MAX = 65536
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -52,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(settings: Settings, host: str, port: int) -> int:
+    # websockets' documented setting, read when it is first imported (by uvicorn,
+    # below): handshake lines up to 64 KiB reach the gateway, which answers a
+    # URL or header past 8 KiB with its reason (server/accelerations.py).
+    os.environ.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", str(WS_LINE_MAX))
     import uvicorn
 
     uvicorn.run(

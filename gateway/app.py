@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import websockets.http11
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
@@ -37,6 +36,7 @@ from gateway.metrics import Metrics
 from gateway.presence import Presence
 from gateway.presence_route import make_presence_store, presence_endpoint
 from gateway.publish import LocalPublisher, publish_endpoint
+from gateway.server import accelerations
 from gateway.server.cors import CorsHeaders
 from gateway.server.direct import RAW_SEND
 from gateway.settings import Settings
@@ -52,15 +52,6 @@ from gateway.transports.ws_multi import WS_MULTI_PATH, ws_multi_app
 from gateway.workers import sole_worker
 
 logger = logging.getLogger("gateway")
-WS_LINE_MAX = 65536
-
-# uvicorn's websockets-sansio protocol answers nothing at all (the client's
-# handshake times out) when the websockets parser refuses a request line or
-# header past its 8 KiB: its parser-error path expects a close frame that a
-# handshake never has. Let such requests through to the gateway, which
-# refuses them with a reason (a URL or header past 8 KiB, SPEC). Read at
-# call time by websockets, so setting it here is enough.
-websockets.http11.MAX_LINE_LENGTH = max(websockets.http11.MAX_LINE_LENGTH, WS_LINE_MAX)
 
 
 def _static_dir() -> Path:
@@ -267,6 +258,8 @@ async def _started(settings: Settings) -> AsyncIterator[Gateway]:
         logger.warning(
             "GATEWAY_SECRET is not set: the gateway is OPEN, anyone may read and publish"
         )
+    for name, on in accelerations.decide(settings.accelerations).items():
+        metrics.accelerations.labels(name).set(1 if on else 0)
     presence = Presence(make_presence_store(hub.broker), settings)
     gateway = Gateway(settings, hub, metrics, guard, presence)
     collector = Collector(lambda: gateway.open_connections, lambda: gateway.closed_connections)

@@ -245,6 +245,7 @@ class GatewayServer:
         """Start uvicorn and return at once (``start`` waits until it serves)."""
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         env.setdefault("GATEWAY_SHUTDOWN_GRACE", "3")
+        env.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", "65536")  # as the Procfile sets it
         grace = env["GATEWAY_SHUTDOWN_GRACE"]
         args = [
             sys.executable,

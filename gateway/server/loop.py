@@ -28,6 +28,8 @@ from typing import Any
 
 import uvloop
 
+from gateway.server import accelerations
+
 logger = logging.getLogger(__name__)
 
 ACCEPT_RETRY_S = 1.0  # out of file descriptors: stop accepting this long
@@ -46,7 +48,8 @@ class GreedyAcceptLoop(uvloop.Loop):
         ssl: Any = None,
         **kwargs: Any,
     ) -> Any:
-        if ssl is not None or (sock is not None and sock.family == socket.AF_UNIX):
+        plain = ssl is not None or (sock is not None and sock.family == socket.AF_UNIX)
+        if plain or not accelerations.on(accelerations.ACCEPT_LOOP):
             serve: Any = super().create_server  # uvloop's stubs type only one overload
             return await serve(
                 protocol_factory, host, port, sock=sock, backlog=backlog, ssl=ssl, **kwargs

@@ -43,6 +43,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.app import GatewayApp
 from gateway.message import Cursor
 from gateway.polls import Ended, Waiter
+from gateway.server import accelerations
 from gateway.server.keepalive import HEADER_TIMEOUT_S, idle_connections
 from gateway.state import Gateway
 from gateway.transports.longpoll import POLL_PATH_PREFIX, PollAnswer, carries_token
@@ -131,6 +132,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     is not reading (``flow.write_paused``), so a pipelining client that
     never reads costs the same bounded buffer as through ASGI.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """uvicorn's own protocol, unchanged, when this one does not fit (accelerations.py)."""
+        if not accelerations.on(accelerations.HTTP_PROTOCOL):
+            return HttpToolsProtocol(*args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
