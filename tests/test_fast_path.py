@@ -260,7 +260,8 @@ async def test_a_poll_with_upgrade_headers_is_answered_once_as_on_plain(pair: Pa
     )
     poll = _request(f"/poll/{PUBLIC}?since={ids[0]}", "Host: t", *upgrade)
     plain_first = _request(f"/poll/{PUBLIC}?since={ids[0]}", "Host: t")
-    for pieces in ([poll], [plain_first, poll]):
+    closing = _request(f"/poll/{PUBLIC}?since={ids[0]}", "Host: t", "Connection: close")
+    for pieces in ([poll], [plain_first, poll], [closing + poll]):
         results = await _both(pair, pieces)
         assert _statuses(results["ours"]) == _statuses(results["plain"]), pieces
     log = pair.servers["ours"].log()  # (plain uvicorn may log a closed transport's traceback)

@@ -164,6 +164,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.idle.join(self)
 
     def handle_websocket_upgrade(self) -> None:
+        if self.close_held:
+            return  # after an answer that closes the connection (``on_headers_complete``)
         self.idle.leave(self)  # the socket is the WebSocket protocol's from here
         super().handle_websocket_upgrade()
 
