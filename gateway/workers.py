@@ -158,3 +158,4 @@ def _fail_supervisor() -> None:
         resource.prlimit(parent.pid, resource.RLIMIT_CORE, (0, 0))
     with suppress(OSError):
         os.kill(parent.pid, signal.SIGABRT)
+
