@@ -244,6 +244,14 @@ class Access:
         self.revoke(record)
 
 
+async def announce(hub: Hub, record: Revocation) -> Message:
+    """Publish a revocation on the control channel: every node (this one too) obeys it.
+
+    Straight to the broker, as stats.py publishes: not a client message in the metrics.
+    """
+    return await hub.broker.publish(CONTROL, REVOKE_EVENT, record.encode())
+
+
 def _end(holder: Holder, reason: CloseReason, note: str, patterns: tuple[str, ...] | None) -> None:
     try:
         holder.access_ended(reason, note, patterns)

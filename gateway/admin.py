@@ -19,7 +19,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from gateway.access import CONTROL, REVOKE_EVENT
+from gateway.access import announce
 from gateway.errors import BadRequest, TooLarge
 from gateway.revocations import revocation
 from gateway.state import gateway_of
@@ -39,7 +39,6 @@ async def admin_disconnect_endpoint(request: Request) -> JSONResponse:
     except orjson.JSONDecodeError:
         raise BadRequest("body is not JSON") from None
     record = revocation(fields, at=time.time())
-    # Straight to the broker, as stats.py does: not a client message in the metrics.
-    message = await gateway.hub.broker.publish(CONTROL, REVOKE_EVENT, record.encode())
+    message = await announce(gateway.hub, record)
     answer = orjson.loads(record.encode()) | {"id": message.id}
     return JSONResponse(answer, status_code=202)

@@ -18,13 +18,16 @@ and errors, and the hub's call, as this route makes it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from gateway.access import announce
 from gateway.errors import BadRequest, BrokerUnavailable, TooLarge
 from gateway.message import check_channel, check_event, check_publish
+from gateway.revocations import revocation
 from gateway.state import NOT_STARTED, Gateway, gateway_of
 
 
@@ -76,4 +79,16 @@ class LocalPublisher:
             raise BrokerUnavailable(NOT_STARTED)
         checked_event = check_publish(channel, data, event, gateway.settings.max_message_bytes)
         message = await gateway.hub.publish(channel, checked_event, data)
+        return message.id
+
+    async def disconnect(
+        self, user: str, channels: list[str] | None = None, reason: str | None = None
+    ) -> str:
+        """Revoke ``user``'s access (to ``channels`` patterns only, if given) on every node,
+        as ``POST /admin/disconnect`` does; returns the revocation's id."""
+        gateway = self._running()
+        if gateway is None:
+            raise BrokerUnavailable(NOT_STARTED)
+        fields = {"user": user, "channels": channels, "reason": reason}
+        message = await announce(gateway.hub, revocation(fields, at=time.time()))
         return message.id

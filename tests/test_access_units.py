@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 
+import anyio
 import pytest
 
 from gateway.access import NO_GRANT, Access, Grant
+from gateway.app import create_app
 from gateway.auth import Rights
 from gateway.errors import BadRequest, Forbidden
 from gateway.revocations import Revocation, Revocations, revocation
+from gateway.settings import Settings
 from gateway.subscription import CloseReason
 
 
@@ -96,3 +99,21 @@ def test_a_revocation_body_is_checked():
     for bad in ([], {"user": ""}, {"user": "a", "channels": []}, {"user": "a", "reason": "x\ny"}):
         with pytest.raises(BadRequest):
             revocation(bad)
+
+
+@pytest.mark.anyio
+async def test_the_in_process_publisher_revokes_through_the_control_channel():
+    """``create_app().publisher.disconnect``: heard back by the hub, ends the user's grant."""
+    app = create_app(Settings(secret="x" * 32))
+    async with app.running() as gateway:
+        holder = Holder()
+        now = time.time()
+        grant = gateway.access.watch(rights(now + 60, iat=now - 1), holder)
+        with grant:
+            assert await app.publisher.disconnect("ada", ["room:*"], reason="gone")
+            with anyio.fail_after(5):
+                while not holder.ends:
+                    await anyio.sleep(0.01)
+        assert holder.ends == [(CloseReason.REVOKED, "gone", ("room:*",))]
+        with pytest.raises(Forbidden, match="revoked"):
+            gateway.guard.check_read(rights(now + 60, iat=now - 1), ["room:1"])
