@@ -151,14 +151,13 @@ class EventStream(Stream):
                     gateway.hub.subscribe(self.channel, self.cursor, self.last) as sub,
                     gateway.presence.attending(self.visit, sub),
                 ):
-                    grant = gateway.access.watch(self.rights, sub)
                     sub.wants_heartbeat = True
                     sub.writer = asyncio.current_task()
                     await receive()  # the (empty) request body of a GET
                     # Inline, not through a helper coroutine: each frame held for a
                     # connection's life costs memory per idle client (bench/, e).
                     try:
-                        with grant:
+                        with gateway.access.watch(self.rights, sub):
                             await _pump(sub, stream_writer(sub, send), receive, scope)
                     except asyncio.CancelledError:
                         if not stall_absorbed(sub.close_reason):
