@@ -18,7 +18,7 @@ import jwt
 import pytest
 import websockets
 
-from gateway.publisher import AsyncPublisher
+from gateway.publisher import AsyncPublisher, Publisher
 from tests.clients import publish
 from tests.conftest import gateway_env, redis_for
 from tests.servers import GatewayServer
@@ -477,3 +477,27 @@ async def test_waiting_polls_end_at_exp_through_uvicorns_own_protocol(channel):
             assert (end.status, end.body) == (401, {"error": "token expired"})
     finally:
         server.close()
+
+
+async def test_the_sync_publisher_revokes_too(nodes, channel, redis_url):
+    """``Publisher.disconnect`` (Flask, Celery): over Redis, or over HTTP with an admin token."""
+    node = nodes[0]
+    user = f"s{time.monotonic_ns()}"
+    token = mint([f"{channel}*"], user=user)
+    if redis_url is not None:
+        publisher = Publisher(redis_url, prefix=node.env["GATEWAY_REDIS_PREFIX"])
+    else:
+        publisher = Publisher(node.url, token=mint([], user="root", **ADMIN))
+    with publisher:
+        revocation_id = await anyio.to_thread.run_sync(lambda: publisher.disconnect(user))
+    assert revocation_id
+    async with httpx.AsyncClient(timeout=30) as client:
+        with anyio.fail_after(10):
+            while True:
+                answer = await client.get(
+                    f"{node.url}/poll/{channel}", params={"timeout": 0}, headers=bearer(token)
+                )
+                if answer.status_code == 403:
+                    break
+                await anyio.sleep(0.05)
+    assert answer.json() == {"error": "revoked"}
