@@ -448,33 +448,43 @@ async def test_a_node_started_after_a_revocation_refuses_the_old_token(nodes, br
             late.close()
 
 
-async def test_waiting_polls_end_at_exp_through_uvicorns_own_protocol(channel):
-    """The ASGI poll paths (a waiter with a task, several channels by subscriptions): 401 at exp."""
-    server = GatewayServer(
-        gateway_env("memory", None, GATEWAY_SECRET=SECRET), http="httptools"
-    ).start()
+@pytest.mark.parametrize("accelerations", ["none", "all"])
+async def test_every_transport_ends_at_exp_under_uvicorns_own_protocol(channel, accelerations):
+    """Polls through ASGI (a waiter with a task, subscriptions), and with no acceleration every
+    write through ASGI: each end as on the fast paths."""
+    env = gateway_env("memory", None, GATEWAY_SECRET=SECRET, GATEWAY_ACCELERATIONS=accelerations)
+    server = GatewayServer(env, http="httptools").start()
     try:
         a, b = f"{channel}:a", f"{channel}:b"
-        token = mint([f"{channel}:*"], ttl=2)
+        token = mint([f"{channel}:*"], ttl=3)
         exp = exp_of(token)
-        ends = {name: Ended() for name in ("one", "several")}
-        keep = Ended()
+        ends = {name: Ended() for name in ("sse", "sse2", "ws", "ws2", "poll", "poll2")}
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(sse, f"{server.url}/sse/{a}", mint([f"{channel}:*"]), keep)
-            with anyio.fail_after(10):
-                await keep.ready.wait()
-            await joined(server, a)
-            tasks.start_soon(poll, f"{server.url}/poll/{a}", token, ends["one"])
+            tasks.start_soon(sse, f"{server.url}/sse/{a}", token, ends["sse"])
+            tasks.start_soon(lambda: sse(f"{server.url}/sse", token, ends["sse2"], channel=[a, b]))
+            tasks.start_soon(ws, f"{server.ws_url}/ws/{a}?token={token}", ends["ws"])
             tasks.start_soon(
-                lambda: poll(f"{server.url}/poll", token, ends["several"], channel=[a, b])
+                ws, f"{server.ws_url}/ws?channel={a}&channel={b}&token={token}", ends["ws2"]
+            )
+            with anyio.fail_after(10):
+                for name in ("sse", "sse2", "ws", "ws2"):
+                    await ends[name].ready.wait()
+            await joined(server, a)
+            tasks.start_soon(poll, f"{server.url}/poll/{a}", token, ends["poll"])
+            tasks.start_soon(
+                lambda: poll(f"{server.url}/poll", token, ends["poll2"], channel=[a, b])
             )
             with anyio.fail_after(10):
                 while not all(end.at for end in ends.values()):
                     await anyio.sleep(0.05)
-            tasks.cancel_scope.cancel()
-        for end in ends.values():
+        for name, end in ends.items():
             on_time(end, exp)
-            assert (end.status, end.body) == (401, {"error": "token expired"})
+            if name.startswith("sse"):
+                assert (end.events[-1].event, end.events[-1].data) == ("expired", "token expired")
+            elif name.startswith("ws"):
+                assert (end.code, end.reason) == (4001, "token expired")
+            else:
+                assert (end.status, end.body) == (401, {"error": "token expired"})
     finally:
         server.close()
 
