@@ -1,0 +1,124 @@
+// What needs no browser: URLs, backoff, errors, the event-stream grammar, tokens.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { GatewayError, httpFailure, wsFailure } from "../src/errors.js";
+import { EventStreamParser } from "../src/eventstream.js";
+import { refreshDelay, resolveToken, tokenClaims, tokenScope } from "../src/token.js";
+import { backoffDelay, cleanBase, endpoint } from "../src/util.js";
+import { DEFAULTS, Wire, WireChannel } from "../src/wire.js";
+import { jwt } from "./helpers.mjs";
+
+test("endpoint builds several-channel URLs with repeated channel parameters", () => {
+  const url = endpoint("https://rt.example.com/realtime", "poll", { channel: ["a@1-0", "b"], last: undefined, timeout: 0 });
+  assert.equal(url, "https://rt.example.com/realtime/poll?channel=a%401-0&channel=b&timeout=0");
+});
+
+test("endpoint turns http(s) into ws(s) for WebSocket paths, and resolves a relative base", () => {
+  assert.equal(endpoint("https://rt.example.com", "ws", { token: "t" }), "wss://rt.example.com/ws?token=t");
+  assert.equal(endpoint("http://127.0.0.1:9/", "ws", {}).startsWith("ws://127.0.0.1:9/"), true);
+  assert.equal(endpoint("", "sse", { channel: ["x"] }), "http://localhost/sse?channel=x");
+  assert.equal(cleanBase("https://a.example//"), "https://a.example");
+});
+
+test("backoff doubles from initial, stays under its cap, and draws in the upper half", () => {
+  const opts = { initial: 250, max: 3000 };
+  assert.equal(backoffDelay(1, opts, () => 0), 125);
+  assert.equal(backoffDelay(1, opts, () => 1), 250);
+  assert.equal(backoffDelay(3, opts, () => 1), 1000);
+  for (let attempt = 1; attempt < 50; attempt++) {
+    const wait = backoffDelay(attempt, opts);
+    assert.ok(wait <= 3000 && wait >= 125, `attempt ${attempt}: ${wait}`);
+  }
+  assert.equal(backoffDelay(40, opts, () => 0), 1500); // the cap's lower half: jitter even at the cap
+  assert.ok(DEFAULTS.backoff.max <= 3000, "the default cap must not outgrow a short outage");
+});
+
+test("HTTP and WebSocket refusals: fatal or not, expired or not", () => {
+  const expired = httpFailure(401, "token expired");
+  assert.equal(expired.expired, true);
+  assert.equal(expired.fatal, true);
+  assert.equal(expired.message, "HTTP 401: token expired");
+  assert.equal(httpFailure(401, "invalid token: x").expired, false);
+  assert.equal(httpFailure(503).fatal, false);
+  assert.equal(httpFailure(403, "revoked").fatal, true);
+  assert.equal(wsFailure(4001, "token expired", true).expired, true);
+  assert.equal(wsFailure(4001, "token expired", true).fatal, false); // a fresh token may do
+  assert.equal(wsFailure(4003, "revoked", true).fatal, true);
+  assert.equal(wsFailure(1008, "forbidden", false).fatal, false); // a refused handshake: try the next transport
+  assert.equal(wsFailure(1012, "", true).fatal, false);
+  assert.ok(expired instanceof GatewayError);
+});
+
+test("the event-stream parser splits on any line end, joins data lines, skips comments", () => {
+  const got = [];
+  const parser = new EventStreamParser((ev) => got.push(ev));
+  parser.push(": heartbeat\n\nid: 1-0\nevent: gap\ndata: {\"a\":\r");
+  parser.push("\ndata: 1}\r\n\r\nretry: 1000\n\n");
+  parser.push("data: last\n");
+  assert.deepEqual(got, [{ event: "gap", id: "1-0", data: "{\"a\":\n1}" }]);
+  parser.push("\n");
+  assert.deepEqual(got[1], { event: "message", id: "", data: "last" });
+});
+
+test("token claims are read from a JWT and nothing else", () => {
+  const token = jwt({ sub: "ada", exp: 2000, iat: 1000, sub_channels: ["chat:*"] });
+  assert.deepEqual(tokenClaims(token), { sub: "ada", exp: 2000, iat: 1000, sub_channels: ["chat:*"] });
+  assert.equal(tokenClaims("opaque"), null);
+  assert.equal(tokenClaims("a.b.c"), null);
+  assert.equal(tokenClaims(undefined), null);
+});
+
+test("refresh comes before exp: a fifth of the lifetime early, 1-30 s, measured from iat when given", () => {
+  const now = 1_000_000_000_000;
+  // 10 minutes from iat: 30 s early (the cap), whatever this machine's clock says.
+  assert.equal(refreshDelay({ iat: 0, exp: 600 }, now), 570_000);
+  // 6 s without iat: measured on this clock, 1.2 s early.
+  assert.equal(refreshDelay({ exp: now / 1000 + 6 }, now), 4800);
+  // 2 s: at least 1 s early.
+  assert.equal(refreshDelay({ iat: 5, exp: 7 }, now), 1000);
+  // Already past: soon, but never a tight loop.
+  assert.equal(refreshDelay({ exp: now / 1000 - 60 }, now), 500);
+  assert.equal(refreshDelay({ sub: "no exp" }, now), null);
+  assert.equal(refreshDelay(null, now), null);
+});
+
+test("a token may be a string, a function or an async function; anything else is refused", async () => {
+  assert.equal(await resolveToken("t1"), "t1");
+  assert.equal(await resolveToken(undefined), undefined);
+  assert.equal(await resolveToken(() => "t2"), "t2");
+  assert.equal(await resolveToken(async () => "t3"), "t3");
+  assert.equal(await resolveToken(async () => null), undefined);
+  await assert.rejects(resolveToken(() => 42), (err) => err instanceof GatewayError && err.fatal);
+  await assert.rejects(resolveToken(async () => { throw new Error("login expired"); }),
+    (err) => err instanceof GatewayError && /login expired/.test(err.message) && !err.fatal);
+});
+
+test("tokens of one user and the same rights share a connection; others do not", () => {
+  const a1 = jwt({ sub: "ada", exp: 1, sub_channels: ["chat:*"] });
+  const a2 = jwt({ sub: "ada", exp: 2, sub_channels: ["chat:*"] });
+  const b = jwt({ sub: "bob", exp: 1, sub_channels: ["chat:*"] });
+  const a3 = jwt({ sub: "ada", exp: 1, sub_channels: ["admin:*"] });
+  assert.equal(tokenScope(a1), tokenScope(a2));
+  assert.notEqual(tokenScope(a1), tokenScope(b));
+  assert.notEqual(tokenScope(a1), tokenScope(a3));
+});
+
+test("a wire's request names each channel with its cursor, or asks one kind of `last`", () => {
+  const fake = { channels: new Map(), user: "ada" };
+  const add = (name, since, last) => fake.channels.set(name, new WireChannel(name, since, last));
+  add("a", "5-0");
+  add("b", null, undefined);
+  add("c", null, 10); // another kind than b's "new": it joins on the next request
+  add("d", "0");
+  fake.channels.get("d").presence = true;
+  const req = Wire.prototype.request.call(fake);
+  assert.deepEqual(req.query.channel, ["a@5-0", "b", "d@0"]);
+  assert.deepEqual(req.names, ["a", "b", "d"]);
+  assert.equal(req.query.last, undefined);
+  assert.equal(req.query.presence, 1);
+  assert.equal(req.query.user, "ada");
+  // Cursors move with every message: the key changes only with the channel list.
+  fake.channels.get("a").cursor = "9-0";
+  assert.equal(Wire.prototype.request.call(fake).key, req.key);
+});
