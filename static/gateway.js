@@ -194,6 +194,7 @@
   var RETRY_NOW = "retry-now";
   var SILENT_HEARTBEATS = 2.5;
   var POLL_GRACE_MS = 5e3;
+  var HANGING_MS = 1e3;
   function revokedError(reason) {
     return new GatewayError(`access revoked${reason ? `: ${reason}` : ""}`, { fatal: true, code: 4003, status: 403 });
   }
@@ -210,6 +211,7 @@
       this.watchdog = null;
     }
     start() {
+      this.startedAt = Date.now();
       const ws = new WebSocket(endpoint(this.wire.baseUrl, "ws", { token: this.wire.token, user: this.wire.user }));
       this.ws = ws;
       let opened = false;
@@ -346,7 +348,8 @@
       if (ws) {
         ws.onclose = null;
         ws.onmessage = null;
-        if (ws.readyState === WebSocket.CONNECTING) ws.onopen = () => ws.close(1e3);
+        const hanging = Date.now() - this.startedAt > HANGING_MS;
+        if (ws.readyState === WebSocket.CONNECTING && !hanging) ws.onopen = () => ws.close(1e3);
         else ws.close(1e3);
       }
       this.finish(err);
@@ -1443,6 +1446,7 @@
   var Subscription = class {
     constructor(channel, options) {
       const opts = options || {};
+      if (typeof channel !== "string") throw new TypeError(`a channel is a string, not ${typeof channel}`);
       const { transports, share } = checkOptions(opts);
       this.channel = channel;
       this.opts = opts;

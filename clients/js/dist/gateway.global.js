@@ -180,6 +180,7 @@
   var RETRY_NOW = "retry-now";
   var SILENT_HEARTBEATS = 2.5;
   var POLL_GRACE_MS = 5e3;
+  var HANGING_MS = 1e3;
   function revokedError(reason) {
     return new GatewayError(`access revoked${reason ? `: ${reason}` : ""}`, { fatal: true, code: 4003, status: 403 });
   }
@@ -196,6 +197,7 @@
       this.watchdog = null;
     }
     start() {
+      this.startedAt = Date.now();
       const ws = new WebSocket(endpoint(this.wire.baseUrl, "ws", { token: this.wire.token, user: this.wire.user }));
       this.ws = ws;
       let opened = false;
@@ -332,7 +334,8 @@
       if (ws) {
         ws.onclose = null;
         ws.onmessage = null;
-        if (ws.readyState === WebSocket.CONNECTING) ws.onopen = () => ws.close(1e3);
+        const hanging = Date.now() - this.startedAt > HANGING_MS;
+        if (ws.readyState === WebSocket.CONNECTING && !hanging) ws.onopen = () => ws.close(1e3);
         else ws.close(1e3);
       }
       this.finish(err);
@@ -1429,6 +1432,7 @@
   var Subscription = class {
     constructor(channel, options) {
       const opts = options || {};
+      if (typeof channel !== "string") throw new TypeError(`a channel is a string, not ${typeof channel}`);
       const { transports, share } = checkOptions(opts);
       this.channel = channel;
       this.opts = opts;

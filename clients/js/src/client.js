@@ -291,6 +291,7 @@ function tokenKey(token, fromFunction) {
 export class Subscription {
   constructor(channel, options) {
     const opts = options || {};
+    if (typeof channel !== "string") throw new TypeError(`a channel is a string, not ${typeof channel}`);
     const { transports, share } = checkOptions(opts);
     this.channel = channel;
     this.opts = opts;

@@ -26,6 +26,7 @@ export const RETRY_NOW = "retry-now"; // ended on purpose, to connect again at o
 
 const SILENT_HEARTBEATS = 2.5;
 const POLL_GRACE_MS = 5000; // a poll not answered by its timeout + this is dead
+const HANGING_MS = 1000; // a WebSocket handshake this old is not on its way
 
 function revokedError(reason) {
   return new GatewayError(`access revoked${reason ? `: ${reason}` : ""}`, { fatal: true, code: 4003, status: 403 });
@@ -45,6 +46,7 @@ export class WebSocketSession {
   }
 
   start() {
+    this.startedAt = Date.now();
     const ws = new WebSocket(endpoint(this.wire.baseUrl, "ws", { token: this.wire.token, user: this.wire.user }));
     this.ws = ws;
     let opened = false;
@@ -197,8 +199,11 @@ export class WebSocketSession {
     if (ws) {
       ws.onclose = null;
       ws.onmessage = null;
-      // Closing a socket still connecting makes Chromium log an error: close it once open.
-      if (ws.readyState === WebSocket.CONNECTING) ws.onopen = () => ws.close(1000);
+      // Closing a socket still connecting makes Chromium log an error: close it once
+      // open. Unless it hangs (a network gone silent): Chromium opens one WebSocket
+      // per host at a time, so a handshake left hanging would hold back every later one.
+      const hanging = Date.now() - this.startedAt > HANGING_MS;
+      if (ws.readyState === WebSocket.CONNECTING && !hanging) ws.onopen = () => ws.close(1000);
       else ws.close(1000);
     }
     this.finish(err);
