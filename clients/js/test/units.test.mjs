@@ -122,3 +122,24 @@ test("a wire's request names each channel with its cursor, or asks one kind of `
   fake.channels.get("a").cursor = "9-0";
   assert.equal(Wire.prototype.request.call(fake).key, req.key);
 });
+
+test("`online` or a tab shown again: an attempt that may hang is dropped, a backoff cut short", async () => {
+  const { RETRY_NOW } = await import("../src/sessions.js");
+  const aborted = [];
+  const hanging = { abort: (why) => aborted.push(why) };
+  const wire = Object.assign(Object.create(Wire.prototype), { closed: false, opened: false, current: hanging, wake: {} });
+  wire.nudge("online");
+  assert.deepEqual(aborted, [RETRY_NOW]);
+  let woken = false;
+  Object.assign(wire, { current: null, wake: { resolve: () => { woken = true; } } });
+  wire.nudge("visible");
+  assert.equal(woken, true);
+  // Open on SSE or poll: `online` reconnects (another network, maybe); shown again, SSE checks its silence.
+  const pinged = [];
+  const open = { abort: (why) => aborted.push(why), ping: () => pinged.push("ping") };
+  Object.assign(wire, { current: open, opened: true });
+  wire.nudge("visible");
+  assert.deepEqual(pinged, ["ping"]);
+  wire.nudge("online");
+  assert.deepEqual(aborted, [RETRY_NOW, RETRY_NOW]);
+});
