@@ -143,3 +143,66 @@ test("`online` or a tab shown again: an attempt that may hang is dropped, a back
   wire.nudge("online");
   assert.deepEqual(aborted, [RETRY_NOW, RETRY_NOW]);
 });
+
+// A wire carrying channels a and b, for a session's parsing alone.
+function fakeWire() {
+  const chans = new Map([["a", { name: "a" }], ["b", { name: "b" }]]);
+  return {
+    channels: chans, heartbeatMs: 15000, baseUrl: "", schedule() {},
+    request: () => ({ names: ["a", "b"], chans, query: {}, key: "a\nb" }),
+    carries: (ch) => ch !== undefined && chans.get(ch.name) === ch,
+  };
+}
+
+function recorder() {
+  const seen = [];
+  const handlers = {};
+  for (const name of ["open", "message", "gap", "presence", "position", "refused", "end"]) {
+    handlers[name] = (...args) => seen.push([name, ...args]);
+  }
+  return { seen, handlers };
+}
+
+test("SSE: `expired` ends the stream for a fresh token; `revoked` ends one channel, or all", async () => {
+  const { SseSession } = await import("../src/sessions.js");
+  const { seen, handlers } = recorder();
+  const sse = new SseSession(fakeWire(), handlers);
+  sse.event({ event: "revoked", id: "", data: JSON.stringify({ channel: "b", reason: "banned" }) });
+  assert.equal(seen[0][0], "refused");
+  assert.equal(seen[0][1], "b");
+  assert.equal(seen[0][2].fatal, true);
+  assert.match(seen[0][2].message, /access revoked: banned/);
+  sse.event({ event: "expired", id: "", data: "token expired" });
+  assert.equal(sse.closing.expired, true);
+  sse.event({ event: "revoked", id: "", data: "revoked" });
+  assert.equal(sse.closing.fatal, true);
+  assert.equal(sse.closing.code, 4003);
+});
+
+test("WebSocket: a `revoked` frame ends its channel; ping, refresh and their answers keep their order", async () => {
+  const { WebSocketSession } = await import("../src/sessions.js");
+  globalThis.WebSocket = { OPEN: 1, CONNECTING: 0 };
+  try {
+    const { seen, handlers } = recorder();
+    const wire = fakeWire();
+    const ws = new WebSocketSession(wire, handlers);
+    const sent = [];
+    ws.ws = { readyState: 1, send: (text) => sent.push(JSON.parse(text)), close() {} };
+    ws.channels.set("a", "live");
+    ws.asked.set("a", wire.channels.get("a"));
+    ws.ping();
+    const refreshed = ws.refresh("new.jwt.token");
+    assert.deepEqual(sent, [{ type: "ping" }, { type: "refresh", token: "new.jwt.token" }]);
+    ws.frame(JSON.stringify({ type: "error", reason: "expected a frame of type ..." })); // the ping's answer
+    ws.frame(JSON.stringify({ type: "refreshed", exp: 1234 }));
+    assert.equal(await refreshed, 1234);
+    ws.frame(JSON.stringify({ type: "revoked", channel: "a", reason: "banned" }));
+    assert.equal(seen[0][0], "refused");
+    assert.equal(seen[0][1], "a");
+    const refused = ws.refresh("other.jwt.token");
+    ws.frame(JSON.stringify({ type: "error", reason: "a refreshed token must name the same sub" }));
+    await assert.rejects(refused, /same sub/);
+  } finally {
+    delete globalThis.WebSocket;
+  }
+});
