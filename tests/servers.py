@@ -209,7 +209,7 @@ class GatewayServer:
         args: Sequence[str] = (),
         app: str = "gateway.app:app",
         mount: str = "",
-        http: str = "gateway.protocol:GatewayHttpProtocol",
+        http: str = "gateway.server.protocol:GatewayHttpProtocol",
     ) -> None:
         self.env = dict(env or {})
         self.port = port or free_port()
@@ -245,6 +245,7 @@ class GatewayServer:
         """Start uvicorn and return at once (``start`` waits until it serves)."""
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         env.setdefault("GATEWAY_SHUTDOWN_GRACE", "3")
+        env.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", "65536")  # as the Procfile sets it
         grace = env["GATEWAY_SHUTDOWN_GRACE"]
         args = [
             sys.executable,
@@ -256,7 +257,7 @@ class GatewayServer:
             "--port",
             str(self.port),
             "--loop",
-            "gateway.loop:GreedyAcceptLoop",
+            "gateway.server.loop:GreedyAcceptLoop",
             "--http",
             self.http,
             "--ws-per-message-deflate",
