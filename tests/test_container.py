@@ -32,10 +32,17 @@ import anyio
 import httpx
 import pytest
 import websockets
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.clients import GAP
-from tests.resilient import Follower, Producer, assert_exactly_once_in_order, what_differs
+from tests.resilient import (
+    Follower,
+    Producer,
+    assert_exactly_once_in_order,
+    record,
+    what_differs,
+)
 from tests.servers import ROOT, free_port
 from tests.sse_client import events
 
@@ -48,6 +55,7 @@ HEARTBEAT_S = 2
 POLL_TIMEOUT_S = 25
 STOP_GRACE_S = 20  # compose.yaml's stop_grace_period
 RETRY_PAUSE_S = 0.05
+MOVE_CEILING_S = 8  # 0.2-0.7 s measured here (docs/deploy.md)
 COMMAND_TIMEOUT_S = 600
 
 
@@ -292,6 +300,24 @@ def test_the_image_runs_the_procfile_command() -> None:
     cmd = re.search(r"^CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.M)
     assert cmd, "no CMD in exec form in the Dockerfile"
     assert json.loads(cmd.group(1)) == ["sh", "-c", f"exec {procfile_command()}"]
+
+
+def test_compose_gives_the_drain_its_time_and_the_proxy_every_replica() -> None:
+    """stop_grace_period outlasts GATEWAY_SHUTDOWN_GRACE; the Caddyfile lists each replica."""
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    replicas = sorted(name for name in services if name.startswith("gateway"))
+    assert replicas == ["gateway-1", "gateway-2"]
+    upstreams = re.search(r"reverse_proxy (.+) \{", (ROOT / "deploy" / "Caddyfile").read_text())
+    assert upstreams and upstreams.group(1).split() == [f"{name}:8000" for name in replicas]
+    for name in replicas:
+        service = services[name]
+        grace = re.fullmatch(
+            r"\$\{GATEWAY_SHUTDOWN_GRACE:-(\d+)\}", service["environment"]["GATEWAY_SHUTDOWN_GRACE"]
+        )
+        assert grace, service["environment"]
+        assert service["stop_grace_period"] == f"{STOP_GRACE_S}s"
+        assert STOP_GRACE_S >= int(grace.group(1)) + 5, "SIGKILL would cut the drain"
+        assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
 
 
 @in_containers
@@ -559,9 +585,9 @@ async def test_stopping_a_replica_moves_its_clients_to_the_other_with_nothing_lo
             await anyio.sleep(0.02)
 
     def stop() -> None:
-        started = time.monotonic()
+        stopped["at"] = time.monotonic()
         deployment.compose("stop", "gateway-2")
-        stopped["took_s"] = time.monotonic() - started
+        stopped["took_s"] = time.monotonic() - stopped["at"]
 
     try:
         async with (
@@ -582,6 +608,11 @@ async def test_stopping_a_replica_moves_its_clients_to_the_other_with_nothing_lo
                         tasks.start_soon(follow_poll, readers_client, channel, reader, since)
                     with anyio.fail_after(15):
                         await reader.ready.wait()
+                for transport in ("sse", "websocket"):
+                    moving = await anyio.to_thread.run_sync(
+                        deployment.connections_on, "gateway-2", transport
+                    )
+                    assert moving >= 1, f"round robin put no {transport} client on gateway-2"
                 async with anyio.create_task_group() as production:
                     production.start_soon(produce, producer)
                     with anyio.fail_after(30):
@@ -599,6 +630,11 @@ async def test_stopping_a_replica_moves_its_clients_to_the_other_with_nothing_lo
             except AssertionError as failed:
                 failures.append(f"{name}: {failed}\n  {what_differs(reader, Producer(acked))}")
         assert not failures, "\n".join(failures)
+        # A message every ~20 ms throughout: a long silence is an outage (a proxy
+        # that took the healthy replica out too, as a passive check did, was 10 s).
+        record("container: compose stop gateway-2", dict(readers), stopped["at"])
+        silences = {name: round(r.longest_silence(stopped["at"]), 2) for name, r in readers.items()}
+        assert max(silences.values()) < MOVE_CEILING_S, f"clients waited long to move: {silences}"
         told = {name: r.told_retry for name, r in readers.items() if name.startswith("sse")}
         assert sum(1 for n in told.values() if n) >= 1, f"no SSE stream was told retry: {told}"
         codes = {name: r.close_codes for name, r in readers.items() if name.startswith("websocket")}
