@@ -33,6 +33,7 @@ import httpx
 import pytest
 import websockets
 import yaml
+from playwright.sync_api import sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.clients import GAP
@@ -45,6 +46,7 @@ from tests.resilient import (
 )
 from tests.servers import ROOT, free_port
 from tests.sse_client import events
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, wait_open, wait_rows
 
 BASE_IMAGE = "localhost/gateway-standin-base:bookworm"
 REDIS_IMAGE = "localhost/gateway-standin-redis:bookworm"
@@ -55,7 +57,6 @@ HEARTBEAT_S = 2
 POLL_TIMEOUT_S = 25
 STOP_GRACE_S = 20  # compose.yaml's stop_grace_period
 RETRY_PAUSE_S = 0.05
-MOVE_CEILING_S = 8  # 0.2-0.7 s measured here (docs/deploy.md)
 COMMAND_TIMEOUT_S = 600
 
 
@@ -273,20 +274,34 @@ def deployment(
 
 
 def _wait_until_served(deployment: Deployment) -> None:
-    deadline = time.monotonic() + 60
+    """Until the proxy sends requests to both replicas: two SSE streams, one on each."""
+    deadline = time.monotonic() + 90
     proxy = deployment.container("proxy")
     while True:
         try:
             if not deployment.ca.exists():
                 deployment.podman.podman("cp", f"{proxy}:{CADDY_CA}", str(deployment.ca))
-            tls = ssl.create_default_context(cafile=str(deployment.ca))
-            with httpx.Client(http2=True, verify=tls, timeout=5) as client:
-                if client.get(f"{deployment.url}/readyz").status_code == 200:
-                    return
+            if _both_replicas_take_streams(deployment):
+                return
         except (AssertionError, httpx.HTTPError, OSError):
             if time.monotonic() > deadline:
                 raise
+        assert time.monotonic() < deadline, "the proxy never sent streams to both replicas"
         time.sleep(0.5)
+
+
+def _both_replicas_take_streams(deployment: Deployment) -> bool:
+    """Two streams opened one after the other: round robin puts them apart once both are in."""
+    tls = ssl.create_default_context(cafile=str(deployment.ca))
+    with httpx.Client(base_url=deployment.url, http2=True, verify=tls, timeout=10) as client:
+        with client.stream("GET", "/sse/warm-up") as first:
+            assert first.status_code == 200
+            next(first.iter_lines())  # ": subscribed"
+            with client.stream("GET", "/sse/warm-up") as second:
+                assert second.status_code == 200
+                next(second.iter_lines())
+                replicas = ("gateway-1", "gateway-2")
+                return all(deployment.connections_on(name, "sse") >= 1 for name in replicas)
 
 
 def procfile_command() -> str:
@@ -478,6 +493,41 @@ async def test_a_quiet_stream_and_a_long_poll_outlast_the_proxy(deployment, chan
     assert len(gaps) == 3 and all(gap < HEARTBEAT_S * 4 for gap in gaps), gaps
 
 
+@in_containers
+@pytest.mark.browser
+@pytest.mark.parametrize("transport", ["websocket", "sse", "poll"])
+def test_the_demo_page_in_chromium_through_the_proxy_over_http2(deployment, channel, transport):
+    """Chromium loads the demo over HTTP/2 through the proxy and shows what each replica took."""
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        # The certificate is from the proxy's local CA, which this Chromium does not
+        # trust; Playwright's ignore_https_errors does not reach the WebSocket that
+        # the client's SharedWorker opens, this flag does.
+        args = [*CHROMIUM_ARGS, "--ignore-certificate-errors"]
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            context = browser.new_context()
+            page = context.new_page()
+            page.set_default_timeout(WAIT_MS)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            query = httpx.QueryParams(channel=channel, transport=transport, name="tester")
+            page.goto(f"{deployment.url}/?{query}")
+            wait_open(page, transport)
+            protocol = page.evaluate(
+                "() => performance.getEntriesByType('navigation')[0].nextHopProtocol"
+            )
+            ids = [
+                deployment.publish_on("gateway-1", channel, "via one"),
+                deployment.publish_on("gateway-2", channel, "via two"),
+            ]
+            shown = wait_rows(page, 2)
+        finally:
+            browser.close()
+    assert protocol == "h2"
+    assert [row["id"] for row in shown] == ids
+    assert errors == []
+
+
 @dataclass
 class Moved(Follower):
     """A follower that also notes how its server let it go."""
@@ -569,6 +619,7 @@ async def test_stopping_a_replica_moves_its_clients_to_the_other_with_nothing_lo
     readers = {f"sse{n}": Moved() for n in range(4)} | {f"websocket{n}": Moved() for n in range(2)}
     readers |= {f"poll{n}": Moved() for n in range(2)}
     acked: list[str] = []
+    no_replica: list[str] = []
     stopped: dict[str, float] = {}
 
     async def produce(client: httpx.AsyncClient) -> None:
@@ -580,6 +631,10 @@ async def test_stopping_a_replica_moves_its_clients_to_the_other_with_nothing_lo
                 if answer.status_code == 201:
                     acked.append(answer.json()["id"])
                     after_stop += "took_s" in stopped
+                elif answer.status_code == 503 and "uvicorn" not in answer.headers.get(
+                    "server", ""
+                ):
+                    no_replica.append(answer.text)  # the proxy's own 503, not a draining gateway's
             except httpx.HTTPError:
                 pass
             await anyio.sleep(0.02)
@@ -630,11 +685,11 @@ async def test_stopping_a_replica_moves_its_clients_to_the_other_with_nothing_lo
             except AssertionError as failed:
                 failures.append(f"{name}: {failed}\n  {what_differs(reader, Producer(acked))}")
         assert not failures, "\n".join(failures)
-        # A message every ~20 ms throughout: a long silence is an outage (a proxy
-        # that took the healthy replica out too, as a passive check did, was 10 s).
+        # One replica was up throughout: a proxy that found none (a passive health
+        # check counted a failed retry against the healthy one too) kept every
+        # client waiting 10 s. The time each waited is recorded, not judged.
+        assert not no_replica, f"the proxy had no replica {len(no_replica)} times: {no_replica[:1]}"
         record("container: compose stop gateway-2", dict(readers), stopped["at"])
-        silences = {name: round(r.longest_silence(stopped["at"]), 2) for name, r in readers.items()}
-        assert max(silences.values()) < MOVE_CEILING_S, f"clients waited long to move: {silences}"
         told = {name: r.told_retry for name, r in readers.items() if name.startswith("sse")}
         assert sum(1 for n in told.values() if n) >= 1, f"no SSE stream was told retry: {told}"
         codes = {name: r.close_codes for name, r in readers.items() if name.startswith("websocket")}
