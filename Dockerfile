@@ -23,10 +23,11 @@ RUN pip install ${PIP_INDEX_URL:+--index-url "$PIP_INDEX_URL"} \
         -r /src/requirements.txt
 COPY . /src
 WORKDIR /src
-# The gateway's code beside its static files, served from /app. Once the
-# project installs with pip, this line becomes:
-#   RUN pip install --no-deps . && mkdir /app
-RUN mkdir /app && cp -r gateway static /app/
+# The gateway as a package (its static files and Lua inside it); its
+# dependencies are the layer above, pinned as on the Procfile's platform.
+RUN pip install ${PIP_INDEX_URL:+--index-url "$PIP_INDEX_URL"} \
+        ${PIP_EXTRA_INDEX_URL:+--extra-index-url "$PIP_EXTRA_INDEX_URL"} \
+        --no-deps . && mkdir /app
 # pip and setuptools serve the build only: 25 MB the image need not carry.
 RUN pip uninstall -y -q pip setuptools
 
@@ -37,6 +38,8 @@ COPY deploy/healthcheck.py /app/healthcheck.py
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /app \
         --shell /usr/sbin/nologin gateway
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PORT=8000
+# websockets' documented line limit, as the Procfile sets it (docs/routes.md: 414/431).
+ENV WEBSOCKETS_MAX_LINE_LENGTH=65536
 WORKDIR /app
 # Numeric, so that Kubernetes' runAsNonRoot can tell it is not root.
 USER 10001:10001
@@ -47,4 +50,4 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python", "/app/healthcheck.py"]
 # The Procfile's command (tests/test_container.py checks they agree): exec
 # makes uvicorn PID 1, so SIGTERM reaches it and starts the drain.
-CMD ["sh", "-c", "exec uvicorn gateway.app:app --host 0.0.0.0 --port $PORT --loop gateway.loop:GreedyAcceptLoop --http gateway.protocol:GatewayHttpProtocol --no-access-log --proxy-headers --forwarded-allow-ips '*' --ws-per-message-deflate false --ws-max-size ${GATEWAY_WS_MAX_FRAME_BYTES:-131072} --ws-ping-interval ${GATEWAY_HEARTBEAT:-15} --ws-ping-timeout ${GATEWAY_HEARTBEAT:-15} --timeout-graceful-shutdown ${GATEWAY_SHUTDOWN_GRACE:-10}"]
+CMD ["sh", "-c", "exec uvicorn gateway.app:app --host 0.0.0.0 --port $PORT --loop gateway.server.loop:GreedyAcceptLoop --http gateway.server.protocol:GatewayHttpProtocol --no-access-log --proxy-headers --forwarded-allow-ips '*' --ws-per-message-deflate false --ws-max-size ${GATEWAY_WS_MAX_FRAME_BYTES:-131072} --ws-ping-interval ${GATEWAY_HEARTBEAT:-15} --ws-ping-timeout ${GATEWAY_HEARTBEAT:-15} --timeout-graceful-shutdown ${GATEWAY_SHUTDOWN_GRACE:-10}"]

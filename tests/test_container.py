@@ -304,17 +304,28 @@ def _both_replicas_take_streams(deployment: Deployment) -> bool:
                 return all(deployment.connections_on(name, "sse") >= 1 for name in replicas)
 
 
-def procfile_command() -> str:
+def procfile_command() -> tuple[dict[str, str], str]:
+    """The Procfile's command: the variables it sets first, and the rest."""
     line = (ROOT / "Procfile").read_text().strip()
     assert line.startswith("web: ")
-    return line.removeprefix("web: ")
+    words = line.removeprefix("web: ").split(" ")
+    assignments = {}
+    while re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+        name, _, value = words.pop(0).partition("=")
+        assignments[name] = value
+    return assignments, " ".join(words)
 
 
 def test_the_image_runs_the_procfile_command() -> None:
-    """The Dockerfile's CMD is the Procfile's command, exec'd so that uvicorn is PID 1."""
-    cmd = re.search(r"^CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.M)
+    """The Dockerfile's CMD is the Procfile's command, exec'd so that uvicorn is PID 1; the
+    variables the Procfile sets before it are the image's ENV."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.M)
     assert cmd, "no CMD in exec form in the Dockerfile"
-    assert json.loads(cmd.group(1)) == ["sh", "-c", f"exec {procfile_command()}"]
+    assignments, command = procfile_command()
+    assert json.loads(cmd.group(1)) == ["sh", "-c", f"exec {command}"]
+    for name, value in assignments.items():
+        assert re.search(rf"^ENV .*\b{name}={value}\b", dockerfile, re.M), name
 
 
 def test_compose_gives_the_drain_its_time_and_the_proxy_every_replica() -> None:
