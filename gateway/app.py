@@ -39,6 +39,7 @@ from gateway.presence import Presence
 from gateway.presence_route import make_presence_store, presence_endpoint
 from gateway.publish import publish_endpoint
 from gateway.settings import Settings
+from gateway.shutdown import signals_watched
 from gateway.state import Gateway, gateway_of
 from gateway.stats import stats_running
 from gateway.transports.common import refusal, route_path
@@ -256,14 +257,15 @@ async def _started(settings: Settings) -> AsyncIterator[Gateway]:
     presence = Presence(make_presence_store(hub.broker), settings)
     gateway = Gateway(settings, hub, metrics, guard, presence)
     collector = Collector(lambda: gateway.open_connections, lambda: gateway.closed_connections)
-    async with (
-        sole_worker() if not settings.redis_url else nullcontext(),
-        hub.running(),
-        presence.running(),
-        stats_running(hub, metrics, settings.stats_interval_s),
-        collector_running(collector),
-    ):
-        yield gateway
+    with signals_watched():
+        async with (
+            sole_worker() if not settings.redis_url else nullcontext(),
+            hub.running(),
+            presence.running(),
+            stats_running(hub, metrics, settings.stats_interval_s),
+            collector_running(collector),
+        ):
+            yield gateway
 
 
 def _configure_logging() -> None:
