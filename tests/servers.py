@@ -194,12 +194,16 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+SERVERS = ("uvicorn", "hypercorn", "granian")
+
+
 class GatewayServer:
-    """``uvicorn gateway.app:app`` in a subprocess, on a free port.
+    """``uvicorn gateway.app:app`` (or ``server``: hypercorn, granian) in a subprocess, on a free port.
 
     ``app`` may name another ASGI app (a parent that mounts the gateway at
     ``mount``): ``url`` and ``ws_url`` then lead to the gateway under it,
-    and the parent must answer ``/healthz`` itself.
+    and the parent must answer ``/healthz`` itself. ``args`` are more
+    options for the server chosen; ``http`` is uvicorn's protocol.
     """
 
     def __init__(
@@ -210,10 +214,13 @@ class GatewayServer:
         app: str = "gateway.app:app",
         mount: str = "",
         http: str = "gateway.protocol:GatewayHttpProtocol",
+        server: str = "uvicorn",
     ) -> None:
+        assert server in SERVERS, server
+        self.server = server
         self.env = dict(env or {})
         self.port = port or free_port()
-        self.args = list(args)  # more uvicorn options
+        self.args = list(args)  # more options for the server
         self.app = app
         self.mount = mount
         self.http = http  # as the Procfile runs it; "httptools" for uvicorn's own
@@ -242,19 +249,34 @@ class GatewayServer:
         return self
 
     def spawn(self) -> subprocess.Popen[bytes]:
-        """Start uvicorn and return at once (``start`` waits until it serves)."""
+        """Start the server and return at once (``start`` waits until it serves)."""
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         env.setdefault("GATEWAY_SHUTDOWN_GRACE", "3")
-        grace = env["GATEWAY_SHUTDOWN_GRACE"]
-        args = [
-            sys.executable,
-            "-m",
+        args = [sys.executable, "-m", *self.command(env["GATEWAY_SHUTDOWN_GRACE"]), *self.args]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=log, stderr=log, preexec_fn=_death_pact()
+        )
+        log.close()
+        return self.proc
+
+    def command(self, grace: str) -> list[str]:
+        """The server's module and options, as the README runs it."""
+        port = str(self.port)
+        if self.server == "hypercorn":
+            bind = f"127.0.0.1:{port}"
+            return ["hypercorn", self.app, "--bind", bind, "--graceful-timeout", grace,
+                    "--log-level", "warning"]  # fmt: skip
+        if self.server == "granian":
+            return ["granian", "--interface", "asgi", self.app, "--host", "127.0.0.1",
+                    "--port", port, "--log-level", "warning"]  # fmt: skip
+        return [
             "uvicorn",
             self.app,
             "--host",
             "127.0.0.1",
             "--port",
-            str(self.port),
+            port,
             "--loop",
             "gateway.loop:GreedyAcceptLoop",
             "--http",
@@ -265,14 +287,7 @@ class GatewayServer:
             grace,
             "--log-level",
             "warning",
-            *self.args,
         ]
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            args, env=env, cwd=ROOT, stdout=log, stderr=log, preexec_fn=_death_pact()
-        )
-        log.close()
-        return self.proc
 
     def alive(self) -> bool:
         assert self.proc is not None
