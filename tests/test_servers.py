@@ -37,10 +37,11 @@ from tests.test_shutdown import CLEAN_EXIT, terminated_with_every_client
 pytestmark = pytest.mark.anyio
 
 # name: (GatewayServer options, the broker it runs on)
-SETUPS: dict[str, tuple[dict[str, str], str]] = {
+SETUPS: dict[str, tuple[dict[str, Any], str]] = {
     "uvicorn-procfile": ({}, "memory"),
     "uvicorn-h11": ({"http": "h11"}, "memory"),
-    "hypercorn": ({"server": "hypercorn"}, "memory"),
+    "hypercorn": ({"server": "hypercorn"}, "memory"),  # one worker process, as by default
+    "hypercorn-w0": ({"server": "hypercorn", "args": ["-w", "0"]}, "memory"),  # in-process
     "granian": ({"server": "granian"}, "memory"),
     "fastapi-mount": ({"app": "tests.embedded_apps:fastapi_app", "mount": "/realtime"}, "redis"),
 }
