@@ -110,6 +110,7 @@ class _ServerStop:
             if signal.getsignal(number) == self._handle:
                 signal.signal(number, previous)
         self._previous.clear()
+        self.signalled = False  # (a process that runs gateways one after another: tests)
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
         self.signalled = True

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,7 @@ import h2.connection
 import httpx
 import pytest
 
+from gateway.shutdown import SERVER_STOP
 from gateway.transports.departure import within
 from tests.clients import TRANSPORTS, Reader, on_every_transport, publish, reader_for
 from tests.conftest import gateway_env
@@ -263,3 +265,23 @@ async def test_hypercorn_with_workers_on_the_embedded_broker_fails_visibly():
         assert "refusing to start" in server.log()
     finally:
         server.close()
+
+
+def test_a_signal_reaches_the_gateway_then_the_server_handler_it_came_before():
+    """Where the server handles SIGTERM itself (granian's workers), the gateway hears it first,
+    passes it on, and puts the server's handler back when the last gateway stops."""
+    heard: list[int] = []
+
+    def servers_own(number: int, frame: object) -> None:
+        heard.append(number)
+
+    previous = signal.signal(signal.SIGTERM, servers_own)
+    try:
+        with SERVER_STOP.watched():
+            assert not SERVER_STOP.requested()
+            signal.raise_signal(signal.SIGTERM)
+            assert SERVER_STOP.requested() and heard == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is servers_own
+        assert not SERVER_STOP.requested()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
