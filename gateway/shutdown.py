@@ -15,11 +15,13 @@ way, and tell every client to reconnect at once:
   sees the signal), the ``shutdown_event`` its parent sets and the worker
   polls, found in the worker process's own arguments; with ``-w 0`` the
   signal reaches this process's event loop, as below.
-* Any other server whose signal reaches this process (granian's workers, run
-  from their parent's SIGTERM, handle it in their event loop): our own
-  handler for SIGTERM and SIGINT, ahead of the server's, which it calls
-  next (``signals_watched``). The loop still sees the signal: Python's
-  handler does not replace the event loop's wakeup descriptor.
+* granian: its worker's handler in the event loop is replaced by ours,
+  which tells every client to reconnect and hands the signal to granian's
+  ``DEFER_S`` later: granian drops every WebSocket once its handler ran.
+* Any other server whose signal reaches this process (hypercorn ``-w 0``):
+  our own handler for SIGTERM and SIGINT, ahead of the server's, which it
+  calls next (``signals_watched``). The loop still sees the signal:
+  Python's handler does not replace the event loop's wakeup descriptor.
 
 Each is checked against what it touches and stays quiet when it does not
 fit; a server none of them fits drains at its lifespan's shutdown only.
@@ -27,21 +29,26 @@ fit; a server none of them fits drains at its lifespan's shutdown only.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import multiprocessing
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import FrameType
+from types import FrameType, FunctionType
 from typing import Any
 
 import anyio
 
 logger = logging.getLogger("gateway")
 POLL_S = 0.1
+DEFER_S = 0.2  # granian's handler after ours: the clients' last words leave first
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 Handler = Callable[[int, FrameType | None], Any] | int | None
+Now = Callable[[], None] | None
 
 
 class _ServerStop:
@@ -51,6 +58,8 @@ class _ServerStop:
         self.signalled = False
         self._users = 0
         self._previous: dict[int, Handler] = {}
+        self._waiting: set[tuple[asyncio.AbstractEventLoop, asyncio.Event, Now]] = set()
+        self._granian: tuple[asyncio.AbstractEventLoop, Callable[..., Any]] | None = None
 
     def requested(self) -> bool:
         if self.signalled or _uvicorn_should_exit():
@@ -77,6 +86,11 @@ class _ServerStop:
             return
         if threading.current_thread() is not threading.main_thread():
             return  # (an app run in a thread: a test client) signals are not ours to take
+        granian = _granian_handler()
+        if granian is not None:
+            self._defer(granian)
+            logger.info("shutdown: granian's signal handler runs %.1f s after ours", DEFER_S)
+            return
         hypercorn = _hypercorn_shutdown_event() is not None
         self._chain(hypercorn)
         if hypercorn:
@@ -105,21 +119,69 @@ class _ServerStop:
             self._previous[number] = previous
             signal.signal(number, self._handle)
 
+    def _defer(self, granian: Callable[..., Any]) -> None:
+        """Ours in the loop instead of granian's, which runs ``DEFER_S`` later.
+
+        granian drops every WebSocket as soon as its handler ran, before
+        any close frame (emmett-framework/granian#796); ours first tells
+        every client to reconnect, then hands the signal on.
+        """
+        loop = asyncio.get_running_loop()
+        for number in SIGNALS:
+            loop.add_signal_handler(number, self._deferring, number, granian)
+        self._granian = (loop, granian)
+
+    def _deferring(self, number: int, granian: Callable[..., Any]) -> None:
+        self.signalled = True
+        for _, woken, now in self._waiting:
+            _wake(woken, now)
+        asyncio.get_running_loop().call_later(DEFER_S, granian, number, None)
+
     def _restore(self) -> None:
+        if self._granian is not None:
+            loop, granian = self._granian
+            self._granian = None
+            if not loop.is_closed():
+                for each in SIGNALS:
+                    loop.add_signal_handler(each, granian, each, None)
         for number, previous in self._previous.items():
             if signal.getsignal(number) == self._handle:
                 signal.signal(number, previous)
         self._previous.clear()
         self.signalled = False  # (a process that runs gateways one after another: tests)
 
+    async def wait(self, now: Now = None) -> None:
+        """Until the server is asked to stop: within POLL_S, and on a signal we handle at
+        once, ``now`` first (synchronous, in the loop's next turn: the hub's close)."""
+        woken = asyncio.Event()
+        waiting = (asyncio.get_running_loop(), woken, now)
+        self._waiting.add(waiting)
+        try:
+            while not self.requested():
+                with anyio.move_on_after(POLL_S):
+                    await woken.wait()
+        finally:
+            self._waiting.discard(waiting)
+
     def _handle(self, number: int, frame: FrameType | None) -> None:
         self.signalled = True
+        # The loop runs the server's own handler from its wakeup descriptor, after this
+        # Python handler: what is scheduled here runs first. granian drops every
+        # WebSocket once its handler ran; close frames sent before that get through.
+        for loop, woken, now in self._waiting:
+            loop.call_soon_threadsafe(_wake, woken, now)
         previous = self._previous.get(number)
         if callable(previous):
             previous(number, frame)
 
 
 SERVER_STOP = _ServerStop()
+
+
+def _wake(woken: asyncio.Event, now: Now) -> None:
+    if now is not None:
+        now()
+    woken.set()
 
 
 def _uvicorn_should_exit() -> bool | None:
@@ -129,6 +191,20 @@ def _uvicorn_should_exit() -> bool | None:
     if server is None or not hasattr(server, "should_exit"):
         return None
     return bool(server.should_exit)
+
+
+def _granian_handler() -> Callable[..., Any] | None:
+    """granian's worker signal handler (``granian._signals.set_loop_signals``), if any."""
+    if "granian._signals" not in sys.modules:
+        return None
+    for found in gc.get_objects():  # (once, at start: it lives only in the loop's handle)
+        if (
+            isinstance(found, FunctionType)
+            and found.__module__ == "granian._signals"
+            and found.__qualname__ == "set_loop_signals.<locals>.signal_handler"
+        ):
+            return found
+    return None
 
 
 def _hypercorn_shutdown_event() -> Any:
@@ -144,7 +220,4 @@ def _hypercorn_shutdown_event() -> Any:
 signals_watched = SERVER_STOP.watched
 
 
-async def wait_for_exit_signal() -> None:
-    # No server offers an event to await, only flags its signal handling sets.
-    while not SERVER_STOP.requested():  # noqa: ASYNC110
-        await anyio.sleep(POLL_S)
+wait_for_exit_signal = SERVER_STOP.wait
