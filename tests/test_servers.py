@@ -24,9 +24,11 @@ from typing import Any
 import anyio
 import h2.config
 import h2.connection
+import h2.settings
 import httpx
 import pytest
 
+from gateway.hub import STALL_S
 from gateway.shutdown import SERVER_STOP
 from gateway.transports.departure import within
 from tests.clients import TRANSPORTS, Reader, on_every_transport, publish, reader_for
@@ -204,6 +206,34 @@ async def test_over_http2_sse_and_poll_deliver(hypercorn_h2, channel):
     assert [m["id"] for m in answer["messages"]] == [message_id]
 
 
+@pytest.mark.slow
+async def test_over_http2_a_poll_whose_answer_cannot_leave_is_let_go(hypercorn_h2, channel):
+    """A client that gives the stream no flow-control window: hypercorn's ``send`` of the
+    answer never returns. The poll is let go ``hub.STALL_S`` (30 s) after its answer."""
+    _, writer = await asyncio.open_connection("127.0.0.1", hypercorn_h2.port)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.local_settings = h2.settings.Settings(
+        client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
+    )
+    conn.initiate_connection()
+    path = f"/poll/{channel}?timeout=1"
+    head = [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "x")]
+    conn.send_headers(1, head, end_stream=True)
+    writer.write(conn.data_to_send())
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=30) as http:
+        with anyio.fail_after(10):
+            while await _open_count(http, hypercorn_h2) < 1:
+                await anyio.sleep(0.05)
+        await anyio.sleep(5)
+        assert await _open_count(http, hypercorn_h2) == 1  # answered at 1 s, not sent
+        with anyio.fail_after(STALL_S + 10):
+            while await _open_count(http, hypercorn_h2) > 0:
+                await anyio.sleep(0.5)
+    assert time.monotonic() - started > STALL_S
+    writer.close()
+
+
 async def test_an_answer_whose_send_never_returns_is_given_up():
     """A poll's answer through ASGI is bounded: hypercorn's HTTP/2 send may wait for ever."""
     sent: list[str] = []
@@ -224,12 +254,12 @@ async def test_an_answer_whose_send_never_returns_is_given_up():
 
 
 @pytest.fixture(params=list(SETUPS))
-def doomed(request: pytest.FixtureRequest) -> Iterator[tuple[str, GatewayServer]]:
+def doomed(request: pytest.FixtureRequest) -> Iterator[GatewayServer]:
     redis = _redis_if_needed(request, request.param)
     server = _server(
         request.param, redis, GATEWAY_SHUTDOWN_GRACE=str(GRACE_S), GATEWAY_HEARTBEAT="20"
     ).start()
-    yield request.param, server
+    yield server
     server.close()
 
 
@@ -237,7 +267,7 @@ def doomed(request: pytest.FixtureRequest) -> Iterator[tuple[str, GatewayServer]
 async def test_sigterm_tells_every_client_to_reconnect_and_exits_in_time(doomed, channel):
     """SSE ``retry:`` then its end, a waiting poll answered 200, WebSocket 1012, exit within
     the grace, no traceback in the log (tests/test_shutdown.py's clients)."""
-    setup, server = doomed
+    server = doomed
     cursor = await publish(server.url, channel, "before")
     seen, code, took = await terminated_with_every_client(server, channel, cursor)
     assert code in CLEAN_EXIT and took < GRACE_S + 2, (code, took)
