@@ -133,7 +133,7 @@ class _ServerStop:
 
     def _deferring(self, number: int, granian: Callable[..., Any]) -> None:
         self.signalled = True
-        for _, woken, now in self._waiting:
+        for _, woken, now in list(self._waiting):
             _wake(woken, now)
         asyncio.get_running_loop().call_later(DEFER_S, granian, number, None)
 
@@ -168,7 +168,7 @@ class _ServerStop:
         # The loop runs the server's own handler from its wakeup descriptor, after this
         # Python handler: what is scheduled here runs first. granian drops every
         # WebSocket once its handler ran; close frames sent before that get through.
-        for loop, woken, now in self._waiting:
+        for loop, woken, now in list(self._waiting):
             loop.call_soon_threadsafe(_wake, woken, now)
         previous = self._previous.get(number)
         if callable(previous):

@@ -151,10 +151,10 @@ class EventStream(Stream):
                     sub.writer = asyncio.current_task()
                     await receive()  # the (empty) request body of a GET
                     write = stream_writer(sub, send)
-                    await write(OPENING)
                     # Inline, not through a helper coroutine: each frame held for a
                     # connection's life costs memory per idle client (bench/, e).
                     try:
+                        await write(OPENING)
                         if on_http_lost(scope, sub.client_gone) is not None:
                             await _pump(sub, write, scope)
                         else:  # not uvicorn's httptools: ASGI's own word (departure.py)
