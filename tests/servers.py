@@ -194,11 +194,11 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-SERVERS = ("uvicorn", "hypercorn", "granian")
+SERVERS = ("uvicorn", "hypercorn", "granian", "gunicorn")
 
 
 class GatewayServer:
-    """``uvicorn gateway.app:app`` (or ``server``: hypercorn, granian) in a subprocess, on a free port.
+    """``uvicorn gateway.app:app`` (or ``server``: hypercorn, granian, gunicorn) in a subprocess.
 
     ``app`` may name another ASGI app (a parent that mounts the gateway at
     ``mount``): ``url`` and ``ws_url`` then lead to the gateway under it,
@@ -267,6 +267,10 @@ class GatewayServer:
             bind = f"127.0.0.1:{port}"
             return ["hypercorn", self.app, "--bind", bind, "--graceful-timeout", grace,
                     "--log-level", "warning"]  # fmt: skip
+        if self.server == "gunicorn":  # one uvicorn worker
+            bind = f"127.0.0.1:{port}"
+            return ["gunicorn", self.app, "-k", "uvicorn.workers.UvicornWorker", "-b", bind,
+                    "--graceful-timeout", grace, "--log-level", "warning"]  # fmt: skip
         if self.server == "granian":
             return ["granian", "--interface", "asgi", self.app, "--host", "127.0.0.1",
                     "--port", port, "--log-level", "warning"]  # fmt: skip

@@ -2,8 +2,9 @@
 
 Each setup serves the gateway as a user would: uvicorn with the gateway's
 HTTP protocol (the Procfile), plain uvicorn with ``--http h11``, hypercorn
-(HTTP/1.1, and HTTP/2 without TLS for the routes httpx speaks it on),
-granian, and the README's FastAPI mount on uvicorn. For each: a fair part
+(HTTP/1.1 with its default worker process and with ``-w 0``, and HTTP/2
+without TLS), granian, gunicorn with one uvicorn worker, and the README's
+FastAPI mount on uvicorn. For each: a fair part
 of the contract (ids and order on every transport, resume, several
 channels), a departed client let go within 2 s (measured by the
 ``gateway_connections`` gauge and ``GATEWAY_MAX_CONNECTIONS`` places, as
@@ -47,6 +48,7 @@ SETUPS: dict[str, tuple[dict[str, Any], str]] = {
     "hypercorn": ({"server": "hypercorn"}, "memory"),  # one worker process, as by default
     "hypercorn-w0": ({"server": "hypercorn", "args": ["-w", "0"]}, "memory"),  # in-process
     "granian": ({"server": "granian"}, "memory"),
+    "gunicorn": ({"server": "gunicorn"}, "memory"),  # with one uvicorn worker
     "fastapi-mount": ({"app": "tests.embedded_apps:fastapi_app", "mount": "/realtime"}, "redis"),
 }
 GRACE_S = 5
