@@ -4,7 +4,7 @@ Each setup serves the gateway as a user would: uvicorn with the gateway's
 HTTP protocol (the Procfile), plain uvicorn with ``--http h11``, hypercorn
 (HTTP/1.1 with its default worker process and with ``-w 0``, and HTTP/2
 without TLS), granian, gunicorn with one uvicorn worker, and the README's
-FastAPI mount on uvicorn. For each: a fair part
+FastAPI and Starlette mounts on uvicorn. For each: a fair part
 of the contract (ids and order on every transport, resume, several
 channels), a departed client let go within 2 s (measured by the
 ``gateway_connections`` gauge and ``GATEWAY_MAX_CONNECTIONS`` places, as
@@ -50,6 +50,10 @@ SETUPS: dict[str, tuple[dict[str, Any], str]] = {
     "granian": ({"server": "granian"}, "memory"),
     "gunicorn": ({"server": "gunicorn"}, "memory"),  # with one uvicorn worker
     "fastapi-mount": ({"app": "tests.embedded_apps:fastapi_app", "mount": "/realtime"}, "redis"),
+    "starlette-mount": (
+        {"app": "tests.embedded_apps:starlette_app", "mount": "/realtime"},
+        "redis",
+    ),
 }
 GRACE_S = 5
 FREED_WITHIN_S = 2.0
