@@ -45,7 +45,7 @@ import anyio
 
 logger = logging.getLogger("gateway")
 POLL_S = 0.1
-DEFER_S = 0.2  # granian's handler after ours: the clients' last words leave first
+DEFER_S = 0.5  # granian's handler after ours: the clients' last words leave first
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 Handler = Callable[[int, FrameType | None], Any] | int | None
 Now = Callable[[], None] | None
