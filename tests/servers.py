@@ -213,7 +213,7 @@ class GatewayServer:
         args: Sequence[str] = (),
         app: str = "gateway.app:app",
         mount: str = "",
-        http: str = "gateway.protocol:GatewayHttpProtocol",
+        http: str = "gateway.server.protocol:GatewayHttpProtocol",
         server: str = "uvicorn",
     ) -> None:
         assert server in SERVERS, server
@@ -252,6 +252,7 @@ class GatewayServer:
         """Start the server and return at once (``start`` waits until it serves)."""
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         env.setdefault("GATEWAY_SHUTDOWN_GRACE", "3")
+        env.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", "65536")  # as the Procfile sets it
         args = [sys.executable, "-m", *self.command(env["GATEWAY_SHUTDOWN_GRACE"]), *self.args]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -282,7 +283,7 @@ class GatewayServer:
             "--port",
             port,
             "--loop",
-            "gateway.loop:GreedyAcceptLoop",
+            "gateway.server.loop:GreedyAcceptLoop",
             "--http",
             self.http,
             "--ws-per-message-deflate",

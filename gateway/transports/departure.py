@@ -34,7 +34,7 @@ from typing import TypeVar
 import anyio
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.transports.direct import on_http_lost
+from gateway.server.direct import on_http_lost
 
 T = TypeVar("T")
 Lost = Callable[[], None]
