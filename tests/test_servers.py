@@ -45,6 +45,8 @@ pytestmark = pytest.mark.anyio
 SETUPS: dict[str, tuple[dict[str, Any], str]] = {
     "uvicorn-procfile": ({}, "memory"),
     "uvicorn-h11": ({"http": "h11"}, "memory"),
+    # The Procfile's server with every acceleration off: the plain ASGI path beside it.
+    "uvicorn-plain": ({"env": {"GATEWAY_ACCELERATIONS": "none"}}, "memory"),
     "hypercorn": ({"server": "hypercorn"}, "memory"),  # one worker process, as by default
     "hypercorn-w0": ({"server": "hypercorn", "args": ["-w", "0"]}, "memory"),  # in-process
     "granian": ({"server": "granian"}, "memory"),
@@ -60,12 +62,12 @@ FREED_WITHIN_S = 2.0
 
 
 def _server(setup: str, redis: RedisServer | None, **extra: str) -> GatewayServer:
-    options, broker = SETUPS[setup]
+    options, broker = dict(SETUPS[setup][0]), SETUPS[setup][1]
     server = options.get("server", "uvicorn")
     if server != "uvicorn" and importlib.util.find_spec(server) is None:
         pytest.skip(f"{server} is not installed (requirements-dev.txt)")
     env = gateway_env(broker, redis if broker == "redis" else None, **extra)
-    return GatewayServer(env, **options)
+    return GatewayServer({**env, **options.pop("env", {})}, **options)
 
 
 @pytest.fixture(scope="module", params=list(SETUPS))
