@@ -42,6 +42,26 @@ def _death_pact() -> Callable[[], None] | None:
     return _die_with_parent if threading.current_thread() is threading.main_thread() else None
 
 
+def _own_group(pact: Callable[[], None] | None) -> Callable[[], None]:
+    """In the child: a process group of its own (its workers too), then the death pact.
+
+    hypercorn, granian and gunicorn run the app in worker processes: killing
+    the parent alone left them running, orphaned, each holding a core's slice.
+    """
+
+    def preexec() -> None:
+        os.setsid()
+        if pact is not None:
+            pact()
+
+    return preexec
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -256,7 +276,7 @@ class GatewayServer:
         args = [sys.executable, "-m", *self.command(env["GATEWAY_SHUTDOWN_GRACE"]), *self.args]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            args, env=env, cwd=ROOT, stdout=log, stderr=log, preexec_fn=_death_pact()
+            args, env=env, cwd=ROOT, stdout=log, stderr=log, preexec_fn=_own_group(_death_pact())
         )
         log.close()
         return self.proc
@@ -311,12 +331,13 @@ class GatewayServer:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout)
+        _kill_group(self.proc.pid)  # a worker that outlived its parent
         self.proc = None
         return code
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        if self.proc is not None:
+            _kill_group(self.proc.pid)  # the server and its worker processes
             self.proc.wait()
         self.proc = None
 
