@@ -40,6 +40,7 @@ from gateway.server import accelerations
 from gateway.server.cors import CorsHeaders
 from gateway.server.direct import RAW_SEND
 from gateway.settings import Settings
+from gateway.shutdown import signals_watched
 from gateway.state import NOT_STARTED, Gateway, gateway_of
 from gateway.stats import stats_running
 from gateway.transports.common import refusal, route_path
@@ -263,14 +264,15 @@ async def _started(settings: Settings) -> AsyncIterator[Gateway]:
     presence = Presence(make_presence_store(hub.broker), settings)
     gateway = Gateway(settings, hub, metrics, guard, presence)
     collector = Collector(lambda: gateway.open_connections, lambda: gateway.closed_connections)
-    async with (
-        sole_worker() if not settings.redis_url else nullcontext(),
-        hub.running(),
-        presence.running(),
-        stats_running(hub, metrics, settings.stats_interval_s),
-        collector_running(collector),
-    ):
-        yield gateway
+    with signals_watched():
+        async with (
+            sole_worker() if not settings.redis_url else nullcontext(),
+            hub.running(),
+            presence.running(),
+            stats_running(hub, metrics, settings.stats_interval_s),
+            collector_running(collector),
+        ):
+            yield gateway
 
 
 def _configure_logging() -> None:

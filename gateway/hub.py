@@ -445,7 +445,13 @@ class Hub:
         self._deliver(state, segment)
 
     async def _exit_watcher(self) -> None:
-        await wait_for_exit_signal()
+        await wait_for_exit_signal(self._exit_now)
+        self._exit_now()
+
+    def _exit_now(self) -> None:
+        """Tell every client to reconnect elsewhere (once: shutdown.py may call it early)."""
+        if self.closing:
+            return
         logger.info("exit requested: telling every client to reconnect elsewhere")
         self.closing = True
         self.close_all(CloseReason.SHUTDOWN)
