@@ -35,7 +35,7 @@ road: it stops the workers once one failed, then reports the exit code of
 the workers already gone at that instant, none, so 0. Its holder ends it
 the same way: hypercorn's parent stops a worker with SIGTERM, at its
 default (an immediate death) in the worker, so the gateway takes it there
-(shutdown.py) and the holder reaches its ``finally``.
+(server/shutdown.py) and the holder reaches its ``finally``.
 """
 
 from __future__ import annotations

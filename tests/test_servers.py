@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from gateway.hub import STALL_S
-from gateway.shutdown import SERVER_STOP
+from gateway.server.shutdown import SERVER_STOP
 from gateway.transports.departure import within
 from tests.clients import TRANSPORTS, Reader, on_every_transport, publish, reader_for
 from tests.conftest import gateway_env
