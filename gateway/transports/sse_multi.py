@@ -24,7 +24,6 @@ connections per origin (SPEC, "Several channels on one connection").
 from __future__ import annotations
 
 import asyncio
-import time
 
 import orjson
 from starlette.requests import Request
@@ -42,15 +41,14 @@ from gateway.state import Gateway, gateway_of
 from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, label
 from gateway.transports.common import stall_absorbed
+from gateway.transports.departure import while_present
 from gateway.transports.sse import (
     HEARTBEAT,
-    LEFT_CHECK_S,
     WRITE_BYTES,
     Stream,
     Write,
     answer,
     broker_gone,
-    client_left,
     last_words,
     stream_end,
     stream_writer,
@@ -148,7 +146,11 @@ class MultiEventStream(Stream):
                     await write(opening(encoder, channels, starts))
                     try:  # inline, as EventStream: no helper frame held per connection
                         with self.gateway.access.watch(self.rights, mux):
-                            await _pump(mux, encoder, write, receive, scope)
+                            if on_http_lost(scope, mux.client_gone) is not None:
+                                await _pump(mux, encoder, write, scope)
+                            else:  # not uvicorn's httptools: ASGI's own word (departure.py)
+                                pump = _pump(mux, encoder, write, scope)
+                                await while_present(receive, mux.client_gone, pump)
                     except asyncio.CancelledError:
                         if not stall_absorbed(mux.close_reason):
                             raise
@@ -172,17 +174,14 @@ async def _leave_revoked(mux: Multiplex) -> bytes:
     return b"".join(events)
 
 
-async def _pump(
-    mux: Multiplex, encoder: Encoder, write: Write, receive: Receive, scope: Scope
-) -> None:
+async def _pump(mux: Multiplex, encoder: Encoder, write: Write, scope: Scope) -> None:
+    """Write what the channels hand over, in arrival order, until the connection ends."""
     raw = sse_sink(scope)
-    on_http_lost(scope, mux.client_gone)
     if raw is not None:
         for channel, sub in mux.subs.items():
             sub.sink = ChannelSink(raw, mux, channel, encoder.chunk)
     lead = mux.lead
     assert lead is not None
-    checked_at = time.monotonic()
     while True:
         if mux.revoked:
             await write(await _leave_revoked(mux))
@@ -199,19 +198,10 @@ async def _pump(
                 if not await write_arrivals(mux, raw, encoder.chunk):
                     mux.close(CloseReason.CLIENT_GONE)
                 continue
-            # Through ASGI: a busy stream asks whether its client left about once a second.
-            if time.monotonic() - checked_at > LEFT_CHECK_S:
-                checked_at = time.monotonic()
-                if await client_left(receive):
-                    mux.close(CloseReason.CLIENT_GONE)
-                    continue
             runs = mux.take(BATCH, WRITE_BYTES)
             await write(b"".join(encoder.events(channel, items) for channel, items in runs))
             continue
-        if lead.poked():  # a heartbeat: also the time to notice a client that left
-            if await client_left(receive):
-                mux.close(CloseReason.CLIENT_GONE)
-                continue
+        if lead.poked():  # a heartbeat
             await write(HEARTBEAT)
             continue
         await mux.wait()

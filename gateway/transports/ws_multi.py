@@ -239,9 +239,12 @@ class Session:
             elif kind == "refresh":
                 guard = self.gateway.guard
                 self.reply(self.token.refresh(guard, frame, list(self.mux.subs)))
+            elif kind == "ping":  # a browser's liveness check (it cannot see protocol pings)
+                self.reply(_frame(type="pong"))
             else:
                 raise BadRequest(
-                    'expected a frame of type "subscribe", "unsubscribe", "publish" or "refresh"'
+                    "expected a frame of type "
+                    '"subscribe", "unsubscribe", "publish", "refresh" or "ping"'
                 )
         except GatewayError as exc:
             fields = {"channel": channel} if isinstance(channel, str) else {}
