@@ -20,20 +20,27 @@ import fnmatch
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
 from gateway.errors import BadRequest, Forbidden
-
-if TYPE_CHECKING:
-    from gateway.auth import Rights
 
 MAX_USER_CHARS = 128
 MAX_PATTERNS = 64
 MAX_PATTERN_CHARS = 256
 MAX_REASON_CHARS = 100  # a WebSocket close reason is at most 123 bytes
 REVOKED = "revoked"
+
+
+class Dated(Protocol):
+    """A token's rights as a revocation sees them (``auth.Rights``): whose, and issued when."""
+
+    @property
+    def user(self) -> str | None: ...
+
+    @property
+    def issued_at(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +107,7 @@ class Revocations:
         known.append(record)
         return True
 
-    def check(self, rights: Rights, channels: Sequence[str]) -> None:
+    def check(self, rights: Dated, channels: Sequence[str]) -> None:
         """403 ``revoked`` when a revocation newer than the token covers one of ``channels``."""
         if not self._by_user or rights.user is None:
             return  # (the common case: nothing revoked)
