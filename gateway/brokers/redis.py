@@ -41,6 +41,7 @@ from redis.exceptions import RedisError
 
 from gateway.brokers.backoff import Backoff
 from gateway.brokers.base import BrokerListener
+from gateway.brokers.publish_batch import Call, PublishBatch
 from gateway.brokers.redis_store import (
     MESSAGE_KINDS,
     SUBSCRIBE_TIMEOUT_S,
@@ -66,6 +67,8 @@ class RedisBroker(RedisStore):
         self._link: AbstractConnection | None = None
         self._confirmed: dict[bytes, asyncio.Event] = {}
         self._reader: asyncio.Task[None] | None = None
+        # Concurrent publishes share one pipeline (publish_batch.py).
+        self._batch = PublishBatch(self._execute_many, self._load_functions, self._spawn)
 
     # -- lifetime -----------------------------------------------------------
 
@@ -143,6 +146,12 @@ class RedisBroker(RedisStore):
                 return list(await pipe.execute(raise_on_error=False))
         except (RedisError, OSError) as exc:
             return [exc] * len(calls)
+
+    async def _publish_call(self, call: Call) -> Any:
+        try:
+            return await self._batch.call(call)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"the broker is unavailable: {exc}") from None
 
     async def _load_functions(self) -> None:
         await load_library(self._redis.execute_command, self.prefix)
