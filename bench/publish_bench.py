@@ -63,7 +63,7 @@ def gateway_from(root: Path, logs: Path, redis_url: str) -> Iterator[tuple[int, 
     line = (root / "Procfile").read_text().split("web:", 1)[1].strip().splitlines()[0]
     line = line.replace("--host 0.0.0.0", "--host 127.0.0.1")
     with open(logs / "gateway-root.log", "ab") as out:
-        proc = subprocess.Popen(["taskset", "-c", "0", "bash", "-c", f"exec {line}"],
+        proc = subprocess.Popen(["taskset", "-c", "0", "bash", "-c", f"exec env {line}"],
                                 stdout=out, stderr=subprocess.STDOUT, cwd=root, env=env)
     try:
         wait_until_up(port, "/readyz")

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import websockets.http11
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
@@ -31,18 +30,20 @@ from starlette.websockets import WebSocket
 from gateway.auth import Guard
 from gateway.brokers import make_broker
 from gateway.collector import Collector, collector_running
-from gateway.cors import CorsHeaders
 from gateway.errors import GatewayError
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.presence import Presence
 from gateway.presence_route import make_presence_store, presence_endpoint
 from gateway.publish import PUBLISH_PATH_PREFIX, LocalPublisher, publish_app
+from gateway.server import accelerations
+from gateway.server.cors import CorsHeaders
+from gateway.server.direct import RAW_SEND
+from gateway.server.shutdown import signals_watched, wait_for_exit_signal
 from gateway.settings import Settings
 from gateway.state import NOT_STARTED, Gateway, gateway_of
 from gateway.stats import stats_running
 from gateway.transports.common import refusal, route_path
-from gateway.transports.direct import RAW_SEND
 from gateway.transports.longpoll import POLL_PATH_PREFIX, poll_app
 from gateway.transports.poll_multi import POLL_MULTI_PATH, poll_multi_app, poll_multi_endpoint
 from gateway.transports.sse import SSE_PATH_PREFIX, sse_app
@@ -52,15 +53,6 @@ from gateway.transports.ws_multi import WS_MULTI_PATH, ws_multi_app
 from gateway.workers import sole_worker
 
 logger = logging.getLogger("gateway")
-WS_LINE_MAX = 65536
-
-# uvicorn's websockets-sansio protocol answers nothing at all (the client's
-# handshake times out) when the websockets parser refuses a request line or
-# header past its 8 KiB: its parser-error path expects a close frame that a
-# handshake never has. Let such requests through to the gateway, which
-# refuses them with a reason (a URL or header past 8 KiB, SPEC). Read at
-# call time by websockets, so setting it here is enough.
-websockets.http11.MAX_LINE_LENGTH = max(websockets.http11.MAX_LINE_LENGTH, WS_LINE_MAX)
 
 
 def _static_dir() -> Path:
@@ -104,7 +96,7 @@ class GatewayApp(Starlette):
       reaches a gateway never started is answered 503 with that reason.
     * The server's own ``send`` is kept in the scope: middleware wraps
       ``send``, and the transports need the server's object behind it to
-      write straight to a socket (transports/direct.py). Under a parent app
+      write straight to a socket (server/direct.py). Under a parent app
       its middleware has wrapped ``send`` already, so streams write through
       ASGI there: correct, slower, and safe for a parent's middleware.
     * ``/sse/…``, ``/sse``, ``/ws/…``, ``/ws``, ``/poll/…``, ``/poll`` and
@@ -212,7 +204,6 @@ class GatewayApp(Starlette):
 
 
 NOT_STARTED_LOG_EVERY_S = 60.0
-PUBLISH_PREFIX_ALONE = PUBLISH_PATH_PREFIX  # no channel: the router's 404, as before
 
 Started = AbstractAsyncContextManager[Gateway]
 
@@ -272,23 +263,26 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
 async def _started(settings: Settings) -> AsyncIterator[Gateway]:
     """Every app-wide object, made and running for the block's duration."""
     metrics = Metrics()
-    hub = Hub(make_broker(settings), settings, metrics)
+    hub = Hub(make_broker(settings), settings, metrics, wait_for_exit_signal)
     guard = Guard(settings)
     if guard.open:
         logger.warning(
             "GATEWAY_SECRET is not set: the gateway is OPEN, anyone may read and publish"
         )
-    presence = Presence(make_presence_store(hub.broker), settings)
+    for name, on in accelerations.decide(settings.accelerations).items():
+        metrics.accelerations.labels(name).set(1 if on else 0)
+    presence = Presence(make_presence_store(hub.broker), settings, wait_for_exit_signal)
     gateway = Gateway(settings, hub, metrics, guard, presence)
     collector = Collector(lambda: gateway.open_connections, lambda: gateway.closed_connections)
-    async with (
-        sole_worker() if not settings.redis_url else nullcontext(),
-        hub.running(),
-        presence.running(),
-        stats_running(hub, metrics, settings.stats_interval_s),
-        collector_running(collector),
-    ):
-        yield gateway
+    with signals_watched():
+        async with (
+            sole_worker() if not settings.redis_url else nullcontext(),
+            hub.running(),
+            presence.running(),
+            stats_running(hub, metrics, settings.stats_interval_s),
+            collector_running(collector),
+        ):
+            yield gateway
 
 
 def _configure_logging() -> None:

@@ -7,8 +7,8 @@ size (413) while the body streams in.
 
 ``GATEWAY_PUBLISH_RATE`` is per WebSocket connection only. HTTP publishers
 are mostly backends, often many behind one address, so a per-address limit
-here would throttle the legitimate heavy publisher first; the README shows
-nginx ``limit_req`` for the deployments that want one.
+here would throttle the legitimate heavy publisher first; docs/transports.md
+names nginx ``limit_req`` for the deployments that want one.
 
 ``GatewayApp`` sends ``POST /publish/…`` to ``publish_app`` past the
 router and its middleware, as it does the transports: under 64 publishing

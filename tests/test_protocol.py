@@ -1,4 +1,4 @@
-"""The gateway's HTTP protocol (gateway/protocol.py): long-polls served without a task.
+"""The gateway's HTTP protocol (gateway/server/protocol.py): long-polls served without a task.
 
 A caught-up ``GET /poll/{channel}`` is answered or parked inside uvicorn's
 parser callback. These tests speak raw HTTP/1.1 over one socket, so that
@@ -26,7 +26,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.polls import Waiter
-from gateway.protocol import GatewayHttpProtocol, Poll
+from gateway.server.protocol import GatewayHttpProtocol, Poll
 from gateway.settings import Settings
 from gateway.state import Connection
 from tests.clients import publish
@@ -35,7 +35,7 @@ from tests.servers import GatewayServer, free_port
 
 pytestmark = pytest.mark.anyio
 
-PROTOCOLS = {"ours": "gateway.protocol:GatewayHttpProtocol", "uvicorn's": "httptools"}
+PROTOCOLS = {"ours": "gateway.server.protocol:GatewayHttpProtocol", "uvicorn's": "httptools"}
 
 
 @pytest.fixture(scope="module", params=list(PROTOCOLS))
@@ -298,7 +298,7 @@ async def test_the_keep_alive_sweep_holds_only_open_http_connections(tmp_path: A
     becomes a WebSocket leaves it at the upgrade (it is the WebSocket protocol's then)."""
     import websockets
 
-    from gateway.keepalive import HEADER_TIMEOUT_S, idle_connections
+    from gateway.server.keepalive import HEADER_TIMEOUT_S, idle_connections
 
     app = create_app(Settings.from_env({"REDIS_URL": ""}))
     port = free_port()
@@ -496,7 +496,7 @@ def test_a_poll_target_is_kept_once_served_never_with_a_token_and_bounded_by_byt
     """``poll_target`` reads a line; ``keep_target`` keeps a served one, then read from memory;
     never one with a token however spelled (``tok%65n``), nor one past ``MAX_LINE_BYTES``;
     the record stays under ``TARGETS_BYTES``; not a poll here: None."""
-    from gateway import protocol
+    from gateway.server import protocol
 
     def target(url: bytes) -> protocol.Target | None:
         return protocol.poll_target(b"GET " + url + b" HTTP/1.1", url)

@@ -26,7 +26,7 @@ access log or ``--limit-concurrency`` on, the gateway mounted under a
 parent app), goes through uvicorn's ASGI path as before: same answers,
 slower.
 
-Use it with uvicorn's ``--http gateway.protocol:GatewayHttpProtocol`` (the
+Use it with uvicorn's ``--http gateway.server.protocol:GatewayHttpProtocol`` (the
 Procfile and ``python -m gateway`` do). Without it the gateway serves every
 route the same way, through ASGI.
 """
@@ -41,9 +41,10 @@ from typing import Any, NamedTuple
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.app import GatewayApp
-from gateway.keepalive import HEADER_TIMEOUT_S, idle_connections
 from gateway.message import Cursor
 from gateway.polls import Ended, Waiter
+from gateway.server import accelerations
+from gateway.server.keepalive import HEADER_TIMEOUT_S, idle_connections
 from gateway.state import Gateway
 from gateway.transports.longpoll import POLL_PATH_PREFIX, PollAnswer, carries_token
 from gateway.transports.poll_multi import POLL_MULTI_PATH
@@ -132,6 +133,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     never reads costs the same bounded buffer as through ASGI.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """uvicorn's own protocol, unchanged, when this one does not fit (accelerations.py)."""
+        if not accelerations.on(accelerations.HTTP_PROTOCOL):
+            return HttpToolsProtocol(*args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         found = _gateway_app(self.app)
@@ -157,6 +164,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.idle.join(self)
 
     def handle_websocket_upgrade(self) -> None:
+        if self.close_held:
+            return  # after an answer that closes the connection (``on_headers_complete``)
         self.idle.leave(self)  # the socket is the WebSocket protocol's from here
         super().handle_websocket_upgrade()
 
