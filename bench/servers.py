@@ -98,8 +98,8 @@ def server(kind: str, logs: Path, redis_url: str | None, extra_env: dict[str, st
     env = {"PORT": str(port), **extra_env}
     if redis_url:
         env["REDIS_URL"] = redis_url
-    if kind == "nchan":
-        with nchan(port, logs) as pid:
+    if kind in ("nchan", "nchan-redis"):
+        with nchan(port, logs, redis_url if kind == "nchan-redis" else None) as pid:
             yield port, pid
         return
     if kind == "gateway":
@@ -118,10 +118,21 @@ def server(kind: str, logs: Path, redis_url: str | None, extra_env: dict[str, st
 
 
 @contextmanager
-def nchan(port: int, logs: Path) -> Iterator[int]:
-    """nginx + Nchan under a temp prefix; yields the (only) worker's pid."""
+def nchan(port: int, logs: Path, redis_url: str | None = None) -> Iterator[int]:
+    """nginx + Nchan under a temp prefix; yields the (only) worker's pid.
+
+    With ``redis_url`` Nchan keeps its channels in that Redis (``nchan_use_redis``),
+    as the gateway does: the publish comparison (publish_bench.py) runs it so.
+    """
     with tempfile.TemporaryDirectory(prefix="nchan-") as prefix:
         template = (BASELINES / "nchan" / "nginx.conf.template").read_text()
+        if redis_url:
+            redis = redis_url.rsplit("/", 1)[0]  # Nchan takes no database number
+            template = template.replace(
+                "nchan_shared_memory_size 256M;",
+                f'nchan_shared_memory_size 256M;\n    nchan_redis_url "{redis}";\n'
+                "    nchan_use_redis on;",
+            )
         conf = Path(prefix) / "nginx.conf"
         conf.write_text(template.replace("@PREFIX@", prefix).replace("@PORT@", str(port)))
         proc = spawn(["nginx", "-p", prefix, "-c", str(conf), "-e", f"{prefix}/error.log"],

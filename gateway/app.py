@@ -37,7 +37,7 @@ from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.presence import Presence
 from gateway.presence_route import make_presence_store, presence_endpoint
-from gateway.publish import LocalPublisher, publish_endpoint
+from gateway.publish import PUBLISH_PATH_PREFIX, LocalPublisher, publish_app
 from gateway.server import accelerations
 from gateway.server.cors import CorsHeaders
 from gateway.server.direct import RAW_SEND
@@ -101,13 +101,15 @@ class GatewayApp(Starlette):
       write straight to a socket (server/direct.py). Under a parent app
       its middleware has wrapped ``send`` already, so streams write through
       ASGI there: correct, slower, and safe for a parent's middleware.
-    * ``/sse/…``, ``/sse``, ``/ws/…``, ``/ws``, ``/poll/…`` and ``/poll`` go to
+    * ``/sse/…``, ``/sse``, ``/ws/…``, ``/ws``, ``/poll/…``, ``/poll`` and
+      ``/publish/…`` go to
       their transports directly, past the router and the exception
       middleware: a streaming connection's task stays inside every frame on
       its way for its whole life, and those held about 4 KB per idle SSE
       connection (tracemalloc), a fifth of what one may cost; a poll, one
       request per message, spent about 40 % of its CPU in them (py-spy,
-      bench/README.md). CORS (HTTP only) still wraps SSE and poll.
+      bench/README.md); so did a publish's (publish.py). CORS (HTTP only)
+      still wraps SSE, poll and publish.
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class GatewayApp(Starlette):
         self._sse_multi = direct.sse_multi
         self._poll = direct.poll
         self._poll_multi = direct.poll_multi
+        self._publish = direct.publish
         # What CORS adds to an answer written outside ASGI (protocol.py), when configured.
         self.cors = CorsHeaders(cors) if cors else None
         self._start = start
@@ -171,6 +174,11 @@ class GatewayApp(Starlette):
         elif kind == "http" and path == POLL_MULTI_PATH:
             scope["app"] = self
             await self._poll_multi(scope, receive, send)
+        elif (
+            kind == "http" and path.startswith(PUBLISH_PATH_PREFIX) and path != PUBLISH_PATH_PREFIX
+        ):
+            scope["app"] = self
+            await self._publish(scope, receive, send)
         elif kind == "http" and path == SSE_MULTI_PATH:
             scope["app"] = self
             await self._sse_multi(scope, receive, send)
@@ -210,6 +218,7 @@ class Direct:
     sse_multi: ASGIApp
     poll: ASGIApp
     poll_multi: ASGIApp
+    publish: ASGIApp
 
 
 def create_app(settings: Settings | None = None) -> GatewayApp:
@@ -223,9 +232,9 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         Route("/readyz", _readyz),
         Route("/metrics", _metrics),
         # Served past the router (GatewayApp); here for what the router says
-        # of the paths around them ("/poll/" redirects to "/poll").
+        # of the paths around them ("/poll/" redirects to "/poll"). So is
+        # POST /publish/{channel}, whose neighbours the router answers 404.
         Route("/poll", poll_multi_endpoint),
-        Route("/publish/{channel:anytext}", publish_endpoint, methods=["POST"]),
         Route("/presence/{channel:anytext}", presence_endpoint),
         Route("/admin/disconnect", admin_disconnect_endpoint, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
@@ -242,6 +251,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             sse_multi=direct(sse_multi_app),
             poll=direct(poll_app),
             poll_multi=direct(poll_multi_app),
+            publish=direct(publish_app),
         ),
         start=lambda: _started(settings),
         cors=cors,

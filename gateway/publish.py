@@ -10,6 +10,14 @@ are mostly backends, often many behind one address, so a per-address limit
 here would throttle the legitimate heavy publisher first; docs/transports.md
 names nginx ``limit_req`` for the deployments that want one.
 
+``GatewayApp`` sends ``POST /publish/…`` to ``publish_app`` past the
+router and its middleware, as it does the transports: under 64 publishing
+connections the router, the exception middleware and Starlette's
+``Request`` and ``JSONResponse`` were a fifth of a publish's Python (py-spy,
+bench/README.md). It answers as the routed endpoint it replaced did
+(Starlette's 405 and refusals included). The broker sends concurrent
+publishes as one pipeline (brokers/publish_batch.py).
+
 ``LocalPublisher`` (``create_app().publisher``) is the same publish for the
 app that mounts the gateway: no URL, no token (the caller is the app
 itself, which also decides who may reach its own routes), the same checks
@@ -21,44 +29,107 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+import orjson
+from starlette.requests import HTTPConnection
+from starlette.responses import PlainTextResponse
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.access import announce
-from gateway.errors import BadRequest, BrokerUnavailable, TooLarge
+from gateway.auth import NONE, OPEN, Rights
+from gateway.errors import BadRequest, BrokerUnavailable, GatewayError, TooLarge
 from gateway.message import check_channel, check_event, check_publish
 from gateway.revocations import revocation
-from gateway.state import NOT_STARTED, Gateway, gateway_of
+from gateway.state import NOT_STARTED, Gateway
+from gateway.transports.common import refusal, route_path
+from gateway.transports.longpoll import query_of
+
+PUBLISH_PATH_PREFIX = "/publish/"
+_ANSWER_HEADERS = [(b"content-type", b"application/json")]
 
 
-async def publish_endpoint(request: Request) -> JSONResponse:
-    gateway = gateway_of(request)
-    channel = check_channel(request.path_params["channel"])
-    event = check_event(request.query_params.get("event"))
-    gateway.guard.check_origin(request)
-    gateway.guard.authorize_publish(gateway.guard.rights(request), channel)
-    body = await _read_body(request, gateway.settings.max_message_bytes)
+async def publish_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """``POST /publish/{channel}`` as a bare ASGI app: the endpoint's checks and answers."""
+    if scope["method"] != "POST":
+        await PlainTextResponse("Method Not Allowed", 405, {"Allow": "POST"})(scope, receive, send)
+        return
+    try:
+        id_and_channel = await _publish(scope, receive)
+    except GatewayError as exc:
+        await refusal(HTTPConnection(scope), exc)(scope, receive, send)
+        return
+    if id_and_channel is None:
+        return  # the client left before its body was whole: nothing was published
+    body = orjson.dumps({"id": id_and_channel[0], "channel": id_and_channel[1]})
+    headers = [(b"content-length", b"%d" % len(body)), *_ANSWER_HEADERS]
+    await send({"type": "http.response.start", "status": 201, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _publish(scope: Scope, receive: Receive) -> tuple[str, str] | None:
+    gateway: Gateway = scope["app"].gateway
+    channel = check_channel(route_path(scope)[len(PUBLISH_PATH_PREFIX) :])
+    query = query_of(scope["query_string"]) if scope["query_string"] else {}
+    event = check_event(query.get("event"))
+    guard = gateway.guard
+    origin, authorization, declared = _headers(scope["headers"])
+    if origin is not None and not guard.any_origin:
+        guard.check_origin(HTTPConnection(scope))
+    guard.authorize_publish(_rights(gateway, authorization, query), channel)
+    limit = gateway.settings.max_message_bytes
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"message larger than {limit} bytes")
+    body = await _received_body(receive, limit)
+    if body is None:
+        return None
     try:
         data = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("body is not UTF-8 text") from None
     message = await gateway.hub.publish(channel, event, data)
-    return JSONResponse({"id": message.id, "channel": channel}, status_code=201)
+    return message.id, channel
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"message larger than {limit} bytes")
+def _headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None]:
+    """``Origin``, ``Authorization`` and ``Content-Length``, as Starlette reads them (the first)."""
+    origin = authorization = length = None
+    for name, value in headers:
+        if name == b"origin" and origin is None:
+            origin = value.decode("latin-1")
+        elif name == b"authorization" and authorization is None:
+            authorization = value.decode("latin-1")
+        elif name == b"content-length" and length is None:
+            length = value.decode("latin-1")
+    return origin, authorization, length
+
+
+def _rights(gateway: Gateway, authorization: str | None, query: dict[str, str]) -> Rights:
+    """The caller's rights, as ``Guard.rights`` finds them (and its cache of tokens)."""
+    guard = gateway.guard
+    if guard.open:
+        return OPEN
+    token: str | None = None
+    if authorization is not None and authorization.lower().startswith("bearer "):
+        token = authorization[7:].strip() or None
+    else:
+        token = query.get("token") or None
+    return NONE if token is None else guard.decode(token)
+
+
+async def _received_body(receive: Receive, limit: int) -> bytes | None:
+    """The body, refused with 413 as soon as it passes ``limit``; None if the client left."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise TooLarge(f"message larger than {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class LocalPublisher:

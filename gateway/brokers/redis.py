@@ -41,7 +41,10 @@ from redis.exceptions import RedisError
 
 from gateway.brokers.backoff import Backoff
 from gateway.brokers.base import BrokerListener
+from gateway.brokers.publish_batch import Call, PublishBatch
+from gateway.brokers.publish_link import PublishLink
 from gateway.brokers.redis_store import (
+    COMMAND_TIMEOUT_S,
     MESSAGE_KINDS,
     SUBSCRIBE_TIMEOUT_S,
     Canary,
@@ -66,6 +69,10 @@ class RedisBroker(RedisStore):
         self._link: AbstractConnection | None = None
         self._confirmed: dict[bytes, asyncio.Event] = {}
         self._reader: asyncio.Task[None] | None = None
+        # Concurrent publishes share one pipeline (publish_batch.py) on a
+        # connection of their own (publish_link.py).
+        self._publish_link = PublishLink(self._pool.make_connection, COMMAND_TIMEOUT_S)
+        self._batch = PublishBatch(self._publish_link.send, self._load_functions, self._spawn)
 
     # -- lifetime -----------------------------------------------------------
 
@@ -86,6 +93,7 @@ class RedisBroker(RedisStore):
                 pass
             self._reader = None
         await self.stop_housekeeping()
+        await self._publish_link.close()
         await self._redis.aclose()
         await self._pool.disconnect()
         self.connected = False
@@ -143,6 +151,12 @@ class RedisBroker(RedisStore):
                 return list(await pipe.execute(raise_on_error=False))
         except (RedisError, OSError) as exc:
             return [exc] * len(calls)
+
+    async def _publish_call(self, call: Call) -> Any:
+        try:
+            return await self._batch.call(call)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"the broker is unavailable: {exc}") from None
 
     async def _load_functions(self) -> None:
         await load_library(self._redis.execute_command, self.prefix)

@@ -72,9 +72,13 @@ class RedisStore:
 
     async def publish(self, channel: str, event: str, data: str) -> Message:
         cap = self.settings.history_size
-        raw = await self._call(*publish_call(self.prefix, channel, event, data, cap))
+        raw = await self._publish_call(publish_call(self.prefix, channel, event, data, cap))
         epoch, _, position = raw.decode().partition(":")
         return Message(channel, event, data, epoch, parse_position(position))
+
+    async def _publish_call(self, call: tuple[str | int, ...]) -> Any:
+        """One publish's ``FCALL``, its reply the id (the single Redis batches them)."""
+        return await self._call(*call)
 
     async def history(self, channel: str, cursor: Cursor, limit: int) -> History:
         after = "0-0" if cursor.epoch is None else format_position(cursor.position)

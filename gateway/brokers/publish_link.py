@@ -1,0 +1,72 @@
+"""The connection publish pipelines travel on: one of its own, outside the pool.
+
+``PublishBatch`` sends one pipeline at a time, so one connection carries
+them all, and redis-py's ``Pipeline`` was most of what was left of a
+publish's Redis side in Python (py-spy under 64 publishing connections:
+its per-command bookkeeping, packing, and an ``asyncio.timeout`` armed per
+reply). Here a batch is packed in one pass, written once, and its replies
+read under one deadline for the whole batch (``COMMAND_TIMEOUT_S``, the
+deadline of any command).
+
+Only redis-py's public connection API is used (``make_connection``,
+``send_packed_command``, ``read_response``). A reply Redis refused is that
+call's ``ResponseError``; anything else (connection lost, the deadline)
+drops the connection, raises for the whole batch, and the next batch
+connects again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ResponseError
+
+from gateway.brokers.publish_batch import Call
+
+
+class PublishLink:
+    def __init__(self, connect: Callable[[], AbstractConnection], deadline_s: float) -> None:
+        self._connect = connect  # a new connection, not yet open: the pool's ``make_connection``
+        self._deadline_s = deadline_s
+        self._conn: AbstractConnection | None = None
+
+    async def send(self, calls: list[Call]) -> list[Any]:
+        """One reply per call, a ``ResponseError`` in place of a refused one."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._connect()
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                await conn.send_packed_command(pack(calls), check_health=False)
+                return [await _reply(conn) for _ in calls]
+        except BaseException:
+            self._conn = None
+            await conn.disconnect(nowait=True)
+            raise
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+
+
+async def _reply(conn: AbstractConnection) -> Any:
+    try:
+        return await conn.read_response(timeout=math.inf)  # (the batch's deadline holds)
+    except ResponseError as refused:
+        return refused
+
+
+def pack(calls: list[Call]) -> bytes:
+    """The calls in RESP, one buffer."""
+    parts: list[bytes] = []
+    for call in calls:
+        parts.append(b"*%d\r\n" % len(call))
+        for arg in call:
+            raw = arg.encode() if isinstance(arg, str) else b"%d" % arg
+            parts.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
+    return b"".join(parts)
