@@ -150,6 +150,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.chunk = b""  # the bytes httptools is reading (a poll's, to remember as a repeat)
         self.in_message = False  # httptools is inside a request
         self.held: list[bytes] | None = None  # answers written while httptools reads a chunk
+        self.held_bytes = 0  # their size: past HELD_BYTES, the chunk's next polls go through ASGI
         self.close_held = False  # an answer held said ``connection: close``
         self.running: Any = None  # the request whose ASGI task started last
         self.gateway_app = found
@@ -181,6 +182,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return
         self.chunk = data
         self.held = []
+        self.held_bytes = 0
         try:
             super().data_received(data)
         finally:
@@ -322,6 +324,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             or self.pipeline
             or flow.read_paused
             or flow.write_paused  # the client reads nothing: through ASGI, which waits for it
+            or self.held_bytes > HELD_BYTES  # (as much, written at the chunk's end: the same)
             or self.close_held
             or not (self.cycle is None or self.cycle.response_complete)
         ):
@@ -352,6 +355,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         return served
 
 
+HELD_BYTES = 65536  # asyncio's write buffer high-water mark: past it a client must read first
 _HEADER_TIMEOUT_ANSWER = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 32\r\nconnection: close\r\n\r\nrequest headers not sent in time"
@@ -441,6 +445,7 @@ class Poll(Waiter):
         held = protocol.held
         if held is not None:  # httptools is reading: written once the chunk parsed
             held.append(wire)
+            protocol.held_bytes += len(wire)
             protocol.close_held = not keep_alive
         else:
             transport.write(wire)
