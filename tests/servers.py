@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -210,6 +212,7 @@ class GatewayServer:
         app: str = "gateway.app:app",
         mount: str = "",
         http: str = "gateway.protocol:GatewayHttpProtocol",
+        procfile: bool = False,
     ) -> None:
         self.env = dict(env or {})
         self.port = port or free_port()
@@ -217,6 +220,7 @@ class GatewayServer:
         self.app = app
         self.mount = mount
         self.http = http  # as the Procfile runs it; "httptools" for uvicorn's own
+        self.procfile = procfile  # every other option of the Procfile's, too (procfile_options)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="gw-server-", suffix=".log")[1])
 
@@ -246,6 +250,19 @@ class GatewayServer:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         env.setdefault("GATEWAY_SHUTDOWN_GRACE", "3")
         grace = env["GATEWAY_SHUTDOWN_GRACE"]
+        if self.procfile:
+            options = procfile_options(env, http=self.http)
+        else:
+            options = [
+                "--loop",
+                "gateway.loop:GreedyAcceptLoop",
+                "--http",
+                self.http,
+                "--ws-per-message-deflate",
+                "false",
+                "--timeout-graceful-shutdown",
+                grace,
+            ]
         args = [
             sys.executable,
             "-m",
@@ -255,14 +272,7 @@ class GatewayServer:
             "127.0.0.1",
             "--port",
             str(self.port),
-            "--loop",
-            "gateway.loop:GreedyAcceptLoop",
-            "--http",
-            self.http,
-            "--ws-per-message-deflate",
-            "false",
-            "--timeout-graceful-shutdown",
-            grace,
+            *options,
             "--log-level",
             "warning",
             *self.args,
@@ -307,3 +317,33 @@ class GatewayServer:
     def close(self) -> None:
         self.kill()
         self.log_path.unlink(missing_ok=True)
+
+
+def procfile_options(env: Mapping[str, str], http: str) -> list[str]:
+    """The uvicorn options of the Procfile's ``web:`` line, its ``${VAR:-default}`` read in ``env``.
+
+    Read from the Procfile itself, so that a test of "the gateway as deployed"
+    follows it when it changes. ``--host`` and ``--port`` are left out (the
+    caller's), ``--http`` is ``http`` (the Procfile's own, or "httptools" for
+    the plain path with every other option the same).
+    """
+    line = next(
+        line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:")
+    )
+
+    def expand(match: re.Match[str]) -> str:
+        return env.get(match[1]) or match[2] or ""
+
+    words = shlex.split(re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", expand, line.removeprefix("web:")))
+    assert words[:2] == ["uvicorn", "gateway.app:app"], words
+    options: list[str] = []
+    rest = iter(words[2:])
+    for word in rest:
+        if word in ("--host", "--port"):
+            next(rest)
+        elif word == "--http":
+            options += [word, http]
+            next(rest)
+        else:
+            options.append(word)
+    return options
