@@ -37,7 +37,7 @@ import uvloop
 from uvicorn.server import ServerState
 
 from gateway.app import create_app
-from gateway.protocol import GatewayHttpProtocol
+from gateway.server.protocol import GatewayHttpProtocol
 from gateway.settings import Settings
 
 CHANNEL = "bench"

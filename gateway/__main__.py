@@ -14,6 +14,8 @@ from gateway.auth import Guard
 from gateway.errors import ConfigError
 from gateway.settings import Settings
 
+WS_LINE_MAX = 65536
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -52,15 +54,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(settings: Settings, host: str, port: int) -> int:
+    # websockets' documented setting, read when it is first imported (by uvicorn,
+    # below): handshake lines up to 64 KiB reach the gateway, which answers a
+    # URL or header past 8 KiB with its reason (server/accelerations.py).
+    os.environ.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", str(WS_LINE_MAX))
     import uvicorn
 
     uvicorn.run(
         "gateway.app:app",
         host=host,
         port=port,
-        loop="gateway.loop:GreedyAcceptLoop",  # uvloop, accepting every waiting connection
+        loop="gateway.server.loop:GreedyAcceptLoop",  # uvloop, accepting every waiting connection
         access_log=False,  # the platform's router logs requests; ours logs connections
-        http="gateway.protocol:GatewayHttpProtocol",  # long-polls served without a task
+        http="gateway.server.protocol:GatewayHttpProtocol",  # long-polls served without a task
         ws_ping_interval=settings.heartbeat_s,
         ws_ping_timeout=settings.heartbeat_s,
         ws_max_size=settings.ws_max_frame_bytes,

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import websockets.http11
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
@@ -31,18 +30,19 @@ from starlette.websockets import WebSocket
 from gateway.auth import Guard
 from gateway.brokers import make_broker
 from gateway.collector import Collector, collector_running
-from gateway.cors import CorsHeaders
 from gateway.errors import GatewayError
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.presence import Presence
 from gateway.presence_route import make_presence_store, presence_endpoint
-from gateway.publish import publish_endpoint
+from gateway.publish import LocalPublisher, publish_endpoint
+from gateway.server import accelerations
+from gateway.server.cors import CorsHeaders
+from gateway.server.direct import RAW_SEND
 from gateway.settings import Settings
-from gateway.state import Gateway, gateway_of
+from gateway.state import NOT_STARTED, Gateway, gateway_of
 from gateway.stats import stats_running
 from gateway.transports.common import refusal, route_path
-from gateway.transports.direct import RAW_SEND
 from gateway.transports.longpoll import POLL_PATH_PREFIX, poll_app
 from gateway.transports.poll_multi import POLL_MULTI_PATH, poll_multi_app, poll_multi_endpoint
 from gateway.transports.sse import SSE_PATH_PREFIX, sse_app
@@ -52,17 +52,17 @@ from gateway.transports.ws_multi import WS_MULTI_PATH, ws_multi_app
 from gateway.workers import sole_worker
 
 logger = logging.getLogger("gateway")
-WS_LINE_MAX = 65536
 
-# uvicorn's websockets-sansio protocol answers nothing at all (the client's
-# handshake times out) when the websockets parser refuses a request line or
-# header past its 8 KiB: its parser-error path expects a close frame that a
-# handshake never has. Let such requests through to the gateway, which
-# refuses them with a reason (a URL or header past 8 KiB, SPEC). Read at
-# call time by websockets, so setting it here is enough.
-websockets.http11.MAX_LINE_LENGTH = max(websockets.http11.MAX_LINE_LENGTH, WS_LINE_MAX)
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+def _static_dir() -> Path:
+    """The pages and browser client: inside the package once installed (the wheel
+    carries them there, pyproject.toml), else the checkout's top-level ``static/``."""
+    package = Path(__file__).resolve().parent
+    installed = package / "static"
+    return installed if installed.is_dir() else package.parent / "static"
+
+
+STATIC_DIR = _static_dir()
 
 
 class _AnyText(Convertor[str]):
@@ -95,7 +95,7 @@ class GatewayApp(Starlette):
       reaches a gateway never started is answered 503 with that reason.
     * The server's own ``send`` is kept in the scope: middleware wraps
       ``send``, and the transports need the server's object behind it to
-      write straight to a socket (transports/direct.py). Under a parent app
+      write straight to a socket (server/direct.py). Under a parent app
       its middleware has wrapped ``send`` already, so streams write through
       ASGI there: correct, slower, and safe for a parent's middleware.
     * ``/sse/…``, ``/sse``, ``/ws/…``, ``/ws``, ``/poll/…`` and ``/poll`` go to
@@ -113,9 +113,14 @@ class GatewayApp(Starlette):
         direct: Direct,
         start: Callable[[], Started],
         cors: dict[str, Any] | None = None,
+        header_timeout_s: float = 10.0,
         **kwargs: Any,
     ) -> None:
         self.gateway: Gateway | None = None
+        # A connection's wait for a whole request head (protocol.py, keepalive.py).
+        self.header_timeout_s = header_timeout_s
+        # Publishes from the app that mounts this one, without a URL (publish.py).
+        self.publisher = LocalPublisher(lambda: self.gateway)
         self._sse = direct.sse
         self._sse_multi = direct.sse_multi
         self._poll = direct.poll
@@ -189,7 +194,6 @@ class GatewayApp(Starlette):
             await JSONResponse({"error": NOT_STARTED}, status_code=503)(scope, receive, send)
 
 
-NOT_STARTED = "the gateway is not started: run its lifespan (see README, Embedding)"
 NOT_STARTED_LOG_EVERY_S = 60.0
 
 Started = AbstractAsyncContextManager[Gateway]
@@ -237,6 +241,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         ),
         start=lambda: _started(settings),
         cors=cors,
+        header_timeout_s=settings.header_timeout_s,
         routes=routes,
         middleware=middleware,
         exception_handlers={GatewayError: _gateway_error},
@@ -253,6 +258,8 @@ async def _started(settings: Settings) -> AsyncIterator[Gateway]:
         logger.warning(
             "GATEWAY_SECRET is not set: the gateway is OPEN, anyone may read and publish"
         )
+    for name, on in accelerations.decide(settings.accelerations).items():
+        metrics.accelerations.labels(name).set(1 if on else 0)
     presence = Presence(make_presence_store(hub.broker), settings)
     gateway = Gateway(settings, hub, metrics, guard, presence)
     collector = Collector(lambda: gateway.open_connections, lambda: gateway.closed_connections)

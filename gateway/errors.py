@@ -81,3 +81,14 @@ class OutcomeUnknown(GatewayError):
 
     status = 504
     close_code = 1011
+
+
+class NotConfigured(ConfigError, GatewayError):
+    """``gateway.publisher`` has no usable URL (``GATEWAY_URL``/``REDIS_URL`` unset or wrong).
+
+    Both a ``ConfigError`` and a ``GatewayError``: a route that publishes and
+    catches ``GatewayError`` answers 500 with this reason instead of a traceback.
+    """
+
+    status = 500
+    close_code = 1011

@@ -45,11 +45,13 @@ READY_WINDOW_S = 3.0
 STALL_S = 30.0  # a client write blocked this long: the client is gone or stalled
 HISTORY_PAGE_MIN = 100  # messages per history read when paging a deep resume
 ANSWERS_KEPT = 1024  # poll answers kept per channel between deliveries
+ANSWERS_KEPT_BYTES = 1 << 20  # and their bodies' bytes, per channel: past it, kept anew
 CAUGHT_UP = object()  # ``answer_after``: nothing after the cursor yet
 
 
 class _Channel:
     __slots__ = (
+        "answer_bytes",
         "answers",
         "delivered_at",
         "idle_since",
@@ -76,6 +78,7 @@ class _Channel:
         self.polls: ChannelPolls | None = None  # waiting long-polls (polls.py)
         # Poll answers from ``recent``, by (cursor, limit), until the next delivery.
         self.answers: dict[tuple[Cursor, int], object] = {}
+        self.answer_bytes = 0  # the kept answers' bodies (``ANSWERS_KEPT_BYTES``)
 
     def idle(self) -> bool:
         return not self.subs and not (self.polls is not None and self.polls.waiters)
@@ -203,9 +206,14 @@ class Hub:
             messages = state.recent.after(cursor, limit)
             if not messages:
                 return CAUGHT_UP if messages is not None and cursor == state.last else None
-            if len(state.answers) >= ANSWERS_KEPT:
+            answer = encode(channel, list(messages), cursor)
+            size = len(answer.body)
+            if len(state.answers) >= ANSWERS_KEPT or state.answer_bytes + size > ANSWERS_KEPT_BYTES:
                 state.answers.clear()
-            answer = state.answers[key] = encode(channel, list(messages), cursor)
+                state.answer_bytes = 0
+            if size <= ANSWERS_KEPT_BYTES // 4:  # (a bigger one is built for each poll)
+                state.answers[key] = answer
+                state.answer_bytes += size
         return answer
 
     def newest(self, channel: str) -> Cursor | None:
@@ -386,6 +394,7 @@ class Hub:
     def _fan_out(self, state: _Channel, batch: Batch) -> None:
         if state.answers:
             state.answers.clear()
+            state.answer_bytes = 0
         if state.polls is not None:
             state.polls.arrived(batch.items)
         dropped = [sub for sub in state.subs if not sub.offer_batch(batch)]

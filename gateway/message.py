@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import orjson
 
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, TooLarge
 
 CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 EVENT_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -43,6 +43,21 @@ def check_event(event: str | None) -> str:
     if not EVENT_RE.match(event):
         raise BadRequest("invalid event name: use 1-64 characters of A-Z a-z 0-9 _ . : -")
     return event
+
+
+def check_publish(channel: str, data: str, event: str | None, max_bytes: int) -> str:
+    """A publish from Python, checked as the HTTP route checks one; returns its event's name."""
+    if not isinstance(data, str):
+        raise TypeError("data must be str (a JSON payload travels as its text)")
+    check_channel(channel)
+    checked_event = check_event(event)
+    try:
+        size = len(data.encode())
+    except UnicodeEncodeError:
+        raise BadRequest("data is not valid UTF-8 text") from None
+    if size > max_bytes:
+        raise TooLarge(f"message larger than {max_bytes} bytes")
+    return checked_event
 
 
 def parse_position(text: str) -> Position:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 TRANSPORTS = ("websocket", "sse", "poll")
@@ -64,6 +64,12 @@ class Metrics:
         )
         self.refused = Counter(
             "gateway_refused", "Requests refused, by HTTP status", ["status"], registry=r
+        )
+        self.accelerations = Gauge(
+            "gateway_acceleration",
+            "Reaches into other libraries on (1) or off (0): gateway/server/accelerations.py",
+            ["name"],
+            registry=r,
         )
         self.latency = Histogram(
             "gateway_publish_to_deliver_seconds",

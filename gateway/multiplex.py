@@ -155,7 +155,7 @@ class Multiplex:
         return runs
 
     def client_gone(self) -> None:
-        """The client closed or reset its connection (transports/direct.py ``on_http_lost``)."""
+        """The client closed or reset its connection (server/direct.py ``on_http_lost``)."""
         self.close(CloseReason.CLIENT_GONE)
 
     def close(self, reason: CloseReason) -> None:

@@ -41,8 +41,13 @@ from gateway.message import Cursor, Item
 GATHER_S = 0.005  # after the first arrival, let a burst land so it leaves in one answer
 TICK_S = 0.05  # timeout granularity: never early, at most this late
 
-# The transport's encoding of an answer (body and headers), built once per group.
-Encode = Callable[[str, list[Item], Cursor], object]
+class Encoded(Protocol):
+    """The transport's encoding of an answer (body and headers), built once per group."""
+
+    body: bytes  # what it weighs (``Hub.answer_after`` keeps answers by bytes)
+
+
+Encode = Callable[[str, list[Item], Cursor], Encoded]
 ANSWERED = "answered"
 TIMED_OUT = "timed out"
 CLIENT_GONE = "client gone"

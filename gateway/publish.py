@@ -9,16 +9,23 @@ size (413) while the body streams in.
 are mostly backends, often many behind one address, so a per-address limit
 here would throttle the legitimate heavy publisher first; the README shows
 nginx ``limit_req`` for the deployments that want one.
+
+``LocalPublisher`` (``create_app().publisher``) is the same publish for the
+app that mounts the gateway: no URL, no token (the caller is the app
+itself, which also decides who may reach its own routes), the same checks
+and errors, and the hub's call, as this route makes it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from gateway.errors import BadRequest, TooLarge
-from gateway.message import check_channel, check_event
-from gateway.state import gateway_of
+from gateway.errors import BadRequest, BrokerUnavailable, TooLarge
+from gateway.message import check_channel, check_event, check_publish
+from gateway.state import NOT_STARTED, Gateway, gateway_of
 
 
 async def publish_endpoint(request: Request) -> JSONResponse:
@@ -49,3 +56,24 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise TooLarge(f"message larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class LocalPublisher:
+    """Publish through the gateway running in this process: ``await app.publisher.publish(...)``.
+
+    Raises what ``POST /publish/{channel}`` answers: ``BadRequest``,
+    ``TooLarge``, and ``BrokerUnavailable`` while the gateway is not started
+    or its broker is away.
+    """
+
+    def __init__(self, running: Callable[[], Gateway | None]) -> None:
+        self._running = running
+
+    async def publish(self, channel: str, data: str, event: str | None = None) -> str:
+        """Publish one message; returns its id, the one every subscriber sees."""
+        gateway = self._running()
+        if gateway is None:
+            raise BrokerUnavailable(NOT_STARTED)
+        checked_event = check_publish(channel, data, event, gateway.settings.max_message_bytes)
+        message = await gateway.hub.publish(channel, checked_event, data)
+        return message.id

@@ -19,16 +19,16 @@ from gateway.brokers.functions import missing_function, publish_call
 from gateway.errors import (
     BadRequest,
     BrokerUnavailable,
-    ConfigError,
     Forbidden,
     GatewayError,
+    NotConfigured,
     NotServed,
     OutcomeUnknown,
     RateLimited,
     TooLarge,
     Unauthorized,
 )
-from gateway.message import check_channel, check_event
+from gateway.message import check_publish
 
 TIMEOUT_S = 5.0
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -58,7 +58,7 @@ class Target:
     ) -> None:
         scheme = url.partition("://")[0].lower()
         if scheme not in REDIS_SCHEMES + HTTP_SCHEMES:
-            raise ConfigError(
+            raise NotConfigured(
                 f"publish to a redis://, rediss://, unix:// or http(s):// URL: {url!r}"
             )
         self.over_redis = scheme in REDIS_SCHEMES
@@ -93,17 +93,7 @@ class Target:
         }
 
     def check(self, channel: str, data: str, event: str | None) -> tuple[str, str]:
-        if not isinstance(data, str):
-            raise TypeError("data must be str (a JSON payload travels as its text)")
-        check_channel(channel)
-        checked_event = check_event(event)
-        try:
-            size = len(data.encode())
-        except UnicodeEncodeError:
-            raise BadRequest("data is not valid UTF-8 text") from None
-        if size > self.max_message_bytes:
-            raise TooLarge(f"message larger than {self.max_message_bytes} bytes")
-        return channel, checked_event
+        return channel, check_publish(channel, data, event, self.max_message_bytes)
 
 
 @contextmanager

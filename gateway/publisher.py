@@ -40,6 +40,12 @@ Decisions:
   opens and closes an ``AsyncPublisher`` per call, since an asyncio client
   belongs to one event loop: for many publishes, keep an ``AsyncPublisher``
   in the app's lifespan.
+* No usable URL (``GATEWAY_URL`` and ``REDIS_URL`` unset, or a bad one) is
+  ``NotConfigured``, a ``ConfigError`` that is also a ``GatewayError``
+  (500): ``publish()`` makes its publisher on first use, inside a request
+  whose ``except GatewayError`` answers it. An app that mounts the gateway
+  needs no URL: ``create_app().publisher`` publishes in-process
+  (``gateway.publish.LocalPublisher``).
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ import redis.backoff
 import redis.retry
 
 from gateway.brokers import is_cluster
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, NotConfigured
 from gateway.publish_target import (
     TIMEOUT_S,
     Target,
@@ -213,10 +219,16 @@ class AsyncPublisher(_Publisher):
 
 def _env_options(environ: Mapping[str, str] | None) -> dict[str, Any]:
     """A publisher's arguments from the gateway's own settings (``Settings.from_env``)."""
-    settings = Settings.from_env(environ)
+    try:
+        settings = Settings.from_env(environ)
+    except ConfigError as exc:
+        raise NotConfigured(str(exc)) from None
     url = settings.gateway_url or settings.redis_url
     if not url:
-        raise ConfigError("set GATEWAY_URL (a gateway's base URL) or REDIS_URL (its Redis)")
+        raise NotConfigured(
+            "set GATEWAY_URL (a gateway's base URL) or REDIS_URL (its Redis) to publish,"
+            " or publish through a gateway mounted in this app (create_app().publisher)"
+        )
     return {
         "url": url,
         "token": settings.gateway_token if settings.gateway_url else None,

@@ -14,6 +14,8 @@ from gateway.errors import ConfigError
 
 POLL_TIMEOUT_CEILING_S = 29.0  # a Heroku-style router cuts a silent request at 30 s
 ALL_TRANSPORTS = ("websocket", "sse", "poll")
+# The server layer's reaches into other libraries (gateway/server/accelerations.py).
+ALL_ACCELERATIONS = ("http-protocol", "http-direct", "ws-direct", "ws-lean", "accept-loop")
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -45,6 +47,8 @@ class Settings:
     gateway_token: str | None = None
     max_channels: int = 64
     presence_max_members: int = 1000
+    header_timeout_s: float = 10.0
+    accelerations: tuple[str, ...] = ALL_ACCELERATIONS  # those allowed on, when they fit
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -76,6 +80,8 @@ class Settings:
             gateway_token=get("GATEWAY_TOKEN") or None,
             max_channels=_int(env, "GATEWAY_MAX_CHANNELS", 64, minimum=1),
             presence_max_members=_int(env, "GATEWAY_PRESENCE_MAX_MEMBERS", 1000, minimum=0),
+            header_timeout_s=_float(env, "GATEWAY_HEADER_TIMEOUT", 10.0, minimum=0.1),
+            accelerations=_accelerations(get("GATEWAY_ACCELERATIONS", "all")),
         )
 
     def serves(self, transport: str) -> bool:
@@ -119,6 +125,22 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw.strip().lower() in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _accelerations(raw: str) -> tuple[str, ...]:
+    """``all`` (the default), ``none``, or the names allowed on."""
+    if raw.strip() in ("all", ""):
+        return ALL_ACCELERATIONS
+    if raw.strip() == "none":
+        return ()
+    names = _csv(raw)
+    unknown = [name for name in names if name not in ALL_ACCELERATIONS]
+    if unknown:
+        raise ConfigError(
+            f"GATEWAY_ACCELERATIONS must be all, none or some of {','.join(ALL_ACCELERATIONS)};"
+            f" unknown: {','.join(unknown)}"
+        )
+    return names
 
 
 def _transports(raw: str) -> tuple[str, ...]:

@@ -11,7 +11,8 @@ resume from its cursor (SSE: the stream ends; WebSocket: close 1013
 History read on resume is queued ahead and is not counted against the
 limit: it is bounded by the history size and read by the subscriber itself.
 
-Fast path: once the transport has attached a ``sink`` (transports/direct.py),
+Fast path: once the transport has attached a ``sink`` (a port: ``Sink`` is
+defined here, implemented by the server layer, server/direct.py),
 an offer that finds nothing queued and the socket writable goes straight
 to the socket (the batch's bytes, framed once for all subscribers): no
 queue, no wakeup. Anything queued, a paused socket, or a resume still
@@ -31,14 +32,28 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from gateway.message import GAP, Batch, Cursor, Gap, Item, Message, data_size
 
-if TYPE_CHECKING:
-    from gateway.transports.direct import Sink
+__all__ = ["GAP", "Batch", "CloseReason", "Gap", "Item", "Owner", "Sink", "Subscription"]
 
-__all__ = ["GAP", "Batch", "CloseReason", "Gap", "Item", "Owner", "Subscription"]
+
+class Sink(Protocol):
+    def ready(self) -> bool:
+        """Open and not paused: a write now goes out without queueing in memory."""
+
+    def gone(self) -> bool:
+        """The connection is closed, closing or lost: nothing more can be written."""
+
+    def write(self, batch: Batch) -> None:
+        """Write the batch's bytes now; only after ``ready()`` said so."""
+
+    def heartbeat(self) -> None:
+        """Keep an idle stream alive (SSE: a comment; WebSocket: nothing, uvicorn pings)."""
+
+    async def drain(self) -> None:
+        """Return once the transport takes writes again (or the connection is lost)."""
 
 
 class CloseReason(enum.Enum):
@@ -173,7 +188,7 @@ class Subscription:
         self.history_left = max(0, self.history_left - (before - len(self.queue)))
 
     def client_gone(self) -> None:
-        """The client closed or reset its connection (transports/direct.py ``on_http_lost``)."""
+        """The client closed or reset its connection (server/direct.py ``on_http_lost``)."""
         self.close(CloseReason.CLIENT_GONE)
 
     def close(self, reason: CloseReason) -> None:

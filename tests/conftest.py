@@ -56,8 +56,11 @@ def fresh_redis() -> Iterator[RedisServer]:
 def gateway_env(
     broker: str, redis: RedisServer | RedisCluster | None, **extra: str
 ) -> dict[str, str]:
-    """A gateway's environment on ``broker``: "memory", "redis" or "cluster" (any node's URL)."""
+    """A gateway's environment on ``broker``: "memory", "redis" or "cluster" (any node's URL);
+    "plain": the embedded broker with every acceleration off (the plain ASGI path)."""
     env = {"GATEWAY_HEARTBEAT": "1", "GATEWAY_POLL_TIMEOUT": "25", **extra}
+    if broker == "plain":
+        env["GATEWAY_ACCELERATIONS"] = "none"
     if broker in ("redis", "cluster"):
         assert redis is not None
         env["REDIS_URL"] = redis.url

@@ -3,10 +3,10 @@
 The tests serve them with ``uvicorn tests.embedded_apps:<name>``:
 
 * ``starlette_app``: a Starlette app whose lifespan is the gateway's, and a
-  route that publishes with ``gateway.publisher.apublish()``.
+  route that publishes through the mounted gateway (``realtime.publisher``).
 * ``fastapi_app``: a FastAPI app with a lifespan of its own, which starts the
-  gateway inside it, and a route that publishes with ``gateway.publisher``
-  (``AsyncPublisher.from_env()``: over ``GATEWAY_URL`` if set, else ``REDIS_URL``).
+  gateway inside it, and a route that publishes the same way, answering a
+  ``GatewayError`` with its status. Neither needs ``GATEWAY_URL`` or ``REDIS_URL``.
 * ``not_started_app``: the mistake: mounted, never started.
 """
 
@@ -18,11 +18,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from gateway.app import create_app
-from gateway.publisher import AsyncPublisher, apublish
+from gateway.errors import GatewayError
 
 
 async def healthz(request: Request) -> PlainTextResponse:
@@ -31,13 +31,16 @@ async def healthz(request: Request) -> PlainTextResponse:
 
 # -- Starlette: the gateway's lifespan is the app's ------------------------------
 
+realtime = create_app()
+
+
 async def notify(request: Request) -> JSONResponse:
     text = (await request.body()).decode()
-    message_id = await apublish(request.path_params["channel"], text, event="notice")
+    channel = request.path_params["channel"]
+    message_id = await realtime.publisher.publish(channel, text, event="notice")
     return JSONResponse({"id": message_id})
 
 
-realtime = create_app()
 starlette_app = Starlette(
     routes=[
         Route("/healthz", healthz),
@@ -55,8 +58,7 @@ fastapi_realtime = create_app()
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with fastapi_realtime.running(), AsyncPublisher.from_env() as publisher:
-        app.state.publisher = publisher
+    async with fastapi_realtime.running():
         yield
 
 
@@ -64,10 +66,13 @@ fastapi_app = FastAPI(lifespan=lifespan)
 fastapi_app.mount("/realtime", fastapi_realtime)
 
 
-@fastapi_app.post("/notify/{channel}")
-async def fastapi_notify(channel: str, request: Request) -> dict[str, str]:
+@fastapi_app.post("/notify/{channel}", response_model=None)
+async def fastapi_notify(channel: str, request: Request) -> Response | dict[str, str]:
     text = (await request.body()).decode()
-    message_id = await request.app.state.publisher.publish(channel, text, event="notice")
+    try:
+        message_id = await fastapi_realtime.publisher.publish(channel, text, event="notice")
+    except GatewayError as exc:
+        return JSONResponse({"error": exc.reason}, status_code=exc.status)
     return {"id": message_id}
 
 

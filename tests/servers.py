@@ -211,7 +211,7 @@ class GatewayServer:
         args: Sequence[str] = (),
         app: str = "gateway.app:app",
         mount: str = "",
-        http: str = "gateway.protocol:GatewayHttpProtocol",
+        http: str = "gateway.server.protocol:GatewayHttpProtocol",
         procfile: bool = False,
     ) -> None:
         self.env = dict(env or {})
@@ -249,13 +249,15 @@ class GatewayServer:
         """Start uvicorn and return at once (``start`` waits until it serves)."""
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         env.setdefault("GATEWAY_SHUTDOWN_GRACE", "3")
+        env.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", "65536")  # as the Procfile sets it
         grace = env["GATEWAY_SHUTDOWN_GRACE"]
         if self.procfile:
-            options = procfile_options(env, http=self.http)
+            assigned, options = procfile_command(env, http=self.http)
+            env.update(assigned)
         else:
             options = [
                 "--loop",
-                "gateway.loop:GreedyAcceptLoop",
+                "gateway.server.loop:GreedyAcceptLoop",
                 "--http",
                 self.http,
                 "--ws-per-message-deflate",
@@ -319,13 +321,14 @@ class GatewayServer:
         self.log_path.unlink(missing_ok=True)
 
 
-def procfile_options(env: Mapping[str, str], http: str) -> list[str]:
-    """The uvicorn options of the Procfile's ``web:`` line, its ``${VAR:-default}`` read in ``env``.
+def procfile_command(env: Mapping[str, str], http: str) -> tuple[dict[str, str], list[str]]:
+    """The Procfile's ``web:`` line: the variables it sets, and its uvicorn options.
 
     Read from the Procfile itself, so that a test of "the gateway as deployed"
-    follows it when it changes. ``--host`` and ``--port`` are left out (the
-    caller's), ``--http`` is ``http`` (the Procfile's own, or "httptools" for
-    the plain path with every other option the same).
+    follows it when it changes; its ``${VAR:-default}`` are read in ``env``.
+    ``--host`` and ``--port`` are left out (the caller's), ``--http`` is
+    ``http`` (the Procfile's own, or "httptools" for the plain path with
+    every other option the same).
     """
     line = next(
         line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:")
@@ -335,6 +338,10 @@ def procfile_options(env: Mapping[str, str], http: str) -> list[str]:
         return env.get(match[1]) or match[2] or ""
 
     words = shlex.split(re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", expand, line.removeprefix("web:")))
+    assigned = {}
+    while "=" in words[0]:
+        name, _, value = words.pop(0).partition("=")
+        assigned[name] = value
     assert words[:2] == ["uvicorn", "gateway.app:app"], words
     options: list[str] = []
     rest = iter(words[2:])
@@ -346,4 +353,4 @@ def procfile_options(env: Mapping[str, str], http: str) -> list[str]:
             next(rest)
         else:
             options.append(word)
-    return options
+    return assigned, options

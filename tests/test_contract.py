@@ -14,8 +14,15 @@ from tests.clients import (
     reader_for,
     subscribed,
 )
+from tests.conftest import BROKERS
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module", params=[*BROKERS, "plain"])
+def broker(request: pytest.FixtureRequest) -> str:
+    """The contract holds on every broker, and with every acceleration off (server/)."""
+    return str(request.param)
 
 
 async def test_one_publish_is_seen_on_every_transport_with_the_same_id(gateway, channel):

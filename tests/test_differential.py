@@ -2,7 +2,7 @@
 
 Two gateways on one redis-server and one ``GATEWAY_REDIS_PREFIX`` (so every
 id and cursor is the same on both), started with every option of the
-Procfile: one with its HTTP protocol (``gateway.protocol:GatewayHttpProtocol``,
+Procfile: one with its HTTP protocol (``gateway.server.protocol:GatewayHttpProtocol``,
 long-polls served in the parser callback), one with uvicorn's plain
 ``httptools``. Byte streams drawn by hypothesis (tests/http_streams.py) go
 to both at once, cut into the same pieces; what comes back must match

@@ -15,7 +15,7 @@ import websockets
 
 from tests.clients import on_every_transport, publish
 from tests.conftest import gateway_env, redis_for
-from tests.servers import GatewayServer, free_port, wait_until
+from tests.servers import GatewayServer, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -27,11 +27,8 @@ def parent(broker: str, request: pytest.FixtureRequest) -> Iterator[GatewayServe
     """A parent app with the gateway mounted at ``/realtime``, on the broker of this run."""
     redis = redis_for(broker, request)
     app = f"tests.embedded_apps:{request.param}"
-    port = free_port()
-    env = gateway_env(broker, redis)
-    if broker == "memory":  # the parent's publisher reaches its embedded broker over HTTP
-        env["GATEWAY_URL"] = f"http://127.0.0.1:{port}/realtime"
-    server = GatewayServer(env, port=port, app=app, mount="/realtime").start()
+    env = gateway_env(broker, redis)  # no GATEWAY_URL: the parent publishes in-process
+    server = GatewayServer(env, app=app, mount="/realtime").start()
     yield server
     server.close()
 
@@ -47,8 +44,8 @@ async def test_a_mounted_gateway_delivers_one_message_on_every_transport(parent,
         ], transport
 
 
-async def test_a_route_of_the_parent_publishes_with_gateway_publisher(parent, channel):
-    """The parent's own route publishes (Redis: the function call; embedded: HTTP); subscribers get that id."""
+async def test_a_route_of_the_parent_publishes_through_the_mounted_gateway(parent, channel):
+    """The parent's own route publishes with ``realtime.publisher``, no URL set; subscribers get that id."""
     with anyio.fail_after(20):
         async with on_every_transport(parent, channel, 1) as readers:
             async with httpx.AsyncClient(timeout=10) as client:

@@ -1,4 +1,4 @@
-"""The gateway's HTTP protocol (gateway/protocol.py): long-polls served without a task.
+"""The gateway's HTTP protocol (gateway/server/protocol.py): long-polls served without a task.
 
 A caught-up ``GET /poll/{channel}`` is answered or parked inside uvicorn's
 parser callback. These tests speak raw HTTP/1.1 over one socket, so that
@@ -26,7 +26,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.polls import Waiter
-from gateway.protocol import GatewayHttpProtocol, Poll
+from gateway.server.protocol import GatewayHttpProtocol, Poll
 from gateway.settings import Settings
 from gateway.state import Connection
 from tests.clients import publish
@@ -35,7 +35,7 @@ from tests.servers import GatewayServer, free_port
 
 pytestmark = pytest.mark.anyio
 
-PROTOCOLS = {"ours": "gateway.protocol:GatewayHttpProtocol", "uvicorn's": "httptools"}
+PROTOCOLS = {"ours": "gateway.server.protocol:GatewayHttpProtocol", "uvicorn's": "httptools"}
 
 
 @pytest.fixture(scope="module", params=list(PROTOCOLS))
@@ -298,7 +298,7 @@ async def test_the_keep_alive_sweep_holds_only_open_http_connections(tmp_path: A
     becomes a WebSocket leaves it at the upgrade (it is the WebSocket protocol's then)."""
     import websockets
 
-    from gateway.keepalive import idle_connections
+    from gateway.server.keepalive import HEADER_TIMEOUT_S, idle_connections
 
     app = create_app(Settings.from_env({"REDIS_URL": ""}))
     port = free_port()
@@ -306,7 +306,9 @@ async def test_the_keep_alive_sweep_holds_only_open_http_connections(tmp_path: A
         app, host="127.0.0.1", port=port, http=GatewayHttpProtocol, log_level="warning"
     )
     server = uvicorn.Server(config)
-    known = idle_connections(asyncio.get_running_loop(), config.timeout_keep_alive)._connections
+    known = idle_connections(
+        asyncio.get_running_loop(), config.timeout_keep_alive, HEADER_TIMEOUT_S
+    )._connections
 
     async def settled(count: int) -> None:
         with anyio.fail_after(5):
@@ -490,28 +492,39 @@ async def test_a_repeated_poll_skips_the_parser_and_a_changed_one_does_not() -> 
         protocol.connection_lost(None)
 
 
-def test_a_poll_target_is_read_once_and_never_kept_with_a_token() -> None:
-    """``poll_target``: read once per distinct request line, then served from what was read;
-    a line with a token never kept; at most ``TARGETS_KEPT`` lines; not a poll here: None."""
+def test_a_poll_target_is_kept_once_served_never_with_a_token_and_bounded_by_bytes() -> None:
+    """``poll_target`` reads a line; ``keep_target`` keeps a served one, then read from memory;
+    never one with a token however spelled (``tok%65n``), nor one past ``MAX_LINE_BYTES``;
+    the record stays under ``TARGETS_BYTES``; not a poll here: None."""
     from gateway import protocol
 
     def target(url: bytes) -> protocol.Target | None:
         return protocol.poll_target(b"GET " + url + b" HTTP/1.1", url)
 
+    def served(url: bytes) -> None:
+        line = b"GET " + url + b" HTTP/1.1"
+        read = protocol.poll_target(line, url)
+        assert read is not None, url
+        protocol.keep_target(line, read)
+
     protocol._TARGETS.clear()
     line = b"GET /poll/a?since=1-0 HTTP/1.1"
     read = protocol.poll_target(line, b"/poll/a?since=1-0")
     assert read == protocol.Target(b"/poll/a", b"since=1-0", "a")
+    assert line not in protocol._TARGETS  # read, not served yet: not kept
+    protocol.keep_target(line, read)
     assert protocol.poll_target(line, b"/not/read/again") is read
     several = target(b"/poll?channel=a&channel=b")
     assert several is not None and several.channel is None
-    assert target(b"/poll/a?since=1-0&token=abc") is not None
-    assert [kept for kept in protocol._TARGETS if b"token" in kept] == []
+    for url in (b"/poll/a?since=1-0&token=abc", b"/poll/a?tok%65n=abc", b"/poll/a?%74oken=x"):
+        served(url)
+    assert [kept for kept in protocol._TARGETS if b"tok" in kept or b"%74" in kept] == []
     for url in (b"/pollx", b"/poll/", b"/poll/a%20b", b"/poll/a?x#y", "/poll/é".encode()):
         assert target(url) is None, url
-    for n in range(protocol.TARGETS_KEPT * 2):
-        target(b"/poll/a?since=%d-0" % n)
-    assert 0 < len(protocol._TARGETS) <= protocol.TARGETS_KEPT
+    assert target(b"/poll/a?since=" + b"1" * protocol.MAX_LINE_BYTES) is None
+    for n in range(5000):
+        served(b"/poll/a?since=%d-0&pad=%s" % (n, b"x" * 500))
+    assert 0 < sum(map(len, protocol._TARGETS)) <= protocol.TARGETS_BYTES
 
 
 class _Kept(asyncio.Transport):

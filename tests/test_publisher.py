@@ -16,7 +16,9 @@ import gateway.publisher
 from gateway.errors import (
     BadRequest,
     BrokerUnavailable,
+    ConfigError,
     Forbidden,
+    GatewayError,
     OutcomeUnknown,
     TooLarge,
     Unauthorized,
@@ -93,6 +95,23 @@ async def test_publish_and_apublish_take_their_target_from_the_environment(
     async_id, received = await published_and_received(node, channel, lambda: apublish(channel, "async"))
     assert received["id"] == async_id and async_id != sync_id
     gateway.publisher._default[1].close()
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [{}, {"GATEWAY_URL": "ftp://gw.example"}, {"REDIS_URL": "redis://x", "GATEWAY_HEARTBEAT": "often"}],
+)
+async def test_no_usable_url_is_a_gateway_error_a_route_can_answer(environ, monkeypatch):
+    """No URL, a bad one, a bad setting: ``NotConfigured``, a ``ConfigError`` that ``except GatewayError`` catches (500)."""
+    for make in (Publisher.from_env, AsyncPublisher.from_env):
+        with pytest.raises(GatewayError) as refused:
+            make(environ)
+        assert isinstance(refused.value, ConfigError) and refused.value.status == 500
+    monkeypatch.setattr(gateway.publisher, "_default", None)
+    for name in ("GATEWAY_URL", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(GatewayError, match=r"set GATEWAY_URL .* or REDIS_URL .*create_app"):
+        publish("orders", "the Flask snippet's call, with nothing set")
 
 
 BAD = {

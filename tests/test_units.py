@@ -193,7 +193,7 @@ def test_a_busy_loop_accepts_every_waiting_connection_at_once():
     import asyncio
     import socket
 
-    from gateway.loop import GreedyAcceptLoop
+    from gateway.server.loop import GreedyAcceptLoop
 
     made: list[asyncio.BaseTransport] = []
 
@@ -297,8 +297,8 @@ def test_the_fast_path_recognises_the_installed_uvicorn():
     import uvicorn
     import websockets
 
-    from gateway.loop import GreedyAcceptLoop
-    from gateway.transports.direct import RAW_SEND, SseSink, WsSink, sse_sink, ws_sink
+    from gateway.server.direct import RAW_SEND, SseSink, WsSink, sse_sink, ws_sink
+    from gateway.server.loop import GreedyAcceptLoop
     from tests.servers import free_port
 
     found: dict[str, object] = {}
@@ -391,7 +391,7 @@ def test_offers_go_straight_to_a_ready_sink_and_queue_behind_anything_waiting():
 @pytest.mark.anyio
 async def test_write_queued_drains_in_order_and_reports_a_gone_client():
     """The writer's slow path: waits for the drain, writes what queued, stops when the client left."""
-    from gateway.transports.direct import write_queued
+    from gateway.server.direct import write_queued
 
     sub = Subscription("c", limit=10)
     sub.load_history([])

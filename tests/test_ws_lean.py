@@ -1,4 +1,4 @@
-"""The idle-WebSocket trim (gateway/transports/ws_lean.py): same behaviour, less kept.
+"""The idle-WebSocket trim (gateway/server/ws_lean.py): same behaviour, less kept.
 
 The receive queue swapped under uvicorn must behave as what it replaces;
 the real sockets are in the contract suite (every WebSocket test runs
@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from gateway.transports.ws_lean import Inbox
+from gateway.server.ws_lean import Inbox
 
 pytestmark = pytest.mark.anyio
 

@@ -98,3 +98,23 @@ def publish_call(
 def read_args(prefix: str, channel: str, mode: str, arg: str, count: int) -> tuple[str | int, ...]:
     keys = channel_keys(prefix, channel)
     return ("FCALL_RO", function_name(prefix, "read"), len(keys), *keys, mode, arg, count)
+
+
+PRESENCE_VERSION = "v1"  # presence's own library (presence.lua, brokers/presence_redis.py)
+
+
+def presence_library_name(prefix: str) -> str:
+    return f"{function_prefix(prefix)}_presence_{PRESENCE_VERSION}"
+
+
+def presence_library_source(prefix: str) -> str:
+    fn = function_prefix(prefix)
+    return (
+        files("gateway.brokers")
+        .joinpath("presence.lua")
+        .read_text()
+        .replace("__LIBRARY__", presence_library_name(prefix))
+        .replace("__VERSION__", PRESENCE_VERSION)
+        .replace("__FN__", fn)
+        .replace("__PREFIX__", prefix)
+    )

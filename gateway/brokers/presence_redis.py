@@ -29,19 +29,24 @@ Decisions:
 from __future__ import annotations
 
 import logging
-from importlib.resources import files
 from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.brokers.functions import channel_key, function_prefix
+from gateway.brokers.functions import (
+    PRESENCE_VERSION,
+    channel_key,
+    function_prefix,
+    presence_library_name,
+    presence_library_source,
+)
 from gateway.brokers.redis_store import PRESENCE_MARKER, RedisStore
 from gateway.presence_wire import Announce, Change, Member, Snapshot
 
 logger = logging.getLogger(__name__)
 
-VERSION = "v1"
+VERSION = PRESENCE_VERSION
 
 LEASE_MS = 10_000
 
@@ -51,21 +56,9 @@ def presence_keys(prefix: str, channel: str) -> tuple[str, str, str, str, str]:
     return base, f"{base}:pm", f"{base}:pu", f"{base}:pi", f"{base}:pn"
 
 
-def library_name(prefix: str) -> str:
-    return f"{function_prefix(prefix)}_presence_{VERSION}"
-
-
-def library_source(prefix: str) -> str:
-    fn = function_prefix(prefix)
-    return (
-        files("gateway.brokers")
-        .joinpath("presence.lua")
-        .read_text()
-        .replace("__LIBRARY__", f"{fn}_presence_{VERSION}")
-        .replace("__VERSION__", VERSION)
-        .replace("__FN__", fn)
-        .replace("__PREFIX__", prefix)
-    )
+# The library's name and source live with the other's (functions.py): loaded together.
+library_name = presence_library_name
+library_source = presence_library_source
 
 
 class RedisPresenceStore:

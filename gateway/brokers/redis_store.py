@@ -351,11 +351,9 @@ def _unavailable(exc: BaseException) -> BrokerUnavailable:
 
 async def load_library(execute: Any, prefix: str) -> None:
     """Load this version's libraries (messages, presence) through ``execute``, unless there."""
-    from gateway.brokers import presence_redis  # presence's own library, beside ours
-
     await _load_one(execute, functions.library_name(prefix), functions.library_source(prefix))
-    await _load_one(
-        execute, presence_redis.library_name(prefix), presence_redis.library_source(prefix)
+    await _load_one(  # presence's own library, beside ours
+        execute, functions.presence_library_name(prefix), functions.presence_library_source(prefix)
     )
 
 

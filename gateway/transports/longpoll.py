@@ -42,6 +42,7 @@ from gateway.hub import CAUGHT_UP, Hub
 from gateway.message import START, Cursor, Message
 from gateway.polls import GATHER_S, TIMED_OUT, TaskClient, Waiter
 from gateway.presence_visit import Visit, visit_of
+from gateway.server.direct import HttpReply, http_reply, on_http_lost
 from gateway.settings import Settings
 from gateway.state import Connection, Gateway
 from gateway.subscription import Gap, Item, Subscription
@@ -53,7 +54,6 @@ from gateway.transports.common import (
     resume_from,
     route_path,
 )
-from gateway.transports.direct import http_reply, on_http_lost
 
 POLL_PATH_PREFIX = "/poll/"
 DEFAULT_LIMIT = 100
@@ -159,6 +159,7 @@ class Asked(NamedTuple):
 
 
 QUERIES_KEPT = 1024
+QUERY_KEPT_BYTES = 2048  # a longer query is parsed each time: the record stays under 2 MiB
 
 
 def asked_of(gateway: Gateway, raw: bytes) -> Asked:
@@ -177,7 +178,8 @@ def asked_of(gateway: Gateway, raw: bytes) -> Asked:
         timeout, limit = poll_bounds(query, gateway.settings)
         visit = visit_of(query, OPEN, True) if gateway.guard.open else None
         asked = Asked(MappingProxyType(query), cursor, last, timeout, limit, visit)
-        if b"token" not in raw:
+        # (parsed: ``tok%65n`` is a token to Starlette too)
+        if "token" not in query and len(raw) <= QUERY_KEPT_BYTES:
             if len(kept) >= QUERIES_KEPT:
                 kept.clear()
             kept[raw] = asked
@@ -191,18 +193,22 @@ async def _answer(gateway: Gateway, conn: Connection, scope: Scope, send: Send, 
     known = known_answer(hub, ask)
     if isinstance(known, PollAnswer):  # a client behind: answered from memory at once
         conn.reason = "answered"
-        if reply is None or not reply.write(known):
-            await known.send(send)
+        await _deliver(known, reply, send)
         return
     if known is not None and timeout > 0:
         client = TaskClient(reply)
         waiter = Waiter(known, limit, client)
         if hub.park(channel, waiter, timeout, encode):
-            await _wait(waiter, client.future, scope, send, conn)
+            await _wait(waiter, client.future, scope, send, conn, reply)
             return
     items, start = await _subscribed(gateway, conn, scope, ask)
     answer = encode(channel, items, start)
-    if reply is None or not reply.write(answer):
+    await _deliver(answer, reply, send)
+
+
+async def _deliver(answer: PollAnswer, reply: HttpReply | None, send: Send) -> None:
+    """Straight to the socket when it can be (``HttpReply``), else through ASGI."""
+    if reply is None or not await reply.sent(answer):
         await answer.send(send)
 
 
@@ -223,6 +229,7 @@ async def _wait(
     scope: Scope,
     send: Send,
     conn: Connection,
+    reply: HttpReply | None,
 ) -> None:
     """Until the hub or the timer answers the waiter, or its client leaves."""
     unhook = on_http_lost(scope, waiter.cancel)
@@ -234,7 +241,7 @@ async def _wait(
             unhook()
     conn.reason = waiter.reason
     if isinstance(answer, PollAnswer) and not waiter.written:
-        await answer.send(send)
+        await _deliver(answer, reply, send)
 
 
 async def _subscribed(
@@ -268,6 +275,11 @@ def query_of(raw: bytes) -> dict[str, str]:
             name, _, value = part.partition("=")
             query[name] = value
     return query
+
+
+def carries_token(raw: bytes) -> bool:
+    """Whether a raw query names ``token``, however it is spelled (``tok%65n`` is one)."""
+    return b"token" in raw or (b"%" in raw and "token" in query_of(raw))
 
 
 def check_served(settings: Settings) -> None:

@@ -29,9 +29,9 @@ from gateway.message import START, Cursor, Gap, Item
 from gateway.multiplex import Multiplex
 from gateway.polls import GATHER_S
 from gateway.presence_visit import Visit, visit_of
+from gateway.server.direct import on_http_lost
 from gateway.state import Gateway, gateway_of
 from gateway.transports.channels import ChannelSpec, channel_specs, label
-from gateway.transports.direct import on_http_lost
 from gateway.transports.longpoll import check_served, poll_bounds
 from gateway.transports.sse import answer
 

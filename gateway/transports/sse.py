@@ -12,7 +12,7 @@ asked about once a second while messages flow (uvicorn drops sends to a
 lost client silently meanwhile).
 
 * Under uvicorn, once the stream is open the hub writes each batch's
-  chunk straight to the socket (transports/direct.py): no task wakes per
+  chunk straight to the socket (server/direct.py): no task wakes per
   message. Elsewhere, items are pre-encoded ``bytes`` (``Message.sse``,
   built once per message) written through ASGI, everything queued in one
   chunk, so a burst costs one write.
@@ -41,6 +41,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.errors import GatewayError, NotServed
 from gateway.message import Cursor, sse_event
 from gateway.presence_visit import ANONYMOUS, Visit, visit_of
+from gateway.server.direct import on_http_lost, sse_sink, write_queued
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason, Item, Subscription
 from gateway.transports.common import (
@@ -50,7 +51,6 @@ from gateway.transports.common import (
     route_path,
     stall_absorbed,
 )
-from gateway.transports.direct import on_http_lost, sse_sink, write_queued
 
 SSE_PATH_PREFIX = "/sse/"
 BATCH = 256

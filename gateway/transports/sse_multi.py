@@ -36,11 +36,11 @@ from gateway.errors import GatewayError, NotServed
 from gateway.message import Batch, Cursor, Gap, Item
 from gateway.multiplex import Multiplex
 from gateway.presence_visit import ANONYMOUS, Visit, visit_of
+from gateway.server.direct import ChannelSink, on_http_lost, sse_sink, write_arrivals
 from gateway.state import Gateway, gateway_of
 from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, label
 from gateway.transports.common import stall_absorbed
-from gateway.transports.direct import ChannelSink, on_http_lost, sse_sink, write_arrivals
 from gateway.transports.sse import (
     HEARTBEAT,
     LEFT_CHECK_S,

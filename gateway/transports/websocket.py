@@ -3,7 +3,7 @@
 The writer is the connection's own task; the reader runs beside it in a
 task group, and the first to finish cancels the other. Under uvicorn, once
 the socket is accepted the hub writes each batch's frames straight to it
-(transports/direct.py) and the writer only drains what queued while the
+(server/direct.py) and the writer only drains what queued while the
 socket was paused. The reader's acks and errors are queued to the writer
 (one writer: no lock); until an ack is written, messages take the queue
 too, so a publisher sees its ack before its message. A write blocked too
@@ -32,6 +32,8 @@ from gateway.auth import Rights
 from gateway.errors import BadRequest, GatewayError, RateLimited, TooLarge
 from gateway.message import GAP_WS, Message, check_event
 from gateway.presence_visit import Visit, visit_of
+from gateway.server.direct import WsSink, write_queued, ws_sink
+from gateway.server.ws_lean import forget_handshake
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason, Gap, Item, Subscription
 from gateway.transports.common import (
@@ -41,8 +43,6 @@ from gateway.transports.common import (
     route_path,
     unless_stalled,
 )
-from gateway.transports.direct import WsSink, write_queued, ws_sink
-from gateway.transports.ws_lean import forget_handshake
 
 logger = logging.getLogger(__name__)
 

@@ -39,11 +39,12 @@ from gateway.errors import BadRequest, GatewayError
 from gateway.message import Batch, Cursor, Gap, Item, ws_frame
 from gateway.multiplex import Multiplex
 from gateway.presence_visit import Visit, visit_of
+from gateway.server.direct import ChannelSink, write_arrivals, ws_sink
+from gateway.server.ws_lean import forget_handshake
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, frame_spec, label, named
 from gateway.transports.common import unless_stalled
-from gateway.transports.direct import ChannelSink, write_arrivals, ws_sink
 from gateway.transports.websocket import (
     BATCH,
     CLOSE_CODES,
@@ -57,7 +58,6 @@ from gateway.transports.websocket import (
     refuse,
     send_frame,
 )
-from gateway.transports.ws_lean import forget_handshake
 
 WS_MULTI_PATH = "/ws"
 

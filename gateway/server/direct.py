@@ -41,36 +41,24 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from starlette.types import Scope, Send
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
 from gateway.message import BATCH_BYTES, BATCH_ITEMS, Batch
+from gateway.server import accelerations
+from gateway.subscription import Sink
 
 if TYPE_CHECKING:
     from gateway.multiplex import Multiplex
     from gateway.subscription import Subscription
 
 RAW_SEND = "gateway.raw_send"
+_Owner = TypeVar("_Owner", RequestResponseCycle, WebSocketsSansIOProtocol)
 HEARTBEAT_CHUNK = b"3\r\n:\n\n\r\n"  # an SSE comment as an HTTP/1.1 chunk
-
-
-class Sink(Protocol):
-    def ready(self) -> bool:
-        """Open and not paused: a write now goes out without queueing in memory."""
-
-    def gone(self) -> bool:
-        """The connection is closed, closing or lost: nothing more can be written."""
-
-    def write(self, batch: Batch) -> None:
-        """Write the batch's bytes now; only after ``ready()`` said so."""
-
-    def heartbeat(self) -> None:
-        """Keep an idle stream alive (SSE: a comment; WebSocket: nothing, uvicorn pings)."""
-
-    async def drain(self) -> None:
-        """Return once the transport takes writes again (or the connection is lost)."""
 
 
 class SseSink:
@@ -82,7 +70,7 @@ class SseSink:
 
     __slots__ = ("_closing", "_cycle", "_flow", "_transport", "_write")
 
-    def __init__(self, cycle: Any) -> None:
+    def __init__(self, cycle: RequestResponseCycle) -> None:
         self._cycle = cycle
         self._flow = cycle.flow
         self._transport: asyncio.Transport = cycle.transport
@@ -125,7 +113,7 @@ class WsSink:
 
     __slots__ = ("_closing", "_proto", "_writable", "_write")
 
-    def __init__(self, proto: Any) -> None:
+    def __init__(self, proto: WebSocketsSansIOProtocol) -> None:
         self._proto = proto
         self._writable: asyncio.Event = proto.writable
         transport: asyncio.Transport = proto.transport
@@ -257,19 +245,24 @@ class HttpReply:
     no ASGI send chain, no task to wake before the bytes leave. The
     cycle's state moves exactly as two ``send`` calls would move it
     (started, complete, keep-alive or close, the next pipelined request).
+    ``writes`` False: middleware wraps ``send`` (CORS), so the answer goes
+    through it; the cycle is still asked whether the client reads or left.
     """
 
-    __slots__ = ("_cycle",)
+    __slots__ = ("_cycle", "writes")
 
-    def __init__(self, cycle: Any) -> None:
+    def __init__(self, cycle: RequestResponseCycle, writes: bool = True) -> None:
         self._cycle = cycle
+        self.writes = writes
 
     def write(self, response: object) -> bool:
         """Write ``response`` (a ``WholeResponse``) now; False when the request cannot take it."""
         cycle = self._cycle
         transport: asyncio.Transport = cycle.transport
-        if cycle.response_started or cycle.disconnected or transport.is_closing():
+        if not self.writes or cycle.response_started or cycle.disconnected:
             return False
+        if transport.is_closing() or cycle.flow.write_paused:
+            return False  # (paused: the client reads nothing; ``sent`` waits for it)
         assert hasattr(response, "wire")
         cycle.response_started = True
         cycle.waiting_for_100_continue = False
@@ -281,29 +274,49 @@ class HttpReply:
         cycle.on_response()
         return True
 
+    async def sent(self, response: object) -> bool:
+        """``write`` once the client reads again; True also when it left (nothing to write).
+
+        False: through ``send`` (at once, with nothing to wait for). uvicorn's
+        own ``send`` waits for a paused client too, but when the client
+        leaves it marks gone only the newest request of a connection: one
+        answering behind a pipelined request would then write to a closed
+        transport (a traceback under uvloop).
+        """
+        cycle = self._cycle
+        if cycle.flow.write_paused and not cycle.disconnected:
+            await cycle.flow.drain()
+        if cycle.disconnected or cycle.transport.is_closing():
+            cycle.disconnected = True  # (as the protocol will say: no "returned without" error)
+            return True
+        return self.write(response)
+
 
 def http_reply(scope: Scope, send: Send) -> HttpReply | None:
-    """Whole responses straight to the socket, when ``send`` is uvicorn's httptools cycle itself.
+    """The request's httptools cycle, to write whole responses straight to the socket.
 
-    Not under middleware that wraps ``send`` (CORS for a request with an
-    ``Origin``, a parent app's), not for HEAD, not with uvicorn's access log on.
+    It writes only when ``send`` is uvicorn's cycle itself (not under
+    middleware that wraps ``send``: CORS, a parent app's), not for HEAD, not
+    with uvicorn's access log on.
     """
-    if scope.get(RAW_SEND) is not send or scope["method"] != "GET":
+    if scope["method"] != "GET":
         return None
-    cycle = _owner(scope, "uvicorn.protocols.http.httptools_impl", "RequestResponseCycle")
+    cycle = _cycle(scope)
     if cycle is None or cycle.response_started:
         return None
+    if scope.get(RAW_SEND) is not send:
+        return HttpReply(cycle, writes=False)
     if cycle.access_log and cycle.access_logger.isEnabledFor(logging.INFO):
-        return None  # its line would be written by ``send``
+        return HttpReply(cycle, writes=False)  # its line would be written by ``send``
     return HttpReply(cycle)
 
 
 class _LostSignal(asyncio.Event):
     """uvicorn's per-request event, which also calls ``lost`` once the client is gone."""
 
-    def __init__(self, cycle: Any, lost: Callable[[], None]) -> None:
+    def __init__(self, cycle: RequestResponseCycle, lost: Callable[[], None]) -> None:
         super().__init__()
-        self._cycle: Any = cycle
+        self._cycle: RequestResponseCycle | None = cycle
         self._lost = lost
         if cycle.message_event.is_set():
             super().set()
@@ -337,7 +350,7 @@ def on_http_lost(scope: Scope, lost: Callable[[], None]) -> Callable[[], None] |
     connection's several): no task, no timer, no sweep. Only while no
     ``receive()`` waits on it (the caller's own task is here).
     """
-    cycle = _owner(scope, "uvicorn.protocols.http.httptools_impl", "RequestResponseCycle")
+    cycle = _cycle(scope)
     if cycle is None:
         return None
     signal = cycle.message_event = _LostSignal(cycle, lost)
@@ -346,7 +359,7 @@ def on_http_lost(scope: Scope, lost: Callable[[], None]) -> Callable[[], None] |
 
 def sse_sink(scope: Scope) -> SseSink | None:
     """The fast path for an HTTP response already started with chunked encoding, if any."""
-    cycle = _owner(scope, "uvicorn.protocols.http.httptools_impl", "RequestResponseCycle")
+    cycle = _cycle(scope)
     if cycle is None or not cycle.response_started or cycle.chunked_encoding is not True:
         return None
     return SseSink(cycle)
@@ -354,19 +367,23 @@ def sse_sink(scope: Scope) -> SseSink | None:
 
 def ws_sink(scope: Scope) -> WsSink | None:
     """The fast path for an accepted WebSocket, if any."""
-    proto = _owner(
-        scope, "uvicorn.protocols.websockets.websockets_sansio_impl", "WebSocketsSansIOProtocol"
-    )
+    if not accelerations.on(accelerations.WS_DIRECT):
+        return None
+    proto = _owner(scope, WebSocketsSansIOProtocol)
     if proto is None or not proto.handshake_complete or proto.conn.state is not State.OPEN:
         return None
     return WsSink(proto)
 
 
-def _owner(scope: Scope, module: str, name: str) -> Any:
-    """The object whose bound ``send`` the server gave, when it is the class we know."""
+def _cycle(scope: Scope) -> RequestResponseCycle | None:
+    """uvicorn's httptools request cycle behind the scope's ``send``, when that may be used."""
+    if not accelerations.on(accelerations.HTTP_DIRECT):
+        return None
+    return _owner(scope, RequestResponseCycle)
+
+
+def _owner(scope: Scope, kind: type[_Owner]) -> _Owner | None:
+    """The object whose bound ``send`` the server gave, when it is exactly the class we know."""
     send: Send | None = scope.get(RAW_SEND)
     owner = getattr(send, "__self__", None)
-    kind = type(owner)
-    if kind.__module__ != module or kind.__name__ != name:
-        return None
-    return owner
+    return owner if type(owner) is kind else None

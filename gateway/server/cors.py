@@ -20,30 +20,43 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Message, Receive, Scope, Send
 
 KEPT = 256  # distinct Origin values remembered (a client picks its Origin: bounded)
+ORIGIN_KEPT_BYTES = 1024  # a longer Origin is asked each time (the record stays small)
 
 
 class CorsHeaders:
     def __init__(self, options: dict[str, Any]) -> None:
         self._middleware = CORSMiddleware(_unused, **options)
-        self._kept: dict[bytes, bytes] = {}
+        self._kept: dict[tuple[bytes | None, bool], bytes] = {}
 
-    def for_origin(self, origin: bytes) -> bytes:
-        """The header lines CORSMiddleware adds to a GET's answer for this ``Origin``."""
-        block = self._kept.get(origin)
+    def for_origin(self, origin: bytes | None, cookie: bool = False) -> bytes:
+        """The header lines CORSMiddleware adds to a GET's answer for this ``Origin``.
+
+        None: the request has no ``Origin`` (Starlette 1.x still adds ``vary:
+        Origin`` then). ``cookie``: it carries a ``Cookie`` header, which
+        changed the answer in some Starlette versions when every origin is
+        allowed: asked with it, whatever the version does.
+        """
+        key = (origin, cookie)
+        block = self._kept.get(key)
         if block is None:
-            if len(self._kept) >= KEPT:
-                self._kept.clear()
-            block = self._kept[origin] = self._ask(origin)
+            block = self._ask(origin, cookie)
+            if origin is None or len(origin) <= ORIGIN_KEPT_BYTES:
+                if len(self._kept) >= KEPT:
+                    self._kept.clear()
+                self._kept[key] = block
         return block
 
-    def _ask(self, origin: bytes) -> bytes:
+    def _ask(self, origin: bytes | None, cookie: bool) -> bytes:
         sent: list[Message] = []
 
         async def send(message: Message) -> None:
             sent.append(message)
 
         start: Message = {"type": "http.response.start", "status": 200, "headers": []}
-        step = self._middleware.send(start, send, Headers(raw=[(b"origin", origin)]))
+        raw = [(b"origin", origin)] if origin is not None else []
+        if cookie:
+            raw.append((b"cookie", b""))
+        step = self._middleware.send(start, send, Headers(raw=raw))
         try:
             step.send(None)  # nothing in it waits: it runs to its end at once
         except StopIteration:

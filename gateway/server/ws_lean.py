@@ -33,11 +33,14 @@ from starlette.websockets import WebSocket
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
-from gateway.transports.direct import RAW_SEND
+from gateway.server import accelerations
+from gateway.server.direct import RAW_SEND
 
 
 def forget_handshake(websocket: WebSocket) -> None:
     """After ``accept``: drop what the handshake left, slim the receive queue and the parser."""
+    if not accelerations.on(accelerations.WS_LEAN):
+        return
     proto = getattr(websocket.scope.get(RAW_SEND), "__self__", None)
     if proto is None or type(proto).__name__ != "WebSocketsSansIOProtocol":
         return

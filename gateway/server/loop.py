@@ -12,7 +12,7 @@ for plain TCP listeners our own accept loop, which takes every connection
 waiting (up to the backlog) each time the listening socket is readable and
 hands each to uvloop (``connect_accepted_socket``).
 
-Use it with uvicorn's ``--loop gateway.loop:GreedyAcceptLoop`` (the
+Use it with uvicorn's ``--loop gateway.server.loop:GreedyAcceptLoop`` (the
 Procfile and ``python -m gateway`` do). TLS listeners and Unix sockets keep
 uvloop's own server.
 """
@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import uvloop
+
+from gateway.server import accelerations
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,8 @@ class GreedyAcceptLoop(uvloop.Loop):
         ssl: Any = None,
         **kwargs: Any,
     ) -> Any:
-        if ssl is not None or (sock is not None and sock.family == socket.AF_UNIX):
+        plain = ssl is not None or (sock is not None and sock.family == socket.AF_UNIX)
+        if plain or not accelerations.on(accelerations.ACCEPT_LOOP):
             serve: Any = super().create_server  # uvloop's stubs type only one overload
             return await serve(
                 protocol_factory, host, port, sock=sock, backlog=backlog, ssl=ssl, **kwargs

@@ -26,7 +26,7 @@ access log or ``--limit-concurrency`` on, the gateway mounted under a
 parent app), goes through uvicorn's ASGI path as before: same answers,
 slower.
 
-Use it with uvicorn's ``--http gateway.protocol:GatewayHttpProtocol`` (the
+Use it with uvicorn's ``--http gateway.server.protocol:GatewayHttpProtocol`` (the
 Procfile and ``python -m gateway`` do). Without it the gateway serves every
 route the same way, through ASGI.
 """
@@ -41,11 +41,12 @@ from typing import Any, NamedTuple
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.app import GatewayApp
-from gateway.keepalive import idle_connections
 from gateway.message import Cursor
 from gateway.polls import Ended, Waiter
+from gateway.server import accelerations
+from gateway.server.keepalive import HEADER_TIMEOUT_S, idle_connections
 from gateway.state import Gateway
-from gateway.transports.longpoll import POLL_PATH_PREFIX, PollAnswer
+from gateway.transports.longpoll import POLL_PATH_PREFIX, PollAnswer, carries_token
 from gateway.transports.poll_multi import POLL_MULTI_PATH
 from gateway.transports.poll_quick import Ending, quick_poll, quick_poll_multi
 
@@ -75,18 +76,23 @@ class Target(NamedTuple):
 
 # Targets read, by their request line: thousands of pollers send the same one after each message.
 _TARGETS: dict[bytes, Target] = {}
-TARGETS_KEPT = 1024
+TARGETS_BYTES = 1 << 20  # request lines kept, by their length: past it the record starts anew
+MAX_LINE_BYTES = 8192  # a longer request line goes through ASGI (the SPEC's bound on a URL)
+_kept_bytes = 0
 
 
 def poll_target(line: bytes, url: bytes) -> Target | None:
-    """``GET url HTTP/1.1`` (``line``) as a poll served here, read once per distinct line.
+    """``GET url HTTP/1.1`` (``line``) as a poll served here; None: not one this path takes.
 
-    None: not ``/poll/{channel}`` or ``/poll``. A line is kept only once it
-    was checked (by httptools, or ``_POLL_LINE``), and never with a token.
+    None: not ``/poll/{channel}`` or ``/poll``, or a line past
+    ``MAX_LINE_BYTES``, or a name uvicorn would unquote. A line served here
+    is remembered by ``keep_target`` once its poll was admitted.
     """
     target = _TARGETS.get(line)
     if target is not None:
         return target
+    if len(line) > MAX_LINE_BYTES:
+        return None
     path, _, query = url.partition(b"?")  # (origin-form: it starts with /poll)
     if path == _MULTI:
         channel = None
@@ -96,25 +102,57 @@ def poll_target(line: bytes, url: bytes) -> Target | None:
         return None  # not /poll or /poll/{channel} (/pollx, /poll/ …)
     if 37 in path or 35 in url:  # ord("%"): a name uvicorn would unquote; "#": a fragment
         return None
-    target = Target(path, query, channel)
-    if b"token" not in query:  # no secret stays in memory (as ``asked_of``)
-        if len(_TARGETS) >= TARGETS_KEPT:
-            _TARGETS.clear()
-        _TARGETS[line] = target
-    return target
+    return Target(path, query, channel)
+
+
+def keep_target(line: bytes, target: Target) -> None:
+    """Remember a served poll's line (checked, admitted), unless it carries a token.
+
+    Bounded by bytes (``TARGETS_BYTES``); no secret stays in memory, however
+    its name is spelled (``?tok%65n=`` is a token to Starlette).
+    """
+    global _kept_bytes
+    if line in _TARGETS or carries_token(target.query):
+        return
+    if _kept_bytes + len(line) > TARGETS_BYTES:
+        _TARGETS.clear()
+        _kept_bytes = 0
+    _TARGETS[line] = target
+    _kept_bytes += len(line)
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol; ``GET /poll…`` served with no task when it can be."""
+    """uvicorn's httptools protocol; ``GET /poll…`` served with no task when it can be.
+
+    What it answers is what the plain ASGI path answers for the same bytes
+    (tests/test_differential.py): an answer written while httptools reads a
+    chunk is held until the whole chunk parsed (``held``), so a request the
+    parser then refuses (a bad chunk, garbage after a body) is answered 400
+    alone, as plain uvicorn does; nothing is served here while the client
+    is not reading (``flow.write_paused``), so a pipelining client that
+    never reads costs the same bounded buffer as through ASGI.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """uvicorn's own protocol, unchanged, when this one does not fit (accelerations.py)."""
+        if not accelerations.on(accelerations.HTTP_PROTOCOL):
+            return HttpToolsProtocol(*args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.idle = idle_connections(self.loop, self.timeout_keep_alive)
-        self.idle_since: float | None = None  # a poll answered, no request since
+        found = _gateway_app(self.app)
+        header_timeout_s = found.header_timeout_s if found is not None else HEADER_TIMEOUT_S
+        self.idle = idle_connections(self.loop, self.timeout_keep_alive, header_timeout_s)
+        self.idle_since: float | None = None  # a response ended, no request since
+        self.reading_since: float | None = None  # waiting for a request's headers since
         self.repeat: Repeat | None = None  # this connection's last poll, read by httptools
         self.chunk = b""  # the bytes httptools is reading (a poll's, to remember as a repeat)
         self.in_message = False  # httptools is inside a request
-        self.gateway_app = _gateway_app(self.app)
+        self.held: list[bytes] | None = None  # answers written while httptools reads a chunk
+        self.close_held = False  # an answer held said ``connection: close``
+        self.running: Any = None  # the request whose ASGI task started last
+        self.gateway_app = found
         if self.access_log and self.access_logger.isEnabledFor(logging.INFO):
             self.gateway_app = None  # each request's line is written by uvicorn's cycle
         if self.root_path or self.limit_concurrency is not None:
@@ -122,31 +160,59 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.reading_since = self.loop.time()  # (keepalive.py: the header timeout)
         self.idle.join(self)
 
     def handle_websocket_upgrade(self) -> None:
+        if self.close_held:
+            return  # after an answer that closes the connection (``on_headers_complete``)
         self.idle.leave(self)  # the socket is the WebSocket protocol's from here
         super().handle_websocket_upgrade()
 
     def data_received(self, data: bytes) -> None:
         self.idle_since = None  # (keepalive.py)
         repeat = self.repeat
-        if repeat is not None and data.endswith(repeat.block) and self._repeat_served(data, repeat):
+        if (
+            repeat is not None
+            and not self.in_message
+            and data.endswith(repeat.block)
+            and self._repeat_served(data, repeat)
+        ):
             return
         self.chunk = data
-        super().data_received(data)
-        self.chunk = b""
+        self.held = []
+        try:
+            super().data_received(data)
+        finally:
+            self.chunk = b""
+            held, self.held = self.held, None
+            if held:
+                self._write_held(held)
+
+    def _write_held(self, held: list[bytes]) -> None:
+        """The answers served while httptools read a chunk, unless it refused the chunk."""
+        transport = self.transport
+        if transport.is_closing():
+            return  # a 400 went out instead (``send_400_response``), as through ASGI
+        transport.write(held[0] if len(held) == 1 else b"".join(held))
+        if self.close_held:
+            transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        self.held = None  # a request before the refused one in this chunk: not answered
+        super().send_400_response(msg)
 
     def _repeat_served(self, data: bytes, repeat: Repeat) -> bool:
         """A poll with the very headers of this connection's last one, served unparsed.
 
         A keep-alive poller sends the same headers every time; only its
         request line (the cursor) changes. httptools read those headers
-        once (``_remember``); a request that is exactly a GET under /poll,
-        HTTP/1.1, then those same bytes, means what they meant, so it is
-        served without httptools and its five to fifteen callbacks into
-        Python. Anything else (another header, a second request in the same
-        bytes, a parser mid-request) goes through httptools as usual.
+        once (``_remember``), from a chunk that was that whole request and
+        nothing else; a chunk that is exactly a GET under /poll, HTTP/1.1,
+        then those same bytes, means what they meant, so it is served
+        without httptools and its five to fifteen callbacks into Python.
+        Anything else (another header, a second request in the same bytes,
+        a parser mid-request) goes through httptools as usual.
         """
         line = data[: len(data) - len(repeat.block)]
         target = _TARGETS.get(line)  # (a line served before was checked then)
@@ -154,16 +220,24 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             match = _POLL_LINE.fullmatch(line)
             if match is None or (target := poll_target(line, match[1])) is None:
                 return False
-        if self.in_message:
-            return False
         if self.timeout_keep_alive_task is not None:  # (an ASGI answer armed uvicorn's timer)
             self._unset_keepalive_if_required()
         self.headers = repeat.headers
-        return self._serve_poll(target, repeat.headers, repeat.keep_alive)
+        return self._serve_poll(target, line, repeat.headers, repeat.keep_alive)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.idle.leave(self)
+        running = self.running
         super().connection_lost(exc)
+        # uvicorn marks only the newest request gone; one answering behind a
+        # pipelined request would then write to a closed transport (a traceback).
+        if running is not None and running is not self.cycle and not running.response_complete:
+            running.disconnected = True
+            running.message_event.set()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self.running = cycle
+        super()._start_asgi_task(cycle, app)
 
     def on_message_complete(self) -> None:
         self.in_message = False
@@ -176,11 +250,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         """As uvicorn's, but the ASGI scope is made only for a request that goes through ASGI."""
         self.in_message = True
+        self.idle_since = None  # a request in the same chunk as the answer before it
+        if self.reading_since is None:
+            self.reading_since = self.loop.time()
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
 
     def on_headers_complete(self) -> None:
+        self.reading_since = None
+        if self.close_held:
+            return  # after an answer that closes the connection: never served (as uvicorn)
         if self.url.startswith(_MULTI) and self._poll_served_here():
             return
         url, headers, expect_100_continue = self.url, self.headers, self.expect_100_continue
@@ -189,6 +269,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.headers = self.scope["headers"] = headers
         super().on_headers_complete()
 
+    def header_timeout_handler(self) -> None:
+        """No whole request head within the header timeout (keepalive.py): let it go."""
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if self.in_message:  # a request begun: say why it is cut
+            transport.write(_HEADER_TIMEOUT_ANSWER)
+        transport.close()
+
     def _poll_served_here(self) -> bool:
         """From httptools' callbacks: a GET under /poll, served here if it can be."""
         parser = self.parser
@@ -196,44 +285,52 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             parser.get_method() != b"GET"
             or parser.get_http_version() != "1.1"
             or self.expect_100_continue
+            or parser.should_upgrade()  # (uvicorn hands it to its WebSocket protocol)
         ):
             return False
         keep_alive = parser.should_keep_alive()
-        target = poll_target(b"GET " + self.url + b" HTTP/1.1", self.url)
-        if target is None or not self._serve_poll(target, self.headers, keep_alive):
+        line = b"GET " + self.url + b" HTTP/1.1"
+        target = poll_target(line, self.url)
+        if target is None or not self._serve_poll(target, line, self.headers, keep_alive):
             self.repeat = None
             return False
-        self._remember(keep_alive)
+        self._remember(line, keep_alive)
         return True
 
-    def _remember(self, keep_alive: bool) -> None:
-        """This poll's headers, when its bytes were it alone: the next may repeat them."""
+    def _remember(self, line: bytes, keep_alive: bool) -> None:
+        """This poll's headers, when its chunk was this request alone: the next may repeat them."""
         data, headers = self.chunk, self.headers
-        repeat = self.repeat
-        end = data.find(b"\r\n\r\n") + 4
-        if end != len(data) or any(name in _NOT_REPEATED for name, _ in headers):
+        if (
+            len(data) < len(line) + 4
+            or not data.startswith(line)
+            or data.find(b"\r\n\r\n") + 4 != len(data)
+            or any(name in _NOT_REPEATED for name, _ in headers)
+        ):
             self.repeat = None
-        elif repeat is None or not data.endswith(repeat.block):
-            self.repeat = Repeat(data[data.find(b"\r\n") :], headers, keep_alive)
+        elif self.repeat is None or not data.endswith(self.repeat.block):
+            self.repeat = Repeat(data[len(line) :], headers, keep_alive)
 
     def _serve_poll(
-        self, target: Target, headers: list[tuple[bytes, bytes]], keep_alive: bool
+        self, target: Target, line: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
     ) -> bool:
         """``GET target``, HTTP/1.1, served here: True, or nothing done."""
         app = self.gateway_app
+        flow = self.flow
         if (
             app is None
             or app.gateway is None
             or self.pipeline
-            or self.flow.read_paused
+            or flow.read_paused
+            or flow.write_paused  # the client reads nothing: through ASGI, which waits for it
+            or self.close_held
             or not (self.cycle is None or self.cycle.response_complete)
         ):
             return False
         cors = b""
         if app.cors is not None:  # the headers CORSMiddleware would add (cors.py)
             origin = next((value for name, value in headers if name == b"origin"), None)
-            if origin is not None:
-                cors = app.cors.for_origin(origin)
+            cookie = any(name == b"cookie" for name, _ in headers)
+            cors = app.cors.for_origin(origin, cookie)
         previous = self.cycle
         poll = Poll(self, keep_alive, cors)
         self.cycle = poll  # type: ignore[assignment]  # it has what uvicorn uses of a cycle
@@ -248,9 +345,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             served = quick_poll_multi(app.gateway, scope, poll)
         else:
             served = quick_poll(app.gateway, target.channel, target.query, headers, poll)
-        if not served:
+        if served:
+            keep_target(line, target)
+        else:
             self.cycle = previous
         return served
+
+
+_HEADER_TIMEOUT_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 32\r\nconnection: close\r\n\r\nrequest headers not sent in time"
+)
 
 
 class Poll(Waiter):
@@ -331,10 +436,16 @@ class Poll(Waiter):
             return False
         assert isinstance(answer, PollAnswer)
         keep_alive = self.keep_alive
-        transport.write(answer.wire(protocol.server_state.default_headers, keep_alive, self.cors))
+        wire = answer.wire(protocol.server_state.default_headers, keep_alive, self.cors)
         self.response_complete = True
-        if not keep_alive:
-            transport.close()
+        held = protocol.held
+        if held is not None:  # httptools is reading: written once the chunk parsed
+            held.append(wire)
+            protocol.close_held = not keep_alive
+        else:
+            transport.write(wire)
+            if not keep_alive:
+                transport.close()
         # What uvicorn's ``on_response_complete`` does, but the keep-alive
         # timer: one sweep for all (``IdleConnections``).
         if protocol.pipeline or protocol.flow.read_paused:
