@@ -31,7 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 PAUSE_S = 0.005  # how often a server is looked at while it works (``idle``)
-IDLE_CEILING_S = 2.0  # a server busy longer than this gets the next piece anyway
+# A server busy (or an answer late) longer than these gets the next piece anyway: together
+# well below the servers' --timeout-keep-alive (2 s), which would close the connection.
+IDLE_CEILING_S = 0.5
+ANSWER_CEILING_S = 0.5
+CROWD_PAUSE_S = 0.02  # between pieces when many connections share the server (not ``solo``)
 PROMPT_CLOSE_S = 0.5  # a close later than this after the last activity is the idle timer's
 SETTLE_S = 0.8  # beyond the longest wait a stream may ask for
 MAX_WAIT_S = 9.0  # after the last piece, whatever the stream asked for
@@ -44,6 +48,18 @@ class Plan:
 
     methods: tuple[str, ...]
     wait_s: float  # how long the server may legitimately stay silent (polls' timeouts)
+    ends: tuple[int, ...] = ()  # where each request's bytes end in the stream
+    prompt: tuple[bool, ...] = ()  # each asks no wait: answered as soon as it is read
+
+    def answered_by(self, sent: int) -> int:
+        """How many answers must have come once ``sent`` bytes were read: the requests
+        sent whole, up to the first that may wait (answers come in order)."""
+        count = 0
+        for end, prompt in zip(self.ends, self.prompt, strict=True):
+            if end > sent or not prompt:
+                break
+            count += 1
+        return count
 
 
 @dataclass(frozen=True)
@@ -76,20 +92,29 @@ class Peer:
     pid: int
 
 
-async def exchange(peer: Peer, pieces: Sequence[bytes], plan: Plan) -> Seen:
-    """Send ``pieces`` on one connection, each once the server is idle again; read until done."""
+async def exchange(peer: Peer, pieces: Sequence[bytes], plan: Plan, solo: bool = True) -> Seen:
+    """Send ``pieces`` on one connection, each once the last was dealt with; read until done.
+
+    Dealt with: the answers it completed came (``Plan.answered_by``) and,
+    ``solo`` (the only connection to this server), the server's process
+    sleeps (``idle``). A fixed pause raced the server on a busy machine: a
+    parser error in the next piece overtook an answer still being made.
+    """
     reader, writer = await asyncio.open_connection("127.0.0.1", peer.port)
     writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     wire = _Wire(reader)
     reading = asyncio.create_task(wire.read_all())
+    sent = 0
     try:
         for piece in pieces:
             if wire.eof_at is not None:
                 break
             writer.write(piece)
-            await idle(peer.pid)
+            sent += len(piece)
+            await (idle(peer.pid) if solo else asyncio.sleep(CROWD_PAUSE_S))
+            await wire.answered(plan, plan.answered_by(sent))
         wire.touch()
-        await wire.settle(plan, peer.pid)
+        await wire.settle(plan, peer.pid if solo else None)
     finally:
         reading.cancel()
         writer.close()
@@ -102,19 +127,16 @@ async def exchange(peer: Peer, pieces: Sequence[bytes], plan: Plan) -> Seen:
     return Seen(answers, rest, closed, raw)
 
 
-async def exchange_both(peers: Sequence[Peer], pieces: Sequence[bytes], plan: Plan) -> list[Seen]:
+async def exchange_both(
+    peers: Sequence[Peer], pieces: Sequence[bytes], plan: Plan, solo: bool = True
+) -> list[Seen]:
     """The same stream to both servers at once."""
-    return list(await asyncio.gather(*(exchange(peer, pieces, plan) for peer in peers)))
+    return list(await asyncio.gather(*(exchange(peer, pieces, plan, solo) for peer in peers)))
 
 
 async def idle(pid: int) -> None:
-    """Until the server's process sleeps (it did all it could with what it was sent).
-
-    A fixed pause between pieces raced the server on a busy machine: a
-    parser error in the next piece overtook an answer still being made.
-    Waiting for the process to sleep twice in a row makes every piece a
-    read of its own and each stream's outcome independent of the load.
-    """
+    """Until the server's process sleeps twice in a row (it did all it could with what it
+    was sent): the next piece is a read of its own, however loaded the machine."""
     deadline = time.monotonic() + IDLE_CEILING_S
     asleep = 0
     while asleep < 2 and time.monotonic() < deadline:
@@ -148,12 +170,21 @@ class _Wire:
             pass
         self.eof_at = time.monotonic()
 
-    async def settle(self, plan: Plan, pid: int) -> None:
+    async def answered(self, plan: Plan, count: int) -> None:
+        """Until ``count`` answers came (or the close, or ``ANSWER_CEILING_S``)."""
+        deadline = time.monotonic() + ANSWER_CEILING_S
+        while self.eof_at is None and time.monotonic() < deadline:
+            answers, _ = parse(bytes(self.data), plan.methods)
+            if len(answers) >= count or (answers and _streams(answers[-1])):
+                return
+            await asyncio.sleep(PAUSE_S)
+
+    async def settle(self, plan: Plan, pid: int | None) -> None:
         """Until the server closes, or is idle with every request answered (or none that may
         wait), or the longest wait the stream asked for is over."""
         deadline = time.monotonic() + min(plan.wait_s + SETTLE_S, MAX_WAIT_S)
         while self.eof_at is None and time.monotonic() < deadline:
-            await idle(pid)
+            await (idle(pid) if pid is not None else asyncio.sleep(CROWD_PAUSE_S))
             answers, _ = parse(bytes(self.data), plan.methods)
             if answers and _streams(answers[-1]):
                 continue  # watched until the deadline: nothing may close it
@@ -253,12 +284,22 @@ _PUBLISHED_ID = re.compile(rb'"id":"[A-Za-z0-9]{1,32}:[0-9]{1,20}-[0-9]{1,20}"')
 
 
 def _normalised(answer: Answer) -> Answer:
-    """The answer, but what legitimately differs between the two servers (a published id)."""
-    if answer.status != 201:
-        return answer
-    body = _PUBLISHED_ID.sub(b'"id":"<published>"', answer.body)
-    headers = tuple((n, v) for n, v in answer.headers if n != "content-length")
+    """The answer, but what legitimately differs between the two servers.
+
+    - A publish's id (and so its length): each server publishes its own message.
+    - The order of ``allow``'s methods: Starlette lists a set, whose order
+      follows each process's string hash seed.
+    """
+    headers = tuple((n, _sorted_list(v) if n == "allow" else v) for n, v in answer.headers)
+    body = answer.body
+    if answer.status == 201:
+        body = _PUBLISHED_ID.sub(b'"id":"<published>"', body)
+        headers = tuple((n, v) for n, v in headers if n != "content-length")
     return Answer(answer.status, headers, body, answer.complete)
+
+
+def _sorted_list(value: str) -> str:
+    return ", ".join(sorted(part.strip() for part in value.split(",")))
 
 
 def difference(pieces: Sequence[bytes], fast: Seen, plain: Seen) -> str | None:

@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
-from tests.http_diff import Plan
+from tests.http_diff import Plan, shown
 
-WAIT_CEILING_S = 2.5  # GATEWAY_POLL_TIMEOUT of both servers: no poll waits longer
+# GATEWAY_POLL_TIMEOUT of both servers: no poll waits longer. Past the keep-alive timeout
+# (2 s) and the sweep's second: a connection cut while a poll waits shows.
+WAIT_CEILING_S = 3.5
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class World:
     origin: str  # the allowed one
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Request:
     method: str
     target: str
@@ -47,6 +49,10 @@ class Request:
     headers: tuple[tuple[str, str], ...]
     tail: bytes = b""  # the body as framed, or garbage
     wait_s: float = 0.0  # the longest this request may wait before its answer
+
+    def __repr__(self) -> str:
+        """The bytes it sends, a long run of one character shortened (hypothesis prints it)."""
+        return f"Request({shown(repr(self.wire()))}, wait_s={self.wait_s})"
 
     def wire(self) -> bytes:
         head = f"{self.method} {self.target} {self.version}\r\n"
@@ -66,12 +72,15 @@ class Stream:
 
     def plan(self) -> Plan:
         methods = tuple(request.method for request in self.requests)
-        return Plan(methods, sum(request.wait_s for request in self.requests))
+        ends = tuple(itertools.accumulate(len(request.wire()) for request in self.requests))
+        prompt = tuple(request.wait_s == 0 for request in self.requests)
+        return Plan(methods, sum(request.wait_s for request in self.requests), ends, prompt)
 
 
 # -- targets -------------------------------------------------------------------
 
-TIMEOUTS = ["0"] * 6 + ["0.2", "0.5", "1", "2.5", "9", "-1", "abc", ""]
+# Mostly none or short: a poll that waits the whole ceiling makes its stream that long.
+TIMEOUTS = ["0"] * 12 + ["0.2", "0.5", "1"] * 3 + ["-1", "abc", "3.5", "9", ""]
 LIMITS = ["1", "2", "100", "0", "5000", "x"]
 PADS = [100, 7000, 9000, 66000, 70000]
 
@@ -111,7 +120,7 @@ def poll_query(draw: st.DrawFn, world: World, channel: str) -> tuple[str, float]
     if draw(st.integers(0, 4)):  # mostly a cursor: what a poller sends, and the fast path serves
         since = draw(cursor_values(world, channel))
         parts.insert(draw(st.integers(0, len(parts))), f"since={since}")
-    timeout = draw(st.sampled_from([*TIMEOUTS, None]))  # mostly there: a default wait is long
+    timeout = draw(st.sampled_from([*TIMEOUTS, None]))  # (None: the server's, the longest)
     if timeout is not None:
         parts.insert(draw(st.integers(0, len(parts))), f"timeout={timeout}")
     timeouts = [part[8:] for part in parts if part.startswith("timeout=")]
@@ -119,7 +128,8 @@ def poll_query(draw: st.DrawFn, world: World, channel: str) -> tuple[str, float]
 
 
 def _wait(timeout: str | None) -> float:
-    if timeout is None:
+    """The longest a poll with this ``timeout`` waits (none, or empty: the server's)."""
+    if not timeout:
         return WAIT_CEILING_S
     try:
         return min(max(float(timeout), 0.0), WAIT_CEILING_S)
@@ -282,3 +292,46 @@ def every_cut(requests: Sequence[Request], at: int) -> list[Stream]:
     start = sum(sizes[:at])
     apart = [sum(sizes[:i]) for i in range(1, len(sizes))]
     return [Stream(tuple(requests), tuple([*apart, start + cut])) for cut in range(1, sizes[at])]
+
+
+def known_streams(world: World) -> dict[str, Stream]:
+    """Issue 21's defects as streams, each answered differently before its fix: run whatever
+    the seed (the every-cut test has the split header block's)."""
+    ids, private = world.ids[world.joined[0]], world.ids["priv:c"]
+    host = (("Host", "t"),)
+    served = Request("GET", f"/poll/{world.joined[0]}?since={ids[3]}", "HTTP/1.1", host)
+    waiting = f"/poll/{world.joined[0]}?since={ids[-1]}&timeout={WAIT_CEILING_S}"
+    again = served.target
+    token = world.tokens["good"]
+    return {
+        "an answer from memory (vary)": Stream((served,)),
+        "a waiting poll behind it, one read": Stream(
+            (served, Request("GET", waiting, "HTTP/1.1", host, wait_s=WAIT_CEILING_S))
+        ),
+        "an SSE stream behind it, one read": Stream(
+            (
+                served,
+                Request("GET", f"/sse/{world.joined[0]}", "HTTP/1.1", host, wait_s=WAIT_CEILING_S),
+            )
+        ),
+        "upgrade headers": Stream((Request("GET", again, "HTTP/1.1", (*host, *UPGRADE)),)),
+        "upgrade headers after a poll": Stream(
+            (served, Request("GET", again, "HTTP/1.1", (*host, *UPGRADE))), (len(served.wire()),)
+        ),
+        "a 70 KiB request line": Stream(
+            (Request("GET", f"{again}&pad={'x' * 70000}", "HTTP/1.1", host),)
+        ),
+        "garbage after an empty body": Stream(
+            (Request("GET", again, "HTTP/1.1", (*host, ("Content-Length", "0")), b"\0"),)
+        ),
+        "a bad chunk": Stream(
+            (
+                Request(
+                    "GET", again, "HTTP/1.1", (*host, ("Transfer-Encoding", "chunked")), b"zz\r\n"
+                ),
+            )
+        ),
+        "tok%65n in the query": Stream(
+            (Request("GET", f"/poll/priv:c?since={private[3]}&tok%65n={token}", "HTTP/1.1", host),)
+        ),
+    }

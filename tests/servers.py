@@ -211,7 +211,7 @@ class GatewayServer:
         args: Sequence[str] = (),
         app: str = "gateway.app:app",
         mount: str = "",
-        http: str = "gateway.server.protocol:GatewayHttpProtocol",
+        http: str | None = None,
         procfile: bool = False,
     ) -> None:
         self.env = dict(env or {})
@@ -219,8 +219,10 @@ class GatewayServer:
         self.args = list(args)  # more uvicorn options
         self.app = app
         self.mount = mount
-        self.http = http  # as the Procfile runs it; "httptools" for uvicorn's own
-        self.procfile = procfile  # every other option of the Procfile's, too (procfile_options)
+        # As the Procfile runs it (None), or "httptools" for uvicorn's own.
+        self.http = http or "gateway.server.protocol:GatewayHttpProtocol"
+        self.http_given = http
+        self.procfile = procfile  # every other option of the Procfile's, too (procfile_command)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="gw-server-", suffix=".log")[1])
 
@@ -252,7 +254,7 @@ class GatewayServer:
         env.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", "65536")  # as the Procfile sets it
         grace = env["GATEWAY_SHUTDOWN_GRACE"]
         if self.procfile:
-            assigned, options = procfile_command(env, http=self.http)
+            assigned, options = procfile_command(env, http=self.http_given)
             env.update(assigned)
         else:
             options = [
@@ -321,13 +323,15 @@ class GatewayServer:
         self.log_path.unlink(missing_ok=True)
 
 
-def procfile_command(env: Mapping[str, str], http: str) -> tuple[dict[str, str], list[str]]:
+def procfile_command(
+    env: Mapping[str, str], http: str | None = None
+) -> tuple[dict[str, str], list[str]]:
     """The Procfile's ``web:`` line: the variables it sets, and its uvicorn options.
 
     Read from the Procfile itself, so that a test of "the gateway as deployed"
     follows it when it changes; its ``${VAR:-default}`` are read in ``env``.
-    ``--host`` and ``--port`` are left out (the caller's), ``--http`` is
-    ``http`` (the Procfile's own, or "httptools" for the plain path with
+    ``--host`` and ``--port`` are left out (the caller's); ``http``, when
+    given, replaces the Procfile's ``--http`` ("httptools": the plain path,
     every other option the same).
     """
     line = next(
@@ -348,7 +352,7 @@ def procfile_command(env: Mapping[str, str], http: str) -> tuple[dict[str, str],
     for word in rest:
         if word in ("--host", "--port"):
             next(rest)
-        elif word == "--http":
+        elif word == "--http" and http is not None:
             options += [word, http]
             next(rest)
         else:

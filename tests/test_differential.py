@@ -1,14 +1,11 @@
 """The fast path, proven against plain ASGI: the same bytes get the same answers (issue 21).
 
-Two gateways on one redis-server and one ``GATEWAY_REDIS_PREFIX`` (so every
-id and cursor is the same on both), started with every option of the
-Procfile: one with its HTTP protocol (``gateway.server.protocol:GatewayHttpProtocol``,
-long-polls served in the parser callback), one with uvicorn's plain
-``httptools``. Byte streams drawn by hypothesis (tests/http_streams.py) go
-to both at once, cut into the same pieces; what comes back must match
-(tests/http_diff.py says what is compared and what is not). One option
-differs from the Procfile, on both: ``--timeout-keep-alive 1`` (uvicorn's
-default is 5), so that a keep-alive bug shows within a stream's seconds.
+Two gateways on one Redis, with every option of the Procfile, one with the
+gateway's HTTP protocol (long-polls served in the parser callback), one
+with uvicorn's plain ``httptools`` (tests/diff_servers.py). Byte streams
+drawn by hypothesis (tests/http_streams.py) go to both at once, cut into
+the same pieces; what comes back must match (tests/http_diff.py says what
+is compared and what is not).
 
 Memory stays bounded: over the run, and when a client pipelines polls and
 reads nothing (the fast server may not hold more than the plain one does).
@@ -22,29 +19,21 @@ run) and takes well under a minute. A deeper run draws fresh streams::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
-import selectors
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
-import jwt
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.http_diff import Peer, Plan, Seen, difference, exchange_both
-from tests.http_streams import WAIT_CEILING_S, Request, Stream, World, every_cut, streams
-from tests.servers import GatewayServer, RedisServer, wait_until
+from tests.diff_servers import ORIGIN, TOKENS, Pair, rss, running_pair
+from tests.http_diff import Plan, Seen, difference, exchange_both
+from tests.http_streams import Request, Stream, every_cut, known_streams, streams
+from tests.servers import GatewayServer
 
-SECRET = "differential-test-secret-long-enough-for-hs256"
-ORIGIN = "https://app.example"
-JOINED = ("pub:a", "pub:b", "priv:c")
 BIG = "pub:big"  # the memory test's channel: large messages, never in a generated stream
 EXAMPLES = int(os.environ.get("GATEWAY_DIFF_EXAMPLES", "60"))
 DEEP = "GATEWAY_DIFF_EXAMPLES" in os.environ
@@ -55,164 +44,11 @@ RUN_GROWTH_OVER_PLAIN = 16 * MIB
 PIPELINE_GROWTH_OVER_PLAIN = 8 * MIB  # "a few MiB" (issue 21 item 2)
 
 
-def mint(sub: list[str], pub: list[str] | None = None, ttl: float = 3600, key: str = SECRET) -> str:
-    payload = {"sub_channels": sub, "pub_channels": pub or [], "exp": int(time.time() + ttl)}
-    return jwt.encode(payload, key, algorithm="HS256")
-
-
-TOKENS = {
-    "good": mint(["*"], ["pub:sink"]),
-    "public-only": mint(["pub:*"]),
-    "expired": mint(["*"], ttl=-60),
-    "wrong-key": mint(["*"], key="another-secret-long-enough-for-hs256-keys"),
-    "garbage": "not.a.jwt",
-}
-PUBLISHER = mint(["*"], ["*"])  # setup only: may publish to the channels streams poll
-
-
-# -- the two servers ---------------------------------------------------------------
-
-
-class Held:
-    """SSE streams held open (the hub keeps their channels joined), read by a thread."""
-
-    def __init__(self) -> None:
-        self.selector = selectors.DefaultSelector()
-        self.seen = b""
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.running = True
-
-    def open(self, server: GatewayServer, channel: str) -> None:
-        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        sock.sendall(
-            f"GET /sse/{channel} HTTP/1.1\r\nHost: t\r\n"
-            f"Authorization: Bearer {PUBLISHER}\r\n\r\n".encode()
-        )
-        opening = b""
-        while b": subscribed" not in opening:  # (sent once the hub joined the channel)
-            chunk = sock.recv(65536)
-            assert chunk, f"an SSE stream did not open: {opening!r}"
-            opening += chunk
-        sock.setblocking(False)
-        self.selector.register(sock, selectors.EVENT_READ)
-        if not self.thread.is_alive():
-            self.thread.start()
-
-    def _read(self) -> None:
-        while self.running:
-            for key, _ in self.selector.select(0.1):
-                data = key.fileobj.recv(1 << 20)  # type: ignore[union-attr]
-                with self.lock:
-                    self.seen = self.seen[-(1 << 20) :] + data
-
-    def wait_for(self, text: str, count: int) -> None:
-        """Until ``text`` was seen on ``count`` streams (every server got the message)."""
-        deadline = time.monotonic() + 20
-        while self.seen.count(text.encode()) < count:
-            assert time.monotonic() < deadline, f"{text} never reached the held streams"
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        self.running = False
-        self.thread.join()
-        for key in list(self.selector.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-
-
-@dataclass
-class Pair:
-    fast: GatewayServer
-    plain: GatewayServer
-    held: Held
-    world: World
-
-    @property
-    def peers(self) -> tuple[Peer, Peer]:
-        return _peer(self.fast), _peer(self.plain)
-
-    def join(self, channel: str) -> None:
-        for server in (self.fast, self.plain):
-            self.held.open(server, channel)
-
-    def publish(self, channel: str, data: str) -> str:
-        """Published through the fast server: its id."""
-        answer = httpx.post(
-            f"{self.fast.url}/publish/{channel}",
-            content=data.encode(),
-            headers={"Authorization": f"Bearer {PUBLISHER}"},
-            timeout=10,
-        )
-        assert answer.status_code == 201, answer.text
-        return str(answer.json()["id"])
-
-
-def settings_env(redis: RedisServer) -> dict[str, str]:
-    return {
-        "REDIS_URL": redis.url,
-        "GATEWAY_REDIS_PREFIX": f"diff{os.getpid()}",
-        "GATEWAY_SECRET": SECRET,
-        "GATEWAY_PUBLIC_CHANNELS": "pub:*",
-        "GATEWAY_ALLOWED_ORIGINS": ORIGIN,
-        "GATEWAY_POLL_TIMEOUT": str(WAIT_CEILING_S),
-    }
-
-
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
     """Both gateways, their channels joined, messages published before and after the join."""
     with running_pair() as both:
         yield both
-
-
-@contextlib.contextmanager
-def running_pair() -> Iterator[Pair]:
-    """Both gateways (the fixture's; a script may use it too), stopped at the end."""
-    redis = RedisServer().start()
-    env = settings_env(redis)
-    keep_alive = ["--timeout-keep-alive", "1"]
-    fast = GatewayServer(env, procfile=True, args=keep_alive)
-    plain = GatewayServer(env, procfile=True, args=keep_alive, http="httptools")
-    held = Held()
-    try:
-        for server in (fast, plain):
-            server.spawn()
-        for server in (fast, plain):
-            wait_until(server.ready)
-        yield _prepared(fast, plain, held)
-    finally:
-        held.close()
-        for server in (fast, plain):
-            server.close()
-        redis.close()
-
-
-def _prepared(fast: GatewayServer, plain: GatewayServer, held: Held) -> Pair:
-    """Two messages per channel before the hubs join it (read from Redis), four after (memory)."""
-    ids: dict[str, list[str]] = {channel: [] for channel in JOINED}
-    pair = Pair(fast, plain, held, World(JOINED, ("pub:cold",), "pub:sink", {}, TOKENS, ORIGIN))
-    for channel in JOINED:
-        ids[channel] += [pair.publish(channel, f"before {n}") for n in range(2)]
-        pair.join(channel)
-        for n in range(4):
-            ids[channel].append(pair.publish(channel, f"after {n}"))
-            held.wait_for(ids[channel][-1], 2)
-    known = {channel: tuple(them) for channel, them in ids.items()}
-    pair.world = World(JOINED, ("pub:cold",), "pub:sink", known, TOKENS, ORIGIN)
-    return pair
-
-
-def _peer(server: GatewayServer) -> Peer:
-    assert server.proc is not None
-    return Peer(server.port, server.proc.pid)
-
-
-def rss(server: GatewayServer) -> int:
-    """The server's resident memory, in bytes (/proc/<pid>/status, VmRSS)."""
-    assert server.proc is not None
-    with open(f"/proc/{server.proc.pid}/status") as status:
-        line = next(line for line in status if line.startswith("VmRSS:"))
-    return int(line.split()[1]) * 1024
 
 
 # -- the comparison ----------------------------------------------------------------
@@ -252,7 +88,11 @@ def test_streams_are_answered_alike_and_memory_stays_bounded(pair: Pair) -> None
         f"plain {plain_growth / MIB:.1f} MiB"
     )
     assert fast_growth < plain_growth + RUN_GROWTH_OVER_PLAIN
-    assert _errors(pair.fast) == _errors(pair.plain) == []
+    # uvicorn's own protocol may log what it owns (it marks only the newest pipelined
+    # request gone, and an SSE stream behind another then writes to a closed uvloop
+    # transport): shown, not failed. The fast path must log nothing.
+    print("errors logged by the plain server:", _errors(pair.plain)[:6])
+    assert not _errors(pair.fast), f"the fast server logged errors:\n{pair.fast.log()[-4000:]}"
 
 
 def _errors(server: GatewayServer) -> list[str]:
@@ -262,6 +102,14 @@ def _errors(server: GatewayServer) -> list[str]:
         for line in server.log().splitlines()
         if " ERROR " in line or re.match(r"ERROR:|[\w.]+(Error|Exception)\b", line)
     ]
+
+
+def test_issue_21_streams_are_answered_alike(pair: Pair) -> None:
+    """Each defect of issue 21 as a stream: answered alike, whatever the seed."""
+    known = known_streams(pair.world)
+    mismatches = run_all(pair, list(known.values()))
+    differ = [name for name, stream in known.items() if any(s is stream for s, _ in mismatches)]
+    assert not mismatches, f"answered differently: {differ}; the first:\n{mismatches[0][1]}"
 
 
 def test_every_cut_of_a_poll_then_a_poll_repeating_its_tail(pair: Pair) -> None:
@@ -307,12 +155,12 @@ def _line_end(first: Request, second: Request) -> int:
     return len(first.wire()) + second.wire().index(b"\r\n") + 2
 
 
-def run_all(pair: Pair, many: list[Stream], at_once: int = 50) -> list[tuple[Stream, str]]:
+def run_all(pair: Pair, many: list[Stream], at_once: int = 32) -> list[tuple[Stream, str]]:
     """Every stream, ``at_once`` connections at a time per server; those answered differently."""
 
     async def batch(part: list[Stream]) -> list[Any]:
         return await asyncio.gather(
-            *(exchange_both(pair.peers, s.pieces(), s.plan()) for s in part)
+            *(exchange_both(pair.peers, s.pieces(), s.plan(), solo=False) for s in part)
         )
 
     accounts = []
