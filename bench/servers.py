@@ -86,7 +86,8 @@ def procfile_argv(port: int) -> list[str]:
     """The gateway as deployed: the Procfile's web command, on 127.0.0.1:<port>."""
     line = (ROOT / "Procfile").read_text().split("web:", 1)[1].strip().splitlines()[0]
     line = line.replace("--host 0.0.0.0", "--host 127.0.0.1")
-    return ["bash", "-c", f"exec {line}"] if "$" in line else shlex.split(line)
+    # (``env``: the line may start with an assignment, WEBSOCKETS_MAX_LINE_LENGTH=…)
+    return ["bash", "-c", f"exec env {line}"] if "$" in line else ["env", *shlex.split(line)]
 
 
 @contextmanager

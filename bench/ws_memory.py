@@ -1,6 +1,6 @@
 """Where an idle WebSocket's memory goes: tracemalloc in a gateway served in this process.
 
-    python bench/ws_memory.py --clients 1000 [--transport ws|sse] [--top 25]
+    python bench/ws_memory.py --clients 1000 [--transport ws|sse] [--http h11] [--top 25]
 
 Starts the gateway (embedded broker) under uvicorn in this process with
 the Procfile's WebSocket options, takes a tracemalloc snapshot, lets
@@ -8,7 +8,9 @@ the Procfile's WebSocket options, takes a tracemalloc snapshot, lets
 and hold them, snapshots again, and prints the growth per connection by
 allocation site, plus the live objects per connection by type (gc).
 Python's own allocations only: RSS adds the allocator's slack and the
-kernel's socket buffers.
+kernel's socket buffers. ``--http`` picks uvicorn's HTTP protocol
+(``auto``: httptools; ``h11``, where an SSE stream notices its client's
+departure through a watcher task, transports/departure.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ async def main() -> None:
     p.add_argument("--clients", type=int, default=1000)
     p.add_argument("--transport", default="ws")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--http", default="auto", help="uvicorn's --http: auto, h11, httptools")
     args = p.parse_args()
     port = servers.free_port()
     sys.path.insert(0, str(servers.ROOT))
@@ -40,7 +43,7 @@ async def main() -> None:
     settings = Settings.from_env()
     app = create_app(settings)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            ws_per_message_deflate=False, loop="none", lifespan="on")
+                            ws_per_message_deflate=False, loop="none", lifespan="on", http=args.http)
     server = uvicorn.Server(config)
     serving = asyncio.ensure_future(server.serve())
     for _ in range(600):  # (uvicorn sets no event when it has started)
@@ -72,7 +75,7 @@ async def main() -> None:
     await gen.wait()
     stats = after.compare_to(before, "lineno")
     total = sum(s.size_diff for s in stats)
-    print(f"{args.transport}: {total / n / 1024:.2f} KB per connection (Python allocations), "
+    print(f"{args.transport} ({args.http}): {total / n / 1024:.2f} KB per connection (Python allocations), "
           f"{n} of {args.clients} open at the snapshot\n")
     for stat in stats[: args.top]:
         frame = stat.traceback[0]

@@ -39,6 +39,7 @@ from gateway.publish import LocalPublisher, publish_endpoint
 from gateway.server import accelerations
 from gateway.server.cors import CorsHeaders
 from gateway.server.direct import RAW_SEND
+from gateway.server.shutdown import signals_watched, wait_for_exit_signal
 from gateway.settings import Settings
 from gateway.state import NOT_STARTED, Gateway, gateway_of
 from gateway.stats import stats_running
@@ -252,7 +253,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
 async def _started(settings: Settings) -> AsyncIterator[Gateway]:
     """Every app-wide object, made and running for the block's duration."""
     metrics = Metrics()
-    hub = Hub(make_broker(settings), settings, metrics)
+    hub = Hub(make_broker(settings), settings, metrics, wait_for_exit_signal)
     guard = Guard(settings)
     if guard.open:
         logger.warning(
@@ -260,17 +261,18 @@ async def _started(settings: Settings) -> AsyncIterator[Gateway]:
         )
     for name, on in accelerations.decide(settings.accelerations).items():
         metrics.accelerations.labels(name).set(1 if on else 0)
-    presence = Presence(make_presence_store(hub.broker), settings)
+    presence = Presence(make_presence_store(hub.broker), settings, wait_for_exit_signal)
     gateway = Gateway(settings, hub, metrics, guard, presence)
     collector = Collector(lambda: gateway.open_connections, lambda: gateway.closed_connections)
-    async with (
-        sole_worker() if not settings.redis_url else nullcontext(),
-        hub.running(),
-        presence.running(),
-        stats_running(hub, metrics, settings.stats_interval_s),
-        collector_running(collector),
-    ):
-        yield gateway
+    with signals_watched():
+        async with (
+            sole_worker() if not settings.redis_url else nullcontext(),
+            hub.running(),
+            presence.running(),
+            stats_running(hub, metrics, settings.stats_interval_s),
+            collector_running(collector),
+        ):
+            yield gateway
 
 
 def _configure_logging() -> None:

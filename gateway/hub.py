@@ -31,9 +31,9 @@ from gateway.errors import BrokerUnavailable
 from gateway.message import BATCH_BYTES, BATCH_ITEMS, START, Cursor, Message, data_size
 from gateway.metrics import Metrics
 from gateway.polls import SHUTDOWN, ChannelPolls, Encode, Polls, Waiter
+from gateway.ports import ExitSignal, never_asked_to_exit
 from gateway.recent import RECENT_SIZE, Recent
 from gateway.settings import Settings
-from gateway.shutdown import wait_for_exit_signal
 from gateway.subscription import GAP, Batch, CloseReason, Item, Owner, Subscription
 
 logger = logging.getLogger(__name__)
@@ -85,8 +85,15 @@ class _Channel:
 
 
 class Hub:
-    def __init__(self, broker: Broker, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        settings: Settings,
+        metrics: Metrics,
+        exit_signal: ExitSignal = never_asked_to_exit,
+    ) -> None:
         self.broker = broker
+        self._exit_signal = exit_signal  # the server was asked to stop (server/shutdown.py)
         self.settings = settings
         self.metrics = metrics
         self.channels: dict[str, _Channel] = {}
@@ -445,7 +452,13 @@ class Hub:
         self._deliver(state, segment)
 
     async def _exit_watcher(self) -> None:
-        await wait_for_exit_signal()
+        await self._exit_signal(self._exit_now)
+        self._exit_now()
+
+    def _exit_now(self) -> None:
+        """Tell every client to reconnect elsewhere (once: shutdown.py may call it early)."""
+        if self.closing:
+            return
         logger.info("exit requested: telling every client to reconnect elsewhere")
         self.closing = True
         self.close_all(CloseReason.SHUTDOWN)

@@ -55,10 +55,10 @@ from contextlib import asynccontextmanager
 import anyio
 
 from gateway.message import Batch
+from gateway.ports import ExitSignal, never_asked_to_exit
 from gateway.presence_visit import ANONYMOUS, Identity, Visit, visit_of
 from gateway.presence_wire import JOIN, LEAVE, Change, PresenceEvent, PresenceStore, Snapshot
 from gateway.settings import Settings
-from gateway.shutdown import wait_for_exit_signal
 from gateway.subscription import Subscription
 
 logger = logging.getLogger(__name__)
@@ -93,8 +93,14 @@ class _Local:
 
 
 class Presence:
-    def __init__(self, store: PresenceStore, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: PresenceStore,
+        settings: Settings,
+        exit_signal: ExitSignal = never_asked_to_exit,
+    ) -> None:
         self.store = store
+        self._exit_signal = exit_signal  # the server was asked to stop (server/shutdown.py)
         self.max_members = settings.presence_max_members
         self.poll_hold_s = settings.poll_timeout_s + POLL_EXTRA_S
         self.users: dict[str, dict[str, _Local]] = {}
@@ -319,7 +325,7 @@ class Presence:
             await self.sweep()
 
     async def _exit_watcher(self) -> None:
-        await wait_for_exit_signal()
+        await self._exit_signal(None)
         await self.leave_all()
 
 

@@ -7,8 +7,8 @@ size (413) while the body streams in.
 
 ``GATEWAY_PUBLISH_RATE`` is per WebSocket connection only. HTTP publishers
 are mostly backends, often many behind one address, so a per-address limit
-here would throttle the legitimate heavy publisher first; the README shows
-nginx ``limit_req`` for the deployments that want one.
+here would throttle the legitimate heavy publisher first; docs/transports.md
+names nginx ``limit_req`` for the deployments that want one.
 
 ``LocalPublisher`` (``create_app().publisher``) is the same publish for the
 app that mounts the gateway: no URL, no token (the caller is the app

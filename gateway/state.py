@@ -22,7 +22,7 @@ from gateway.settings import Settings
 logger = logging.getLogger("gateway.connections")
 
 # What a request to (or a publish through) a gateway whose lifespan has not run gets.
-NOT_STARTED = "the gateway is not started: run its lifespan (see README, Embedding)"
+NOT_STARTED = "the gateway is not started: run its lifespan (see docs/embedding.md)"
 
 
 @dataclass(slots=True)  # one per connection, held for its whole life

@@ -29,6 +29,13 @@ supervisor stops it, ends that supervisor with SIGABRT on its way out, core
 dumps off: the deployment's exit status says it failed. The holder does
 this only under uvicorn's supervisor (its ``multiprocessing`` parent);
 gunicorn reports the failure itself.
+
+hypercorn's parent (``hypercorn -w N``) has the same flaw by another
+road: it stops the workers once one failed, then reports the exit code of
+the workers already gone at that instant, none, so 0. Its holder ends it
+the same way: hypercorn's parent stops a worker with SIGTERM, at its
+default (an immediate death) in the worker, so the gateway takes it there
+(server/shutdown.py) and the holder reaches its ``finally``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Parent apps that mount the gateway, exactly as the README's "Embedding" section shows.
+"""Parent apps that mount the gateway, exactly as docs/embedding.md shows.
 
 The tests serve them with ``uvicorn tests.embedded_apps:<name>``:
 

@@ -44,6 +44,26 @@ def _death_pact() -> Callable[[], None] | None:
     return _die_with_parent if threading.current_thread() is threading.main_thread() else None
 
 
+def _own_group(pact: Callable[[], None] | None) -> Callable[[], None]:
+    """In the child: a process group of its own (its workers too), then the death pact.
+
+    hypercorn, granian and gunicorn run the app in worker processes: killing
+    the parent alone left them running, orphaned, each holding a core's slice.
+    """
+
+    def preexec() -> None:
+        os.setsid()
+        if pact is not None:
+            pact()
+
+    return preexec
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -196,12 +216,16 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+SERVERS = ("uvicorn", "hypercorn", "granian", "gunicorn")
+
+
 class GatewayServer:
-    """``uvicorn gateway.app:app`` in a subprocess, on a free port.
+    """``uvicorn gateway.app:app`` (or ``server``: hypercorn, granian, gunicorn) in a subprocess.
 
     ``app`` may name another ASGI app (a parent that mounts the gateway at
     ``mount``): ``url`` and ``ws_url`` then lead to the gateway under it,
-    and the parent must answer ``/healthz`` itself.
+    and the parent must answer ``/healthz`` itself. ``args`` are more
+    options for the server chosen; ``http`` is uvicorn's protocol.
     """
 
     def __init__(
@@ -212,17 +236,20 @@ class GatewayServer:
         app: str = "gateway.app:app",
         mount: str = "",
         http: str | None = None,
+        server: str = "uvicorn",
         procfile: bool = False,
     ) -> None:
+        assert server in SERVERS, server
+        self.server = server
         self.env = dict(env or {})
         self.port = port or free_port()
-        self.args = list(args)  # more uvicorn options
+        self.args = list(args)  # more options for the server
         self.app = app
         self.mount = mount
         # As the Procfile runs it (None), or "httptools" for uvicorn's own.
         self.http = http or "gateway.server.protocol:GatewayHttpProtocol"
         self.http_given = http
-        self.procfile = procfile  # every other option of the Procfile's, too (procfile_command)
+        self.procfile = procfile  # uvicorn with every option of the Procfile (procfile_command)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="gw-server-", suffix=".log")[1])
 
@@ -248,45 +275,57 @@ class GatewayServer:
         return self
 
     def spawn(self) -> subprocess.Popen[bytes]:
-        """Start uvicorn and return at once (``start`` waits until it serves)."""
+        """Start the server and return at once (``start`` waits until it serves)."""
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         env.setdefault("GATEWAY_SHUTDOWN_GRACE", "3")
         env.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", "65536")  # as the Procfile sets it
-        grace = env["GATEWAY_SHUTDOWN_GRACE"]
         if self.procfile:
             assigned, options = procfile_command(env, http=self.http_given)
             env.update(assigned)
+            command = ["uvicorn", self.app, "--host", "127.0.0.1", "--port", str(self.port),
+                       *options, "--log-level", "warning"]  # fmt: skip
         else:
-            options = [
-                "--loop",
-                "gateway.server.loop:GreedyAcceptLoop",
-                "--http",
-                self.http,
-                "--ws-per-message-deflate",
-                "false",
-                "--timeout-graceful-shutdown",
-                grace,
-            ]
-        args = [
-            sys.executable,
-            "-m",
+            command = self.command(env["GATEWAY_SHUTDOWN_GRACE"])
+        args = [sys.executable, "-m", *command, *self.args]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=log, stderr=log, preexec_fn=_own_group(_death_pact())
+        )
+        log.close()
+        return self.proc
+
+    def command(self, grace: str) -> list[str]:
+        """The server's module and options, as the README runs it."""
+        port = str(self.port)
+        if self.server == "hypercorn":
+            bind = f"127.0.0.1:{port}"
+            return ["hypercorn", self.app, "--bind", bind, "--graceful-timeout", grace,
+                    "--log-level", "warning"]  # fmt: skip
+        if self.server == "gunicorn":  # one uvicorn worker
+            bind = f"127.0.0.1:{port}"
+            return ["gunicorn", self.app, "-k", "uvicorn.workers.UvicornWorker", "-b", bind,
+                    "--graceful-timeout", grace, "--log-level", "warning"]  # fmt: skip
+        if self.server == "granian":
+            return ["granian", "--interface", "asgi", self.app, "--host", "127.0.0.1",
+                    "--port", port, "--log-level", "warning"]  # fmt: skip
+        return [
             "uvicorn",
             self.app,
             "--host",
             "127.0.0.1",
             "--port",
-            str(self.port),
-            *options,
+            port,
+            "--loop",
+            "gateway.server.loop:GreedyAcceptLoop",
+            "--http",
+            self.http,
+            "--ws-per-message-deflate",
+            "false",
+            "--timeout-graceful-shutdown",
+            grace,
             "--log-level",
             "warning",
-            *self.args,
         ]
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            args, env=env, cwd=ROOT, stdout=log, stderr=log, preexec_fn=_death_pact()
-        )
-        log.close()
-        return self.proc
 
     def alive(self) -> bool:
         assert self.proc is not None
@@ -305,12 +344,13 @@ class GatewayServer:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout)
+        _kill_group(self.proc.pid)  # a worker that outlived its parent
         self.proc = None
         return code
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        if self.proc is not None:
+            _kill_group(self.proc.pid)  # the server and its worker processes
             self.proc.wait()
         self.proc = None
 

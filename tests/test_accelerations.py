@@ -10,6 +10,7 @@ ASGI (tests/test_contract.py runs the whole contract that way too).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 
@@ -84,13 +85,21 @@ def test_the_protocol_is_uvicorns_own_when_its_acceleration_is_off(
 
     config = uvicorn.Config(app, http="httptools", log_level="warning")
     config.load()
-    accelerations.decide([n for n in ALL_ACCELERATIONS if n != "http-protocol"], log=False)
-    made = GatewayHttpProtocol(config=config, server_state=ServerState(), app_state={})
-    assert type(made) is HttpToolsProtocol
-    accelerations.decide(log=False)
-    assert type(GatewayHttpProtocol(config=config, server_state=ServerState(), app_state={})) is (
-        GatewayHttpProtocol
-    )
+    loop = asyncio.new_event_loop()
+    try:
+        made = {}
+        for allowed in ([n for n in ALL_ACCELERATIONS if n != "http-protocol"], ALL_ACCELERATIONS):
+            accelerations.decide(allowed, log=False)
+            protocol = GatewayHttpProtocol(
+                config=config, server_state=ServerState(), app_state={}, _loop=loop
+            )
+            made[len(allowed)] = type(protocol)
+    finally:
+        loop.close()
+    assert made == {
+        len(ALL_ACCELERATIONS) - 1: HttpToolsProtocol,
+        len(ALL_ACCELERATIONS): (GatewayHttpProtocol),
+    }
 
 
 def test_the_setting_names_what_may_be_on_and_refuses_unknown_names() -> None:

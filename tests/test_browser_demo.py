@@ -1,6 +1,6 @@
 """The demo chat and the dashboard as a newcomer meets them, in a real Chromium.
 
-Under a mount prefix (the README's FastAPI app, ``tests.embedded_apps``,
+Under a mount prefix (the FastAPI app of docs/embedding.md, ``tests.embedded_apps``,
 gateway at ``/realtime``) every page, script and route is found and
 messages arrive; a long-polling page sees who comes and goes; from a
 phone's 420 px to 1920 px nothing overflows or clips. Screenshots of each
@@ -43,7 +43,7 @@ WIDTHS = [(420, 900), (1366, 768), (1920, 1080)]
 
 @pytest.fixture(scope="module")
 def mounted() -> Iterator[GatewayServer]:
-    """The README's FastAPI app, the gateway mounted at /realtime, on the embedded broker."""
+    """docs/embedding.md's FastAPI app, the gateway mounted at /realtime, on the embedded broker."""
     parent = GatewayServer(memory_env(), app="tests.embedded_apps:fastapi_app", mount=MOUNT)
     yield parent.start()
     parent.close()

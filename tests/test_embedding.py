@@ -19,7 +19,7 @@ from tests.servers import GatewayServer, wait_until
 
 pytestmark = pytest.mark.anyio
 
-NOT_STARTED = "the gateway is not started: run its lifespan (see README, Embedding)"
+NOT_STARTED = "the gateway is not started: run its lifespan (see docs/embedding.md)"
 
 
 @pytest.fixture(scope="module", params=["starlette_app", "fastapi_app"])

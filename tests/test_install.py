@@ -1,4 +1,4 @@
-"""The package as a user installs it: a fresh virtualenv, one ``pip install``, the README's snippets.
+"""The package as a user installs it: a fresh virtualenv, one ``pip install``, the docs' snippets.
 
 The project as it stands in this working tree (tracked and new files, as
 git sees them) is copied into a temporary git repository, then installed
@@ -6,9 +6,9 @@ into a new virtualenv twice: as a path (with Flask and FastAPI, which the
 snippets import) and again as ``git+file://`` (the git-URL form). Every
 process then runs from a folder outside the project with no ``PYTHONPATH``:
 the installed console script serves the demo and the Lua functions, and
-each of the README's Flask, FastAPI and Starlette snippets (taken from
-README.md by its ``<!-- snippet: name -->`` marker, so this proves the
-README) delivers a message to an SSE reader.
+each of the documented Flask, FastAPI and Starlette snippets (taken from
+README.md and docs/*.md by its ``<!-- snippet: name -->`` marker, so this
+proves the docs) delivers a message to an SSE reader.
 
 pip fetches from the configured index through its own cache; on this
 machine the install takes ~10 s, the whole module ~30 s.
@@ -44,8 +44,13 @@ PIP_TIMEOUT_S = 300
 
 
 def readme_snippets() -> dict[str, str]:
-    """The README's marked Python snippets, by name."""
-    return dict(SNIPPET.findall((ROOT / "README.md").read_text()))
+    """The marked Python snippets of README.md and docs/*.md, by name (each name once)."""
+    found: list[tuple[str, str]] = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        found += SNIPPET.findall(page.read_text())
+    names = [name for name, _ in found]
+    assert len(names) == len(set(names)), f"a snippet marker is used twice: {names}"
+    return dict(found)
 
 
 @dataclass

@@ -369,6 +369,15 @@ async def test_ws_refuses_a_bad_frame_for_its_channel_and_goes_on(gateway, chann
         await ws.until("message", id=live)
 
 
+async def test_ws_answers_a_ping_frame_with_a_pong(gateway, channel):
+    """``{"type":"ping"}`` (the browser client's liveness check) is answered ``pong``, in order."""
+    a = names(channel, 1)[0]
+    async with socket(gateway.ws_url, [a]) as ws:
+        await ws.until("subscribed", channel=a)
+        await ws.send(type="ping")
+        assert (await ws.until("pong")) == {"type": "pong"}
+
+
 async def test_ws_subscribes_the_url_channels_while_connecting(gateway, channel):
     """?channel=…: one subscribed frame per channel first, then their messages."""
     a, b = names(channel, 2)

@@ -496,7 +496,7 @@ def test_a_poll_target_is_kept_once_served_never_with_a_token_and_bounded_by_byt
     """``poll_target`` reads a line; ``keep_target`` keeps a served one, then read from memory;
     never one with a token however spelled (``tok%65n``), nor one past ``MAX_LINE_BYTES``;
     the record stays under ``TARGETS_BYTES``; not a poll here: None."""
-    from gateway import protocol
+    from gateway.server import protocol
 
     def target(url: bytes) -> protocol.Target | None:
         return protocol.poll_target(b"GET " + url + b" HTTP/1.1", url)

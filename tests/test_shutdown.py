@@ -51,10 +51,14 @@ def lone_server() -> Iterator[GatewayServer]:
     server.close()
 
 
-async def test_sigterm_tells_every_client_to_reconnect_and_exits_within_the_grace(lone_server, channel):
-    """SSE gets retry: then its end, WebSocket 1012, a waiting poll its answer; exit in time."""
-    server = lone_server
-    cursor = await publish(server.url, channel, "before")
+async def terminated_with_every_client(
+    server: GatewayServer, channel: str, cursor: str
+) -> tuple[dict[str, Any], int, float]:
+    """An SSE stream, a WebSocket and a poll waiting at ``cursor``; SIGTERM once all are open.
+
+    Returns what each saw (the SSE events, the WebSocket's close frame, the
+    poll's status, body and time), the exit code and how long the exit took.
+    """
     seen: dict[str, Any] = {}
 
     async def sse() -> None:
@@ -80,6 +84,14 @@ async def test_sigterm_tells_every_client_to_reconnect_and_exits_within_the_grac
             while await open_connections(server) != {"websocket": 1, "sse": 1, "poll": 1}:
                 await anyio.sleep(0.05)
         code, took = await sigterm(server)
+    return seen, code, took
+
+
+async def test_sigterm_tells_every_client_to_reconnect_and_exits_within_the_grace(lone_server, channel):
+    """SSE gets retry: then its end, WebSocket 1012, a waiting poll its answer; exit in time."""
+    server = lone_server
+    cursor = await publish(server.url, channel, "before")
+    seen, code, took = await terminated_with_every_client(server, channel, cursor)
     assert code in CLEAN_EXIT and took < GRACE_S + 2, (code, took)
     retry_hints = [event for event in seen["sse"] if isinstance(event, Event) and event.retry]
     assert len(retry_hints) == 1 and seen["sse"][-1] is retry_hints[-1]  # at the end: reconnect

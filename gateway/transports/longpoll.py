@@ -38,11 +38,11 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.auth import OPEN
 from gateway.errors import GatewayError, NotServed
-from gateway.hub import CAUGHT_UP, Hub
+from gateway.hub import CAUGHT_UP, STALL_S, Hub
 from gateway.message import START, Cursor, Message
-from gateway.polls import GATHER_S, TIMED_OUT, TaskClient, Waiter
+from gateway.polls import CLIENT_GONE, GATHER_S, TIMED_OUT, TaskClient, Waiter
 from gateway.presence_visit import Visit, visit_of
-from gateway.server.direct import HttpReply, http_reply, on_http_lost
+from gateway.server.direct import HttpReply, http_reply
 from gateway.settings import Settings
 from gateway.state import Connection, Gateway
 from gateway.subscription import Gap, Item, Subscription
@@ -54,6 +54,7 @@ from gateway.transports.common import (
     resume_from,
     route_path,
 )
+from gateway.transports.departure import watching, within
 
 POLL_PATH_PREFIX = "/poll/"
 DEFAULT_LIMIT = 100
@@ -95,7 +96,8 @@ class PollAnswer:
         return b"HTTP/1.1 200 OK\r\n" + server + _HEAD + extra + length + b"\r\n" + self.body
 
     async def send(self, send: Send) -> None:
-        """Through ASGI (middleware adds its headers)."""
+        """Through ASGI (middleware adds its headers), given up after ``STALL_S`` (departure.py)."""
+        send = within(send, STALL_S)
         length = (b"content-length", b"%d" % len(self.body))
         await send({"type": "http.response.start", "status": 200, "headers": [length, *HEADERS]})
         await send({"type": "http.response.body", "body": self.body})
@@ -108,19 +110,19 @@ async def poll_app(scope: Scope, receive: Receive, send: Send) -> None:
         await PlainTextResponse("Method Not Allowed", 405, headers)(scope, receive, send)
         return
     try:
-        await _poll(scope, send)
+        await _poll(scope, receive, send)
     except GatewayError as exc:
         await refusal(HTTPConnection(scope), exc)(scope, receive, send)
 
 
-async def _poll(scope: Scope, send: Send) -> None:
+async def _poll(scope: Scope, receive: Receive, send: Send) -> None:
     gateway: Gateway = scope["app"].gateway
     channel = route_path(scope)[len(POLL_PATH_PREFIX) :]
     visit, ask = admit(gateway, channel, scope["query_string"], scope["headers"])
     with gateway.connection("poll", channel) as conn:
         # A poller is a member for its poll and the lease after it (presence.py).
         gateway.presence.polled(visit, [channel])
-        await _answer(gateway, conn, scope, send, ask)
+        await _answer(gateway, conn, (scope, receive, send), ask)
 
 
 Ask = tuple[str, Cursor | None, int | None, float, int]
@@ -186,8 +188,12 @@ def asked_of(gateway: Gateway, raw: bytes) -> Asked:
     return asked
 
 
-async def _answer(gateway: Gateway, conn: Connection, scope: Scope, send: Send, ask: Ask) -> None:
+Asgi = tuple[Scope, Receive, Send]
+
+
+async def _answer(gateway: Gateway, conn: Connection, asgi: Asgi, ask: Ask) -> None:
     channel, timeout, limit = ask[0], ask[3], ask[4]
+    scope, _, send = asgi
     hub = gateway.hub
     reply = http_reply(scope, send)
     known = known_answer(hub, ask)
@@ -199,9 +205,11 @@ async def _answer(gateway: Gateway, conn: Connection, scope: Scope, send: Send, 
         client = TaskClient(reply)
         waiter = Waiter(known, limit, client)
         if hub.park(channel, waiter, timeout, encode):
-            await _wait(waiter, client.future, scope, send, conn, reply)
+            await _wait(waiter, client.future, asgi, conn, reply)
             return
-    items, start = await _subscribed(gateway, conn, scope, ask)
+    items, start = await _subscribed(gateway, conn, asgi, ask)
+    if conn.reason == CLIENT_GONE:
+        return  # nobody to answer (and hypercorn's HTTP/2 send would wait for ever)
     answer = encode(channel, items, start)
     await _deliver(answer, reply, send)
 
@@ -226,26 +234,23 @@ def known_answer(hub: Hub, ask: Ask) -> PollAnswer | Cursor | None:
 async def _wait(
     waiter: Waiter,
     future: asyncio.Future[object | None],
-    scope: Scope,
-    send: Send,
+    asgi: Asgi,
     conn: Connection,
     reply: HttpReply | None,
 ) -> None:
     """Until the hub or the timer answers the waiter, or its client leaves."""
-    unhook = on_http_lost(scope, waiter.cancel)
+    scope, receive, send = asgi
     try:
-        answer = await future
+        answer = await watching(scope, receive, waiter.cancel, future)
     finally:
         waiter.cancel()  # this task cancelled: out of the hub (no-op once answered)
-        if unhook is not None:
-            unhook()
     conn.reason = waiter.reason
     if isinstance(answer, PollAnswer) and not waiter.written:
         await _deliver(answer, reply, send)
 
 
 async def _subscribed(
-    gateway: Gateway, conn: Connection, scope: Scope, ask: Ask
+    gateway: Gateway, conn: Connection, asgi: Asgi, ask: Ask
 ) -> tuple[list[Item], Cursor]:
     """The items and start of a poll served by a subscription (history read first)."""
     channel, cursor, last, timeout, limit = ask
@@ -253,15 +258,18 @@ async def _subscribed(
         start = cursor if cursor is not None else gateway.hub.latest(channel)
         items = sub.take(limit)
         if not items and not sub.closed:
-            unhook = on_http_lost(scope, sub.client_gone)
+            scope, receive, _ = asgi
             with anyio.move_on_after(timeout):
-                await sub.wait()
-                await anyio.sleep(GATHER_S)
-            if unhook is not None:
-                unhook()
+                await watching(scope, receive, sub.client_gone, _gathered(sub))
             items = sub.take(limit)
         conn.reason = _outcome(items, sub)
     return items, start
+
+
+async def _gathered(sub: Subscription) -> None:
+    """Until something arrives (or the subscription closes), and a burst landed after it."""
+    await sub.wait()
+    await anyio.sleep(GATHER_S)
 
 
 def query_of(raw: bytes) -> dict[str, str]:

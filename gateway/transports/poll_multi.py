@@ -24,14 +24,15 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway import composite
-from gateway.hub import Hub
+from gateway.hub import STALL_S, Hub
 from gateway.message import START, Cursor, Gap, Item
 from gateway.multiplex import Multiplex
 from gateway.polls import GATHER_S
 from gateway.presence_visit import Visit, visit_of
-from gateway.server.direct import on_http_lost
 from gateway.state import Gateway, gateway_of
+from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, label
+from gateway.transports.departure import watching, within
 from gateway.transports.longpoll import check_served, poll_bounds
 from gateway.transports.sse import answer
 
@@ -40,8 +41,9 @@ POLL_MULTI_PATH = "/poll"
 
 
 async def poll_multi_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """``/poll`` as a bare ASGI app, past the router like ``/poll/{channel}``."""
-    await answer(scope, receive, send, poll_multi_endpoint)
+    """``/poll`` as a bare ASGI app, past the router like ``/poll/{channel}``; its answer's
+    send given up after ``STALL_S`` (departure.py)."""
+    await answer(scope, receive, within(send, STALL_S), poll_multi_endpoint)
 
 
 async def poll_multi_endpoint(request: Request) -> Response:
@@ -59,15 +61,33 @@ async def poll_multi_endpoint(request: Request) -> Response:
             starts = [await mux.open(s.channel, s.cursor, s.last, limit) for s in specs]
             runs = mux.take(limit)
             if not runs and mux.close_reason is None:
-                unhook = on_http_lost(request.scope, mux.client_gone)
                 with anyio.move_on_after(timeout):
-                    await mux.wait()
-                    await anyio.sleep(GATHER_S)
-                if unhook is not None:
-                    unhook()
+                    gathered = _gathered(mux)
+                    await watching(request.scope, request.receive, mux.client_gone, gathered)
                 runs = mux.take(limit)
             conn.reason = "answered" if runs else _outcome(mux)
+    if mux.close_reason is CloseReason.CLIENT_GONE:
+        return NO_ANSWER  # nobody to answer (and hypercorn's HTTP/2 send would wait for ever)
     return _answer(specs, starts, runs)
+
+
+async def _gathered(mux: Multiplex) -> None:
+    """Until something arrives (or the connection closes), and a burst landed after it."""
+    await mux.wait()
+    await anyio.sleep(GATHER_S)
+
+
+class _NoAnswer(Response):
+    """For a client that left: nothing is sent (the server closes what remains)."""
+
+    def __init__(self) -> None:
+        pass
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+
+NO_ANSWER = _NoAnswer()
 
 
 def admit_multi(

@@ -5,11 +5,11 @@ connection it runs a task group of four tasks (stream, ping, exit listener,
 disconnect listener) and opens a cancel scope around every send. Measured
 with ``bench/`` (see bench/README.md), that was most of our 48 KB of RSS per
 idle connection and a fifth of the CPU per delivery. Here a connection is
-the ASGI task alone: no extra task, no timer. A client that left is noticed
-at the next message or heartbeat for it: on the fast path by the sink
-(uvicorn marks the connection lost), else by a receive that does not wait,
-asked about once a second while messages flow (uvicorn drops sends to a
-lost client silently meanwhile).
+the ASGI task alone under uvicorn's httptools protocol: no extra task, no
+timer; a client that left is told to its subscription by uvicorn's own
+event (``direct.on_http_lost``). Under any other server or a parent app's
+middleware, one watcher task awaits ASGI's ``http.disconnect``
+(departure.py): its cost per idle connection is in bench/README.md.
 
 * Under uvicorn, once the stream is open the hub writes each batch's
   chunk straight to the socket (server/direct.py): no task wakes per
@@ -33,7 +33,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -51,11 +50,11 @@ from gateway.transports.common import (
     route_path,
     stall_absorbed,
 )
+from gateway.transports.departure import while_present
 
 SSE_PATH_PREFIX = "/sse/"
 BATCH = 256
 WRITE_BYTES = 65536
-LEFT_CHECK_S = 1.0
 OPENING = b": subscribed\n\n"
 HEARTBEAT = b":\n\n"
 RECONNECT_HINT = b"retry: 1000\n\n"
@@ -151,10 +150,15 @@ class EventStream(Stream):
                     sub.wants_heartbeat = True
                     sub.writer = asyncio.current_task()
                     await receive()  # the (empty) request body of a GET
+                    write = stream_writer(sub, send)
                     # Inline, not through a helper coroutine: each frame held for a
                     # connection's life costs memory per idle client (bench/, e).
                     try:
-                        await _pump(sub, stream_writer(sub, send), receive, scope)
+                        await write(OPENING)
+                        if on_http_lost(scope, sub.client_gone) is not None:
+                            await _pump(sub, write, scope)
+                        else:  # not uvicorn's httptools: ASGI's own word (departure.py)
+                            await while_present(receive, sub.client_gone, _pump(sub, write, scope))
                     except asyncio.CancelledError:
                         if not stall_absorbed(sub.close_reason):
                             raise
@@ -187,20 +191,9 @@ def stream_writer(sub: Subscription, send: Send) -> Write:
     return write
 
 
-async def client_left(receive: Receive) -> bool:
-    """Whether the client has gone, without waiting (uvicorn ignores sends after that)."""
-    with anyio.CancelScope() as scope:
-        scope.cancel()  # a receive that would wait is cancelled at once
-        message = await receive()
-        return bool(message["type"] == "http.disconnect")
-    return False
-
-
-async def _pump(sub: Subscription, write: Write, receive: Receive, scope: Scope) -> None:
-    await write(OPENING)
+async def _pump(sub: Subscription, write: Write, scope: Scope) -> None:
+    """Write what the subscription hands over until it closes (the client's departure too)."""
     sink = sub.sink = sse_sink(scope)
-    on_http_lost(scope, sub.client_gone)
-    checked_at = time.monotonic()
     while True:
         if sink is not None and sub.queue:
             if not await write_queued(sub, sink):
@@ -208,22 +201,13 @@ async def _pump(sub: Subscription, write: Write, receive: Receive, scope: Scope)
             continue
         items = sub.take(BATCH)
         if items:
-            # A busy stream asks whether its client left about once a second.
-            if time.monotonic() - checked_at > LEFT_CHECK_S:
-                checked_at = time.monotonic()
-                if await client_left(receive):
-                    sub.close(CloseReason.CLIENT_GONE)
-                    return
             await _write_batch(write, items)
             continue
         if sub.closed:
             if sub.close_reason is not CloseReason.CLIENT_GONE:
                 await write(RECONNECT_HINT)
             return
-        if sub.poked():  # a heartbeat: also the time to notice a client that left
-            if await client_left(receive):
-                sub.close(CloseReason.CLIENT_GONE)
-                return
+        if sub.poked():  # a heartbeat
             await write(HEARTBEAT)
             continue
         await sub.wait()
@@ -246,5 +230,3 @@ async def _write_batch(write: Write, items: list[Item]) -> None:
             chunk, size = [], 0
     if chunk:
         await write(b"".join(chunk))
-
-

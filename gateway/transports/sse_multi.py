@@ -24,7 +24,6 @@ connections per origin (SPEC, "Several channels on one connection").
 from __future__ import annotations
 
 import asyncio
-import time
 
 import orjson
 from starlette.requests import Request
@@ -41,16 +40,15 @@ from gateway.state import Gateway, gateway_of
 from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, label
 from gateway.transports.common import stall_absorbed
+from gateway.transports.departure import while_present
 from gateway.transports.sse import (
     HEARTBEAT,
-    LEFT_CHECK_S,
     RECONNECT_HINT,
     WRITE_BYTES,
     Stream,
     Write,
     answer,
     broker_gone,
-    client_left,
     stream_end,
     stream_writer,
 )
@@ -141,7 +139,11 @@ class MultiEventStream(Stream):
                     write = stream_writer(lead, send)  # the lead stands for the whole stream
                     await write(opening(encoder, channels, starts))
                     try:  # inline, as EventStream: no helper frame held per connection
-                        await _pump(mux, encoder, write, receive, scope)
+                        if on_http_lost(scope, mux.client_gone) is not None:
+                            await _pump(mux, encoder, write, scope)
+                        else:  # not uvicorn's httptools: ASGI's own word (departure.py)
+                            pump = _pump(mux, encoder, write, scope)
+                            await while_present(receive, mux.client_gone, pump)
                     except asyncio.CancelledError:
                         if not stall_absorbed(mux.close_reason):
                             raise
@@ -150,17 +152,14 @@ class MultiEventStream(Stream):
                 return await broker_gone(conn, exc, send)
 
 
-async def _pump(
-    mux: Multiplex, encoder: Encoder, write: Write, receive: Receive, scope: Scope
-) -> None:
+async def _pump(mux: Multiplex, encoder: Encoder, write: Write, scope: Scope) -> None:
+    """Write what the channels hand over, in arrival order, until the connection ends."""
     raw = sse_sink(scope)
-    on_http_lost(scope, mux.client_gone)
     if raw is not None:
         for channel, sub in mux.subs.items():
             sub.sink = ChannelSink(raw, mux, channel, encoder.chunk)
     lead = mux.lead
     assert lead is not None
-    checked_at = time.monotonic()
     while True:
         if mux.close_reason is not None:
             if mux.close_reason is not CloseReason.CLIENT_GONE:
@@ -171,19 +170,10 @@ async def _pump(
                 if not await write_arrivals(mux, raw, encoder.chunk):
                     mux.close(CloseReason.CLIENT_GONE)
                 continue
-            # Through ASGI: a busy stream asks whether its client left about once a second.
-            if time.monotonic() - checked_at > LEFT_CHECK_S:
-                checked_at = time.monotonic()
-                if await client_left(receive):
-                    mux.close(CloseReason.CLIENT_GONE)
-                    continue
             runs = mux.take(BATCH, WRITE_BYTES)
             await write(b"".join(encoder.events(channel, items) for channel, items in runs))
             continue
-        if lead.poked():  # a heartbeat: also the time to notice a client that left
-            if await client_left(receive):
-                mux.close(CloseReason.CLIENT_GONE)
-                continue
+        if lead.poked():  # a heartbeat
             await write(HEARTBEAT)
             continue
         await mux.wait()

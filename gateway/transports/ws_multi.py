@@ -219,8 +219,12 @@ class Session:
                 await self._unsubscribe(frame)
             elif kind == "publish":
                 await self._publish(frame)
+            elif kind == "ping":  # a browser's liveness check (it cannot see protocol pings)
+                self.reply(_frame(type="pong"))
             else:
-                raise BadRequest('expected a frame of type "subscribe", "unsubscribe" or "publish"')
+                raise BadRequest(
+                    'expected a frame of type "subscribe", "unsubscribe", "publish" or "ping"'
+                )
         except GatewayError as exc:
             fields = {"channel": channel} if isinstance(channel, str) else {}
             self.reply(_frame(type="error", **fields, reason=exc.reason))
