@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -233,8 +235,9 @@ class GatewayServer:
         args: Sequence[str] = (),
         app: str = "gateway.app:app",
         mount: str = "",
-        http: str = "gateway.server.protocol:GatewayHttpProtocol",
+        http: str | None = None,
         server: str = "uvicorn",
+        procfile: bool = False,
     ) -> None:
         assert server in SERVERS, server
         self.server = server
@@ -243,7 +246,10 @@ class GatewayServer:
         self.args = list(args)  # more options for the server
         self.app = app
         self.mount = mount
-        self.http = http  # as the Procfile runs it; "httptools" for uvicorn's own
+        # As the Procfile runs it (None), or "httptools" for uvicorn's own.
+        self.http = http or "gateway.server.protocol:GatewayHttpProtocol"
+        self.http_given = http
+        self.procfile = procfile  # uvicorn with every option of the Procfile (procfile_command)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="gw-server-", suffix=".log")[1])
 
@@ -273,7 +279,14 @@ class GatewayServer:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         env.setdefault("GATEWAY_SHUTDOWN_GRACE", "3")
         env.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", "65536")  # as the Procfile sets it
-        args = [sys.executable, "-m", *self.command(env["GATEWAY_SHUTDOWN_GRACE"]), *self.args]
+        if self.procfile:
+            assigned, options = procfile_command(env, http=self.http_given)
+            env.update(assigned)
+            command = ["uvicorn", self.app, "--host", "127.0.0.1", "--port", str(self.port),
+                       *options, "--log-level", "warning"]  # fmt: skip
+        else:
+            command = self.command(env["GATEWAY_SHUTDOWN_GRACE"])
+        args = [sys.executable, "-m", *command, *self.args]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             args, env=env, cwd=ROOT, stdout=log, stderr=log, preexec_fn=_own_group(_death_pact())
@@ -348,3 +361,40 @@ class GatewayServer:
     def close(self) -> None:
         self.kill()
         self.log_path.unlink(missing_ok=True)
+
+
+def procfile_command(
+    env: Mapping[str, str], http: str | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """The Procfile's ``web:`` line: the variables it sets, and its uvicorn options.
+
+    Read from the Procfile itself, so that a test of "the gateway as deployed"
+    follows it when it changes; its ``${VAR:-default}`` are read in ``env``.
+    ``--host`` and ``--port`` are left out (the caller's); ``http``, when
+    given, replaces the Procfile's ``--http`` ("httptools": the plain path,
+    every other option the same).
+    """
+    line = next(
+        line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:")
+    )
+
+    def expand(match: re.Match[str]) -> str:
+        return env.get(match[1]) or match[2] or ""
+
+    words = shlex.split(re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", expand, line.removeprefix("web:")))
+    assigned = {}
+    while "=" in words[0]:
+        name, _, value = words.pop(0).partition("=")
+        assigned[name] = value
+    assert words[:2] == ["uvicorn", "gateway.app:app"], words
+    options: list[str] = []
+    rest = iter(words[2:])
+    for word in rest:
+        if word in ("--host", "--port"):
+            next(rest)
+        elif word == "--http" and http is not None:
+            options += [word, http]
+            next(rest)
+        else:
+            options.append(word)
+    return assigned, options
