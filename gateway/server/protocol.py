@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import weakref
 from typing import Any, NamedTuple
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -152,7 +153,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.held: list[bytes] | None = None  # answers written while httptools reads a chunk
         self.held_bytes = 0  # their size: past HELD_BYTES, the chunk's next polls go through ASGI
         self.close_held = False  # an answer held said ``connection: close``
-        self.running: Any = None  # the request whose ASGI task started last
+        # The request whose ASGI task started last, weakly: a connection that went
+        # on polling in the protocol must not keep its first request's cycle alive.
+        self.running: weakref.ref[Any] | None = None
         self.gateway_app = found
         if self.access_log and self.access_logger.isEnabledFor(logging.INFO):
             self.gateway_app = None  # each request's line is written by uvicorn's cycle
@@ -229,7 +232,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.idle.leave(self)
-        running = self.running
+        running = self.running() if self.running is not None else None
         super().connection_lost(exc)
         # uvicorn marks only the newest request gone; one answering behind a
         # pipelined request would then write to a closed transport (a traceback).
@@ -238,7 +241,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             running.message_event.set()
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        self.running = cycle
+        self.running = weakref.ref(cycle)
         super()._start_asgi_task(cycle, app)
 
     def on_message_complete(self) -> None:
