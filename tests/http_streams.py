@@ -272,12 +272,55 @@ def requests(draw: st.DrawFn, world: World, previous: Request | None = None) -> 
     return Request(method, target, version, tuple(headers), tail, wait if method != "POST" else 0)
 
 
+# -- publishes ---------------------------------------------------------------------
+
+# GATEWAY_MAX_MESSAGE_BYTES of both servers (tests/diff_servers.py): bodies around it.
+MAX_MESSAGE_BYTES = 16100  # (the memory test publishes 16,004 bytes)
+BODIES = [b"hello", b"", "h\u00e9llo \u2603".encode(), b"\xff\xfe", b"x" * MAX_MESSAGE_BYTES]
+BODIES += [b"x" * (MAX_MESSAGE_BYTES + 1), b"a\r\n\r\nGET / HTTP/1.1\r\n\r\n"]
+EVENTS = ["", "event=note", "event=", "event=bad%20name", "event=" + "e" * 80, "event=a&event=b"]
+
+
+@st.composite
+def publish_requests(draw: st.DrawFn, world: World) -> Request:
+    """A publish, mostly one the fast path takes (HTTP/1.1, a length, a token that may)."""
+    channel = draw(st.sampled_from([world.sink] * 6 + [world.joined[0], "bad name", "a%2Fb"]))
+    query = "&".join(
+        draw(
+            st.lists(
+                st.one_of(
+                    st.sampled_from(EVENTS),
+                    token_values(world).map(lambda t: f"token={t}"),
+                    st.just("pad=" + "p" * 9000),
+                ),
+                max_size=2,
+            )
+        )
+    )
+    target = f"/publish/{channel}" + (f"?{query}" if query else "")
+    headers = draw(header_choices(world))
+    if draw(st.integers(0, 3)):
+        headers.append(("Authorization", f"Bearer {draw(token_values(world))}"))
+    if draw(st.integers(0, 9)):
+        headers.insert(0, ("Host", "t"))
+    body = draw(st.sampled_from(BODIES * 3)) if draw(st.integers(0, 3)) else draw(st.binary())
+    framing = draw(st.sampled_from(["length"] * 12 + [f for f in FRAMINGS if f != "none"]))
+    more, tail = framed(framing, body)
+    headers = draw(st.permutations([*headers, *more]))
+    method = draw(st.sampled_from(["POST"] * 12 + ["GET", "PUT"]))
+    version = draw(st.sampled_from(["HTTP/1.1"] * 8 + ["HTTP/1.0"]))
+    return Request(method, target, version, tuple(headers), tail)
+
+
 @st.composite
 def streams(draw: st.DrawFn, world: World) -> Stream:
     """One to four requests, each sent apart or pipelined, the bytes cut at drawn points."""
     made: list[Request] = []
     for _ in range(draw(st.integers(1, 4))):
-        made.append(draw(requests(world, made[-1] if made else None)))
+        if draw(st.integers(0, 3)) == 0:
+            made.append(draw(publish_requests(world)))
+        else:
+            made.append(draw(requests(world, made[-1] if made else None)))
     cuts: list[int] = []
     offset = 0
     for request in made:
