@@ -77,16 +77,32 @@ def admitted(
 ) -> tuple[str, str]:
     """The channel and event of a publish that passed every check made before its body.
 
-    Cheapest first: the names (400), the page's Origin (403), the token
-    (401/403), the declared size (413). ``named``: the channel as the path
-    names it. ``scope`` is needed only for an ``Origin`` that not every
-    origin may send (its own origin is the request's).
+    ``named``: the channel as the path names it. ``scope`` is needed only
+    for an ``Origin`` that not every origin may send (its own origin is the
+    request's). The headers are read as Starlette reads them (the first).
+    """
+    origin, authorization, declared = _headers(headers)
+    return admit(gateway, named, raw_query, origin, authorization, declared, scope)
+
+
+def admit(
+    gateway: Gateway,
+    named: str,
+    raw_query: bytes,
+    origin: bytes | None,
+    authorization: bytes | None,
+    declared: bytes | None,
+    scope: Scope | None,
+) -> tuple[str, str]:
+    """``admitted``, the headers it reads already found: the checks, cheapest first.
+
+    The names (400), the page's Origin (403), the token (401/403), the
+    declared size (413).
     """
     channel = check_channel(named)
     query = query_of(raw_query) if raw_query else {}
     event = check_event(query.get("event"))
     guard = gateway.guard
-    origin, authorization, declared = _headers(headers)
     if origin is not None and not guard.any_origin:
         assert scope is not None, "an Origin that must be checked needs the request's scope"
         guard.check_origin(HTTPConnection(scope))
@@ -111,27 +127,27 @@ def created(message_id: str, channel: str) -> tuple[bytes, list[tuple[bytes, byt
     return body, [(b"content-length", b"%d" % len(body)), *_ANSWER_HEADERS]
 
 
-def _headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None]:
+def _headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None, bytes | None]:
     """``Origin``, ``Authorization`` and ``Content-Length``, as Starlette reads them (the first)."""
     origin = authorization = length = None
     for name, value in headers:
         if name == b"origin" and origin is None:
-            origin = value.decode("latin-1")
+            origin = value
         elif name == b"authorization" and authorization is None:
-            authorization = value.decode("latin-1")
+            authorization = value
         elif name == b"content-length" and length is None:
-            length = value.decode("latin-1")
+            length = value
     return origin, authorization, length
 
 
-def _rights(gateway: Gateway, authorization: str | None, query: dict[str, str]) -> Rights:
+def _rights(gateway: Gateway, authorization: bytes | None, query: dict[str, str]) -> Rights:
     """The caller's rights, as ``Guard.rights`` finds them (and its cache of tokens)."""
     guard = gateway.guard
     if guard.open:
         return OPEN
     token: str | None = None
-    if authorization is not None and authorization.lower().startswith("bearer "):
-        token = authorization[7:].strip() or None
+    if authorization is not None and authorization[:7].lower() == b"bearer ":
+        token = authorization[7:].decode("latin-1").strip() or None
     else:
         token = query.get("token") or None
     return NONE if token is None else guard.decode(token)

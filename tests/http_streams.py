@@ -282,8 +282,28 @@ EVENTS = ["", "event=note", "event=", "event=bad%20name", "event=" + "e" * 80, "
 
 
 @st.composite
-def publish_requests(draw: st.DrawFn, world: World) -> Request:
-    """A publish, mostly one the fast path takes (HTTP/1.1, a length, a token that may)."""
+def publish_requests(draw: st.DrawFn, world: World, previous: Request | None = None) -> Request:
+    """A publish, mostly one the fast path takes (HTTP/1.1, a length, a token that may);
+    after a publish, often its very headers again with a body of the same length (what
+    a keep-alive publisher sends, and the fast path takes unparsed), under another line."""
+    if previous is not None and previous.target.startswith("/publish/") and draw(st.booleans()):
+        line = draw(
+            st.sampled_from(
+                [("POST", f"/publish/{world.sink}", "HTTP/1.1")] * 4
+                + [
+                    ("POST", f"/publish/{world.sink}?event=again", "HTTP/1.1"),
+                    ("POST", f"/publish/{world.joined[0]}", "HTTP/1.1"),
+                    ("POST", "/publish/a%2Fb", "HTTP/1.1"),
+                    ("POST", f"/publish/{world.sink}", "HTTP/1.0"),
+                    ("post", f"/publish/{world.sink}", "HTTP/1.1"),
+                    ("PUT", f"/publish/{world.sink}", "HTTP/1.1"),
+                    ("POST", f"/publish/{world.sink} x", "HTTP/1.1"),
+                ]
+            )
+        )
+        size = len(previous.tail)  # (a long body as one byte repeated: its repr stays short)
+        tail = draw(st.binary(min_size=size, max_size=size) if size <= 64 else st.just(b"y" * size))
+        return Request(*line, previous.headers, tail)
     channel = draw(st.sampled_from([world.sink] * 6 + [world.joined[0], "bad name", "a%2Fb"]))
     query = "&".join(
         draw(
@@ -317,8 +337,9 @@ def streams(draw: st.DrawFn, world: World) -> Stream:
     """One to four requests, each sent apart or pipelined, the bytes cut at drawn points."""
     made: list[Request] = []
     for _ in range(draw(st.integers(1, 4))):
-        if draw(st.integers(0, 3)) == 0:
-            made.append(draw(publish_requests(world)))
+        after_publish = bool(made) and made[-1].target.startswith("/publish/")
+        if draw(st.integers(0, 3)) == 0 or (after_publish and draw(st.booleans())):
+            made.append(draw(publish_requests(world, made[-1] if made else None)))
         else:
             made.append(draw(requests(world, made[-1] if made else None)))
     cuts: list[int] = []
@@ -377,7 +398,34 @@ def known_streams(world: World) -> dict[str, Stream]:
                 ),
             )
         ),
+        **publish_repeats(world),
         "tok%65n in the query": Stream(
             (Request("GET", f"/poll/priv:c?since={private[3]}&tok%65n={token}", "HTTP/1.1", host),)
         ),
     }
+
+
+def publish_repeats(world: World) -> dict[str, Stream]:
+    """A publish, then its very headers again, each its own read: with a body of the same
+    length (taken unparsed), of another length, and under lines the fast path must not take."""
+    headers = (("Host", "t"), ("Authorization", f"Bearer {world.tokens['good']}"))
+    body = b"first"
+    first = Request(
+        "POST", f"/publish/{world.sink}", "HTTP/1.1", (*headers, *framed("length", body)[0]), body
+    )
+    seconds = {
+        "a publish repeated": Request("POST", first.target, "HTTP/1.1", first.headers, b"again"),
+        "a publish repeated, a longer body": Request(
+            "POST", first.target, "HTTP/1.1", first.headers, b"again!"
+        ),
+        "a publish repeated, HTTP/1.0": Request(
+            "POST", first.target, "HTTP/1.0", first.headers, b"again"
+        ),
+        "a publish repeated, a quoted name": Request(
+            "POST", "/publish/a%2Fb", "HTTP/1.1", first.headers, b"again"
+        ),
+        "a publish repeated to another's channel": Request(
+            "POST", f"/publish/{world.joined[0]}", "HTTP/1.1", first.headers, b"again"
+        ),
+    }
+    return {name: Stream((first, second), (len(first.wire()),)) for name, second in seconds.items()}

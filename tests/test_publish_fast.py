@@ -25,6 +25,7 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
+from gateway.message import Cursor
 from gateway.server.protocol import GatewayHttpProtocol
 from gateway.settings import Settings
 from tests.servers import GatewayServer, RedisServer
@@ -255,4 +256,55 @@ async def test_a_publish_is_taken_in_the_protocol_with_no_task() -> None:
         assert not state.tasks
         assert [w.split(b"\r\n")[0] for w in writes] == [b"HTTP/1.1 201 Created"] * 2
         assert writes[0].count(b"\r\n\r\n") == 1 and writes[0].endswith(b'"channel":"here"}')
+        protocol.connection_lost(None)
+
+
+class _Counting:
+    """httptools' parser, its ``feed_data`` calls counted."""
+
+    def __init__(self, parser: Any) -> None:
+        self.parser = parser
+        self.fed = 0
+
+    def feed_data(self, data: bytes) -> None:
+        self.fed += 1
+        self.parser.feed_data(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parser, name)
+
+
+async def test_a_repeated_publish_skips_the_parser_and_anything_else_does_not() -> None:
+    """In this process: a publish with the very headers of the connection's last one (its
+    body as long) is taken unparsed; another length, or two in one read, are parsed."""
+    from uvicorn.server import ServerState
+
+    from tests.test_protocol import _Kept
+
+    app = create_app(Settings.from_env({"REDIS_URL": ""}))
+    config = uvicorn.Config(app, http=GatewayHttpProtocol, log_level="warning")
+    config.load()
+    async with app.running() as gateway:
+        writes: list[bytes] = []
+        state = ServerState()
+        protocol = GatewayHttpProtocol(config, state, {})
+        protocol.connection_made(_Kept(writes))
+        counting = _Counting(protocol.parser)
+        protocol.parser = counting  # type: ignore[assignment]
+        sent = [
+            (_post("/publish/r1", b"one"), 1),
+            (_post("/publish/r2?event=e", b"two"), 0),  # the same headers: unparsed
+            (_post("/publish/r1", b"three"), 1),  # another length
+            (_post("/publish/r1", b"444") + _post("/publish/r1", b"555"), 1),  # two
+            (_post("/publish/r1", b"six") + b"x", 1),  # a byte too many
+        ]
+        for data, fed in sent:
+            before = counting.fed
+            protocol.data_received(data)
+            assert counting.fed - before == fed, data
+        assert [w.count(b"HTTP/1.1 201 Created") for w in writes] == [1, 1, 1, 2, 0]
+        assert writes[-1].startswith(b"HTTP/1.1 400 Bad Request")  # (as plain uvicorn: 400)
+        assert not state.tasks
+        history = await gateway.hub.broker.history("r2", Cursor.parse("0"), 10)
+        assert [(m.event, m.data) for m in history.messages] == [("e", "two")]
         protocol.connection_lost(None)

@@ -48,7 +48,7 @@ from gateway.server import accelerations
 from gateway.server.cors import CorsHeaders
 from gateway.server.keepalive import HEADER_TIMEOUT_S, idle_connections
 from gateway.server.publishing import PREFIX as _PUBLISH
-from gateway.server.publishing import Publish, publish_here
+from gateway.server.publishing import Publish, PublishRepeat, publish_here, remembered, repeated
 from gateway.state import Gateway
 from gateway.transports.longpoll import POLL_PATH_PREFIX, PollAnswer, carries_token
 from gateway.transports.poll_multi import POLL_MULTI_PATH
@@ -151,6 +151,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.idle_since: float | None = None  # a response ended, no request since
         self.reading_since: float | None = None  # waiting for a request's headers since
         self.repeat: Repeat | None = None  # this connection's last poll, read by httptools
+        self.publish_repeat: PublishRepeat | None = None  # its last publish (publishing.py)
         self.chunk = b""  # the bytes httptools is reading (a poll's, to remember as a repeat)
         self.in_message = False  # httptools is inside a request
         self.held: list[bytes] | None = None  # answers written while httptools reads a chunk
@@ -184,6 +185,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             and not self.in_message
             and data.endswith(repeat.block)
             and self._repeat_served(data, repeat)
+        ):
+            return
+        if (
+            self.publish_repeat is not None
+            and not self.in_message
+            and self._publish_repeated(data, self.publish_repeat)
         ):
             return
         self.chunk = data
@@ -324,7 +331,31 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             or not self._free()
         ):
             return False
-        return publish_here(self, app.gateway, parser.should_keep_alive())
+        publish = publish_here(self, app.gateway, parser.should_keep_alive())
+        self.publish_repeat = None if publish is None else remembered(self.chunk, publish, self)
+        return publish is not None
+
+    def _publish_repeated(self, data: bytes, repeat: PublishRepeat) -> bool:
+        """A publish with the very headers of this connection's last one, taken unparsed.
+
+        As ``_repeat_served`` for polls: the headers were read by httptools
+        from a chunk that was that whole request; a chunk that is exactly a
+        POST under /publish/, HTTP/1.1, those same bytes, then a body of
+        their length, means what they meant (publishing.py ``repeated``).
+        """
+        found = repeated(data, repeat)
+        app = self.gateway_app
+        if found is None or app is None or app.gateway is None or not self._free():
+            return False
+        if self.timeout_keep_alive_task is not None:  # (an ASGI answer armed uvicorn's timer)
+            self._unset_keepalive_if_required()
+        self.url, self.headers = found[0], repeat.headers
+        publish = publish_here(self, app.gateway, repeat.keep_alive)
+        if publish is None:
+            return False  # (refused now: the parser reads it, ASGI answers it)
+        publish.body = found[1]
+        publish.complete()
+        return True
 
     @property
     def cors(self) -> CorsHeaders | None:

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from gateway.errors import GatewayError
 from gateway.message import Message
-from gateway.publish import PUBLISH_PATH_PREFIX, admitted, body_text, created
+from gateway.publish import PUBLISH_PATH_PREFIX, admit, body_text, created
 from gateway.server.cors import CorsHeaders
 from gateway.state import Gateway
 from gateway.transports.common import refused
@@ -65,34 +66,82 @@ class Taking(Protocol):
     def answered(self, wire: bytes, keep_alive: bool) -> None: ...
 
 
-def publish_here(protocol: Taking, gateway: Gateway, keep_alive: bool) -> bool:
-    """From httptools' callbacks, at a request's headers: take a publish, or leave it to ASGI."""
+def publish_here(protocol: Taking, gateway: Gateway, keep_alive: bool) -> Publish | None:
+    """At a request's headers (``protocol.url``, ``protocol.headers``): the publish taken
+    here, standing as the protocol's cycle; None: left to ASGI, nothing done."""
     url = protocol.url
     path, _, query = url.partition(b"?")
     if 37 in path or 35 in url or len(path) <= len(PREFIX) or not path.isascii():
-        return False  # ("%": a name uvicorn would unquote; "#": a fragment)
-    length = None
+        return None  # ("%": a name uvicorn would unquote; "#": a fragment)
+    length = origin = authorization = None
+    cookie = False
     for name, value in protocol.headers:
-        if name == b"content-length" and length is None:
+        if name == b"content-length":
+            if length is not None:
+                return None
             length = value
-        elif name in _NOT_TAKEN or name == b"content-length":
-            return False
-        elif name == b"origin" and not gateway.guard.any_origin:
-            return False  # its check needs the request's own origin: the route's
+        elif name in _NOT_TAKEN:
+            return None
+        elif name == b"origin":
+            if not gateway.guard.any_origin:
+                return None  # its check needs the request's own origin: the route's
+            origin = value if origin is None else origin
+        elif name == b"authorization" and authorization is None:
+            authorization = value
+        elif name == b"cookie":
+            cookie = True
     if length is None or not length.isdigit() or int(length) > BODY_MOST:
-        return False
+        return None
     try:
         named = path[len(PREFIX) :].decode()
-        channel, event = admitted(gateway, named, query, protocol.headers, None)
+        channel, event = admit(gateway, named, query, origin, authorization, length, None)
     except GatewayError:
-        return False  # refused: the route answers it, and counts it
-    cors = b""
-    if protocol.cors is not None:  # what CORSMiddleware would add (cors.py)
-        origin = next((value for name, value in protocol.headers if name == b"origin"), None)
-        cookie = any(name == b"cookie" for name, _ in protocol.headers)
-        cors = protocol.cors.for_origin(origin, cookie)
-    protocol.cycle = Publish(protocol, gateway, channel, event, keep_alive, cors)
-    return True
+        return None  # refused: the route answers it, and counts it
+    cors = protocol.cors
+    extra = cors.for_origin(origin, cookie) if cors is not None else b""
+    publish = Publish(protocol, gateway, channel, event, keep_alive, extra, int(length))
+    protocol.cycle = publish
+    return publish
+
+
+class PublishRepeat(NamedTuple):
+    """A taken publish's headers, as they came on the wire and as httptools read them."""
+
+    block: bytes  # from the request line's end: the headers, then the empty line
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool
+    length: int  # the body's (its Content-Length)
+
+
+# A repeated publish's request line: POST, a visible-ASCII target under /publish/, HTTP/1.1.
+_PUBLISH_LINE = re.compile(rb"POST (/publish/[!-~]*) HTTP/1\.1")
+
+
+def remembered(chunk: bytes, publish: Publish, protocol: Taking) -> PublishRepeat | None:
+    """The headers of a publish whose chunk was that request alone: line, headers, body."""
+    line = b"POST " + protocol.url + b" HTTP/1.1\r\n"
+    end = chunk.find(b"\r\n\r\n") + 4
+    if not chunk.startswith(line) or end + publish.length != len(chunk):
+        return None
+    return PublishRepeat(
+        chunk[len(line) - 2 : end], protocol.headers, publish.keep_alive, publish.length
+    )
+
+
+def repeated(data: bytes, repeat: PublishRepeat) -> tuple[bytes, bytes] | None:
+    """The target and body of a chunk that is one publish with exactly ``repeat``'s headers.
+
+    A publisher on a keep-alive connection sends the same headers every
+    time (its body's length too); such a chunk means what the last one
+    meant, and its body is the last ``length`` bytes, as httptools would
+    frame it. None: anything else (the parser reads it).
+    """
+    body_at = len(data) - repeat.length
+    line_end = body_at - len(repeat.block)
+    if line_end <= 0 or not data.startswith(repeat.block, line_end):
+        return None
+    match = _PUBLISH_LINE.fullmatch(data, 0, line_end)
+    return None if match is None else (match[1], data[body_at:])
 
 
 # Headers that change how a request is read or answered: such a publish goes through ASGI.
@@ -119,6 +168,7 @@ class Publish:
         "event",
         "gateway",
         "keep_alive",
+        "length",
         "more_body",
         "protocol",
         "response_complete",
@@ -132,8 +182,10 @@ class Publish:
         event: str,
         keep_alive: bool,
         cors: bytes,
+        length: int,
     ) -> None:
         self.protocol = protocol
+        self.length = length
         self.gateway = gateway
         self.channel = channel
         self.event = event
@@ -186,8 +238,14 @@ class Publish:
         self._send(b"".join(lines))
 
     def _server_headers(self) -> bytes:
+        """uvicorn's default headers (server, date), joined once per list: it makes a new
+        one when the date changes."""
+        global _server_for, _server_lines
         default = self.protocol.server_state.default_headers
-        return b"".join(name + b": " + value + b"\r\n" for name, value in default)
+        if default is not _server_for:
+            _server_lines = b"".join(name + b": " + value + b"\r\n" for name, value in default)
+            _server_for = default
+        return _server_lines
 
     def _send(self, wire: bytes) -> None:
         protocol = self.protocol
@@ -199,4 +257,15 @@ class Publish:
 
 def status_line(status: int) -> bytes:
     """``HTTP/1.1 201 Created``, as uvicorn writes it."""
-    return b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (
+            status,
+            HTTPStatus(status).phrase.encode(),
+        )
+    return line
+
+
+_STATUS_LINES: dict[int, bytes] = {}
+_server_for: list[tuple[bytes, bytes]] | None = None
+_server_lines = b""
