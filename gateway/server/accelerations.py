@@ -40,6 +40,7 @@ HTTP_PROTOCOL = "http-protocol"  # long-polls answered in uvicorn's httptools pa
 HTTP_DIRECT = "http-direct"  # SSE chunks and whole poll answers written to the socket; departures
 WS_DIRECT = "ws-direct"  # WebSocket frames written to the socket
 WS_LEAN = "ws-lean"  # what an idle WebSocket keeps of its handshake, trimmed
+WS_FRAMES = "ws-frames"  # a client's publish frame answered in uvicorn's protocol callback
 ACCEPT_LOOP = "accept-loop"  # every waiting connection accepted at once (uvloop)
 
 _HTTPTOOLS = "uvicorn.protocols.http.httptools_impl"
@@ -55,6 +56,7 @@ CHECKED: dict[str, dict[str, str]] = {
     HTTP_DIRECT: _HTTP_CHECKED,
     WS_DIRECT: _WS_CHECKED,
     WS_LEAN: _WS_CHECKED,
+    WS_FRAMES: _WS_CHECKED,
 }
 
 
@@ -199,6 +201,17 @@ def _check_ws_lean() -> str | None:
     )
 
 
+def _check_ws_frames() -> str | None:
+    return _first(
+        lambda: _members(
+            _WS_CLASSES[0],
+            ("handle_text", "handle_events", "queue", "close_sent", "handshake_complete"),
+        ),
+        lambda: _members("websockets.frames:Frame", ("fin", "data", "opcode")),
+        lambda: _unchanged(WS_FRAMES, _WS_CLASSES),
+    )
+
+
 def _check_accept_loop() -> str | None:
     try:
         import uvloop
@@ -222,6 +235,7 @@ REGISTRY: dict[str, Acceleration] = {
             WS_LEAN, "uvicorn's WebSocketsSansIOProtocol, asyncio.Event/Queue", _check_ws_lean
         ),
         Acceleration(ACCEPT_LOOP, "uvloop.Loop", _check_accept_loop),
+        Acceleration(WS_FRAMES, "uvicorn's WebSocketsSansIOProtocol.handle_text", _check_ws_frames),
     )
 }
 assert tuple(REGISTRY) == ALL_ACCELERATIONS, "settings.py names every acceleration"
