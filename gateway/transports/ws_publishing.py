@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 Outcome = Message | BaseException
+ACK = b'{"type":"ack","channel":%b,"id":%b}'  # the reader's ack, as orjson writes its dict
 
 
 class PublishFrames:
@@ -108,7 +109,7 @@ class PublishFrames:
         if idle is not None and not idle.done():
             idle.set_result(None)
         if isinstance(outcome, Message):
-            self._answer(orjson.dumps({"type": "ack", "channel": channel, "id": outcome.id}))
+            self._answer(ACK % (orjson.dumps(channel), orjson.dumps(outcome.id)))
         elif isinstance(outcome, GatewayError):
             self._answer(_error(channel, outcome))
         else:  # as an exception out of the reader would: logged, the connection ended
