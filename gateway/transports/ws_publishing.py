@@ -62,8 +62,6 @@ class PublishFrames:
         mux = session.mux
         if not self.reading or self.in_flight or mux.replies_owed or mux.close_reason:
             return False
-        if not hasattr(session.gateway.hub, "publish_soon"):
-            return False  # (until Hub.publish_soon lands: every frame the reader's)
         if len(data) > session.gateway.settings.ws_max_frame_bytes:
             return False  # (the reader closes the socket 1009)
         try:
@@ -100,8 +98,7 @@ class PublishFrames:
         def done(outcome: Outcome) -> None:
             self._settle(channel, outcome)
 
-        publish_soon = getattr(session.gateway.hub, "publish_soon")  # noqa: B009 (see offer)
-        publish_soon(channel, event, data, done)
+        session.gateway.hub.publish_soon(channel, event, data, done)
 
     def _settle(self, channel: str, outcome: Outcome) -> None:
         self.in_flight = False
