@@ -111,6 +111,16 @@ async def one_by_one(server: GatewayServer) -> list[str]:
     return seen
 
 
+async def test_the_fast_server_alone_answers_frames_in_the_protocol(
+    servers: dict[str, GatewayServer],
+) -> None:
+    """What is compared: ``ws-frames`` on in one, off in the other (``/metrics`` says)."""
+    for name, on in (("fast", 1.0), ("plain", 0.0)):
+        async with httpx.AsyncClient(timeout=10) as client:
+            metrics = (await client.get(f"{servers[name].url}/metrics")).text
+        assert f'gateway_acceleration{{name="ws-frames"}} {on}' in metrics, name
+
+
 async def test_each_frame_is_answered_as_the_reader_answers_it(
     servers: dict[str, GatewayServer],
 ) -> None:
