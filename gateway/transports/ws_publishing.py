@@ -27,22 +27,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from typing import Any, Protocol
 
 import orjson
 
 from gateway.errors import BadRequest, GatewayError
 from gateway.message import Message, ws_frame
+from gateway.multiplex import Multiplex
+from gateway.server.direct import WsSink
+from gateway.state import Gateway
 from gateway.subscription import CloseReason
 from gateway.transports.channels import named
-from gateway.transports.websocket import check_publish, publish_fields
-
-if TYPE_CHECKING:
-    from gateway.transports.ws_multi import Session
+from gateway.transports.refresh import Token
+from gateway.transports.websocket import RateLimit, check_publish, publish_fields
 
 logger = logging.getLogger(__name__)
 Outcome = Message | BaseException
 ACK = b'{"type":"ack","channel":%b,"id":%b}'  # the reader's ack, as orjson writes its dict
+
+
+class Session(Protocol):
+    """What of a ``/ws`` connection's session (ws_multi.py) its publish frames use."""
+
+    gateway: Gateway
+    mux: Multiplex
+    token: Token
+    limiter: RateLimit
+    raw: WsSink | None
+    replies: deque[str]
+
+    def reply(self, text: str) -> None: ...
 
 
 class PublishFrames:
