@@ -36,7 +36,7 @@ from gateway.settings import ALL_ACCELERATIONS
 
 logger = logging.getLogger("gateway.accelerations")
 
-HTTP_PROTOCOL = "http-protocol"  # long-polls answered in uvicorn's httptools parser callback
+HTTP_PROTOCOL = "http-protocol"  # long-polls and publishes answered in httptools callbacks
 HTTP_DIRECT = "http-direct"  # SSE chunks and whole poll answers written to the socket; departures
 WS_DIRECT = "ws-direct"  # WebSocket frames written to the socket
 WS_LEAN = "ws-lean"  # what an idle WebSocket keeps of its handshake, trimmed
