@@ -41,6 +41,7 @@ from gateway.publish import PUBLISH_PATH_PREFIX, LocalPublisher, publish_app
 from gateway.server import accelerations
 from gateway.server.cors import CorsHeaders
 from gateway.server.direct import RAW_SEND
+from gateway.server.redis_replies import replies_reader
 from gateway.server.shutdown import signals_watched, wait_for_exit_signal
 from gateway.settings import Settings
 from gateway.state import NOT_STARTED, Gateway, gateway_of
@@ -266,14 +267,15 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
 async def _started(settings: Settings) -> AsyncIterator[Gateway]:
     """Every app-wide object, made and running for the block's duration."""
     metrics = Metrics()
-    hub = Hub(make_broker(settings), settings, metrics, wait_for_exit_signal)
+    for name, on in accelerations.decide(settings.accelerations).items():
+        metrics.accelerations.labels(name).set(1 if on else 0)
+    broker = make_broker(settings, replies_reader() if settings.redis_url else None)
+    hub = Hub(broker, settings, metrics, wait_for_exit_signal)
     guard = Guard(settings)
     if guard.open:
         logger.warning(
             "GATEWAY_SECRET is not set: the gateway is OPEN, anyone may read and publish"
         )
-    for name, on in accelerations.decide(settings.accelerations).items():
-        metrics.accelerations.labels(name).set(1 if on else 0)
     presence = Presence(make_presence_store(hub.broker), settings, wait_for_exit_signal)
     access = Access(guard.revocations)
     gateway = Gateway(settings, hub, metrics, guard, presence, access)

@@ -22,6 +22,7 @@ ALL_ACCELERATIONS = (
     "ws-lean",
     "accept-loop",
     "ws-frames",
+    "redis-replies",
 )
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from gateway.brokers.base import Broker, BrokerListener, History
+
+if TYPE_CHECKING:
+    from gateway.brokers.publish_link import ReadReplies
 from gateway.settings import Settings
 
 __all__ = ["Broker", "BrokerListener", "History", "is_cluster", "make_broker"]
@@ -13,8 +17,12 @@ logger = logging.getLogger(__name__)
 DETECT_TIMEOUT_S = 2.0
 
 
-def make_broker(settings: Settings) -> Broker:
-    """The embedded broker, or Redis when ``REDIS_URL`` is set (a cluster when it is one)."""
+def make_broker(settings: Settings, read_replies: ReadReplies | None = None) -> Broker:
+    """The embedded broker, or Redis when ``REDIS_URL`` is set (a cluster when it is one).
+
+    ``read_replies``: how a single Redis's publish pipeline reads its replies
+    (server/redis_replies.py), when not redis-py's ``read_response``.
+    """
     if settings.redis_url:
         if is_cluster(settings.redis_url, ssl_verify=settings.redis_ssl_verify):
             from gateway.brokers.cluster import ClusterBroker
@@ -22,7 +30,7 @@ def make_broker(settings: Settings) -> Broker:
             return ClusterBroker(settings)
         from gateway.brokers.redis import RedisBroker
 
-        return RedisBroker(settings)
+        return RedisBroker(settings, read_replies)
     from gateway.brokers.memory import MemoryBroker
 
     return MemoryBroker(settings)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
@@ -27,11 +27,20 @@ from redis.exceptions import ResponseError
 
 from gateway.brokers.publish_batch import Call
 
+# A batch's replies, one per call, a ``ResponseError`` in place of a refused one.
+ReadReplies = Callable[[AbstractConnection, int], Awaitable[list[Any]]]
+
 
 class PublishLink:
-    def __init__(self, connect: Callable[[], AbstractConnection], deadline_s: float) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], AbstractConnection],
+        deadline_s: float,
+        read: ReadReplies | None = None,
+    ) -> None:
         self._connect = connect  # a new connection, not yet open: the pool's ``make_connection``
         self._deadline_s = deadline_s
+        self._read = read or plain_replies  # (server/redis_replies.py: a faster one)
         self._conn: AbstractConnection | None = None
 
     async def send(self, calls: list[Call]) -> list[Any]:
@@ -42,7 +51,7 @@ class PublishLink:
         try:
             async with asyncio.timeout(self._deadline_s):
                 await conn.send_packed_command(pack(calls), check_health=False)
-                return [await _reply(conn) for _ in calls]
+                return await self._read(conn, len(calls))
         except BaseException:
             self._conn = None
             await conn.disconnect(nowait=True)
@@ -52,6 +61,11 @@ class PublishLink:
         conn, self._conn = self._conn, None
         if conn is not None:
             await conn.disconnect(nowait=True)
+
+
+async def plain_replies(conn: AbstractConnection, count: int) -> list[Any]:
+    """``count`` replies through redis-py's public ``read_response``."""
+    return [await _reply(conn) for _ in range(count)]
 
 
 async def _reply(conn: AbstractConnection) -> Any:

@@ -43,7 +43,7 @@ from gateway.brokers.backoff import Backoff
 from gateway.brokers.base import BrokerListener, Published
 from gateway.brokers.functions import publish_call
 from gateway.brokers.publish_batch import Call, PublishBatch
-from gateway.brokers.publish_link import PublishLink
+from gateway.brokers.publish_link import PublishLink, ReadReplies
 from gateway.brokers.redis_store import (
     COMMAND_TIMEOUT_S,
     MESSAGE_KINDS,
@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 
 class RedisBroker(RedisStore):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, read_replies: ReadReplies | None = None) -> None:
         super().__init__(settings)
         self._canary = Canary(f"{self.prefix}:canary:{self.node}".encode())
         self._pool = BlockingConnectionPool.from_url(
@@ -73,7 +73,9 @@ class RedisBroker(RedisStore):
         self._reader: asyncio.Task[None] | None = None
         # Concurrent publishes share one pipeline (publish_batch.py) on a
         # connection of their own (publish_link.py).
-        self._publish_link = PublishLink(self._pool.make_connection, COMMAND_TIMEOUT_S)
+        self._publish_link = PublishLink(
+            self._pool.make_connection, COMMAND_TIMEOUT_S, read_replies
+        )
         self._batch = PublishBatch(self._publish_link.send, self._load_functions, self._spawn)
 
     # -- lifetime -----------------------------------------------------------

@@ -41,6 +41,7 @@ HTTP_DIRECT = "http-direct"  # SSE chunks and whole poll answers written to the 
 WS_DIRECT = "ws-direct"  # WebSocket frames written to the socket
 WS_LEAN = "ws-lean"  # what an idle WebSocket keeps of its handshake, trimmed
 WS_FRAMES = "ws-frames"  # a publish frame answered as its bytes arrive
+REDIS_REPLIES = "redis-replies"  # a publish pipeline's replies taken from hiredis' reader
 ACCEPT_LOOP = "accept-loop"  # every waiting connection accepted at once (uvloop)
 
 _HTTPTOOLS = "uvicorn.protocols.http.httptools_impl"
@@ -57,6 +58,7 @@ CHECKED: dict[str, dict[str, str]] = {
     WS_DIRECT: _WS_CHECKED,
     WS_LEAN: _WS_CHECKED,
     WS_FRAMES: {"f0e3b9695e944f07": "uvicorn 0.54.0, websockets 17.4"},
+    REDIS_REPLIES: {"b3b8ef62c583089d": "redis-py 8.1.0"},
 }
 
 
@@ -231,6 +233,32 @@ def _check_ws_frames() -> str | None:
     )
 
 
+_REDIS_REPLIES_CLASSES = (
+    "redis._parsers.hiredis:_AsyncHiredisParser",
+    "redis.asyncio.connection:AbstractConnection.read_response",
+    "redis.asyncio.connection:AbstractConnection._host_error",
+)
+
+
+def _check_redis_replies() -> str | None:
+    try:
+        from redis.utils import HIREDIS_AVAILABLE
+    except ImportError:
+        return "redis-py does not say whether hiredis is installed"
+    if not HIREDIS_AVAILABLE:
+        return "hiredis is not installed (redis-py reads replies in Python)"
+    return _first(
+        lambda: _members(_REDIS_REPLIES_CLASSES[0], ("_reader", "_connected", "read_from_socket")),
+        lambda: (
+            None
+            if hasattr(importlib.import_module("redis._parsers.hiredis"), "NOT_ENOUGH_DATA")
+            else "redis-py's hiredis parser has no NOT_ENOUGH_DATA"
+        ),
+        lambda: _members("redis.asyncio.connection:AbstractConnection", ("_parser", "protocol")),
+        lambda: _unchanged(REDIS_REPLIES, _REDIS_REPLIES_CLASSES),
+    )
+
+
 def _check_accept_loop() -> str | None:
     try:
         import uvloop
@@ -255,6 +283,7 @@ REGISTRY: dict[str, Acceleration] = {
         ),
         Acceleration(ACCEPT_LOOP, "uvloop.Loop", _check_accept_loop),
         Acceleration(WS_FRAMES, "websockets' Protocol.receive_data, uvicorn", _check_ws_frames),
+        Acceleration(REDIS_REPLIES, "redis-py's hiredis parser", _check_redis_replies),
     )
 }
 assert tuple(REGISTRY) == ALL_ACCELERATIONS, "settings.py names every acceleration"
