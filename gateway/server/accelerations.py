@@ -186,6 +186,20 @@ def _check_ws_direct() -> str | None:
     )
 
 
+_WS_KEEPALIVE = (  # what ws_lean.Pings reads and calls in place of uvicorn's ping timers
+    "loop",
+    "ping_timer",
+    "pong_timer",
+    "ping_interval",
+    "ping_timeout",
+    "pending_ping_payload",
+    "ping_sent_at",
+    "last_ping_rtt",
+    "stop_keepalive",
+    "keepalive_timeout",
+)
+
+
 def _check_ws_lean() -> str | None:
     event, queue = asyncio.Event(), asyncio.Queue[object]()
     if not isinstance(getattr(event, "_waiters", None), Iterable) or not hasattr(queue, "_getters"):
@@ -194,6 +208,8 @@ def _check_ws_lean() -> str | None:
         return "asyncio.Queue keeps its items under another name"
     return _first(
         lambda: _members(_WS_CLASSES[0], ("request", "response", "queue", "writable")),
+        lambda: _members(_WS_CLASSES[0], _WS_KEEPALIVE),
+        lambda: _members("websockets.protocol:Protocol", ("send_ping", "data_to_send")),
         lambda: _members("websockets.http11:Request", ("headers",)),
         lambda: _unchanged(WS_LEAN, _WS_CLASSES),
     )
