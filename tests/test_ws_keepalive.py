@@ -9,14 +9,17 @@ timers): a client that answers stays open, one that does not is failed 1011.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Iterator
 
 import pytest
 
-from gateway.server.ws_lean import PING_TICK_S
+from gateway.server.ws_lean import PING_TICK_S, Pings
 from tests.servers import GatewayServer
 
 PING, PONG, CLOSE = 9, 10, 8
@@ -65,7 +68,8 @@ def _frames(server: GatewayServer, seconds: float, answer: bool) -> list[Frame]:
                     size = int.from_bytes(buffer[2:at], "big")
                 if len(buffer) < at + size:
                     break
-                opcode, payload, buffer = buffer[0] & 0x0F, buffer[at : at + size], buffer[at + size :]
+                opcode, payload = buffer[0] & 0x0F, buffer[at : at + size]
+                buffer = buffer[at + size :]
                 frames.append((time.monotonic() - start, opcode, payload))
                 if opcode == CLOSE:
                     return frames
@@ -93,7 +97,7 @@ def test_ws_pings_an_answering_client_every_interval_and_keeps_it(server: Gatewa
     assert all(len(payload) == 4 for _, payload in pings)
     assert len({payload for _, payload in pings}) == len(pings)  # a new payload each time
     times = [0.0] + [at for at, _ in pings]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) <= INTERVAL_S + PING_TICK_S + 0.5, gaps
     assert min(gaps) >= INTERVAL_S - 0.3, gaps
 
@@ -107,3 +111,26 @@ def test_ws_client_that_never_answers_a_ping_is_closed_1011(server: GatewayServe
     assert b"keepalive ping timeout" in payload
     assert at <= 2 * INTERVAL_S + 2 * PING_TICK_S + 0.5, at
     assert [opcode for _, opcode, _ in frames[:-1]] == [PING], frames
+
+
+class _Socket:
+    """What ``Pings.take_over`` touches of uvicorn's protocol."""
+
+    ping_interval = ping_timeout = 15.0
+    ping_sent_at = 0.0
+
+    def stop_keepalive(self) -> None:
+        pass
+
+
+def test_pings_hold_no_socket_once_its_connection_is_gone() -> None:
+    """A closed socket is freed at once, not held until its bucket comes due."""
+    loop = asyncio.new_event_loop()
+    try:
+        sock = _Socket()
+        Pings.of(loop).take_over(sock)
+        gone = weakref.ref(sock)
+        del sock
+        assert gone() is None
+    finally:
+        loop.close()

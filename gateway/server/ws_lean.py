@@ -25,7 +25,8 @@ again, or keeps in a heavier shape than one reader needs:
   socket's life (a ``TimerHandle``, its libuv timer, a ``Context``, the
   bound method). ``Pings`` sends the same pings, with the same payloads,
   interval and timeout, from one timer per event loop ticking once a
-  second over a wheel of per-second buckets: a socket costs a list slot.
+  second over a wheel of per-second buckets: a socket costs a weak
+  reference in a list.
   A ping leaves up to ``PING_TICK_S`` after uvicorn would send it.
 
 Everything here only touches uvicorn's ``WebSocketsSansIOProtocol`` (the
@@ -119,7 +120,9 @@ class Pings:
     has not come ``ping_timeout`` seconds after its ping is failed with
     1011 by uvicorn's own ``keepalive_timeout``. uvicorn's ``handle_pong``
     clears the payload and, with no pong timer of its own, arms nothing.
-    A socket that closed is dropped when its bucket comes due.
+    Buckets hold weak references (80 bytes): a socket that closed is freed
+    at once, as it was when its cancelled timers let it go, and its dead
+    reference is dropped when its bucket comes due.
     """
 
     # One per event loop (a test suite runs many); nothing else holds them.
@@ -129,7 +132,7 @@ class Pings:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._buckets: dict[int, list[Any]] = {}
+        self._buckets: dict[int, list[weakref.ref[Any]]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -147,7 +150,7 @@ class Pings:
 
     def _file(self, proto: Any, due: float) -> None:
         second = math.ceil(due)
-        self._buckets.setdefault(second, []).append(proto)
+        self._buckets.setdefault(second, []).append(weakref.ref(proto))
         timer = self._timer
         if timer is None or second < timer.when():
             if timer is not None:
@@ -158,8 +161,10 @@ class Pings:
         self._timer = None
         now = self._loop.time()
         for second in sorted(s for s in self._buckets if s <= now):
-            for proto in self._buckets.pop(second):
-                self._visit(proto, now)
+            for ref in self._buckets.pop(second):
+                proto = ref()
+                if proto is not None:
+                    self._visit(proto, now)
         if self._buckets:
             self._timer = self._loop.call_at(max(now + PING_TICK_S, min(self._buckets)), self._tick)
 
