@@ -23,6 +23,7 @@ logs the outcome and feeds ``/metrics`` (``gateway_acceleration``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import importlib
 import inspect
@@ -172,8 +173,18 @@ def _check_http_direct() -> str | None:
                 "on_response",
             ),
         ),
+        lambda: _members(f"{_FLOW}:FlowControl", ("_is_writable_event",)),
+        _event_waiters,
         lambda: _unchanged(HTTP_DIRECT, _HTTP_CLASSES),
     )
+
+
+def _event_waiters() -> str | None:
+    """None when an ``asyncio.Event`` keeps its waiters in a ``deque`` that a list can replace."""
+    waiters = getattr(asyncio.Event(), "_waiters", None)
+    if not isinstance(waiters, collections.deque):
+        return "asyncio.Event keeps its waiters under another name"
+    return None
 
 
 def _check_ws_direct() -> str | None:
@@ -232,7 +243,9 @@ REGISTRY: dict[str, Acceleration] = {
     a.name: a
     for a in (
         Acceleration(HTTP_PROTOCOL, "uvicorn's HttpToolsProtocol", _check_http_protocol),
-        Acceleration(HTTP_DIRECT, "uvicorn's RequestResponseCycle", _check_http_direct),
+        Acceleration(
+            HTTP_DIRECT, "uvicorn's RequestResponseCycle and FlowControl", _check_http_direct
+        ),
         Acceleration(WS_DIRECT, "uvicorn's WebSocketsSansIOProtocol", _check_ws_direct),
         Acceleration(
             WS_LEAN, "uvicorn's WebSocketsSansIOProtocol, asyncio.Event/Queue", _check_ws_lean
