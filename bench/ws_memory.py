@@ -1,6 +1,6 @@
 """Where an idle WebSocket's memory goes: tracemalloc in a gateway served in this process.
 
-    python bench/ws_memory.py --clients 1000 [--transport ws|sse|poll] [--http h11] [--top 25] [--uvloop]
+    python bench/ws_memory.py --clients 1000 [--transport ws|sse|poll] [--http h11] [--uvloop]
 
 Starts the gateway (embedded broker) under uvicorn in this process with
 the Procfile's WebSocket options, takes a tracemalloc snapshot, lets
