@@ -87,6 +87,8 @@ def matches(channel: str, patterns: Iterable[str]) -> bool:
 
 
 def _matches(channel: str, patterns: Iterable[str]) -> bool:
+    if isinstance(patterns, tuple) and "*" in patterns:
+        return True  # (any name: 2 µs of fnmatch saved on every publish of an open gateway)
     return any(fnmatch.fnmatchcase(channel, pattern) for pattern in patterns)
 
 

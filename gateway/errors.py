@@ -64,6 +64,9 @@ class Overloaded(GatewayError):
     retry_after = 5
 
 
+STOPPING = "the broker is stopping; the publish may have happened"
+
+
 class BrokerUnavailable(GatewayError):
     """The broker cannot be reached; nothing was published."""
 

@@ -26,8 +26,8 @@ from contextlib import asynccontextmanager
 import anyio
 import anyio.abc
 
-from gateway.brokers.base import Broker, History
-from gateway.errors import BrokerUnavailable
+from gateway.brokers.base import Broker, History, Published
+from gateway.errors import STOPPING, BrokerUnavailable
 from gateway.message import BATCH_BYTES, BATCH_ITEMS, START, Cursor, Message, data_size
 from gateway.metrics import Metrics
 from gateway.polls import SHUTDOWN, ChannelPolls, Encode, Polls, Waiter
@@ -162,6 +162,40 @@ class Hub:
         message = await self.broker.publish(channel, event, data)
         self.metrics.published.inc()
         return message
+
+    def publish_soon(self, channel: str, event: str, data: str, done: Published) -> None:
+        """``publish``, its outcome (the message, or the exception) handed to ``done`` once.
+
+        For a caller with no task of its own (a publish answered inside the
+        HTTP protocol, server/publishing.py): the Redis and embedded brokers
+        take the call as it is (``publish_soon``), any other broker's
+        ``publish`` runs in a task the hub owns.
+        """
+
+        def settled(outcome: Message | BaseException) -> None:
+            if isinstance(outcome, Message):
+                self.metrics.published.inc()
+            done(outcome)
+
+        soon = getattr(self.broker, "publish_soon", None)
+        if soon is not None:
+            soon(channel, event, data, settled)
+            return
+        if self._tasks is None:
+            settled(BrokerUnavailable(STOPPING))
+            return
+        self._tasks.start_soon(self._publish_then, channel, event, data, settled)
+
+    async def _publish_then(self, channel: str, event: str, data: str, done: Published) -> None:
+        try:
+            message = await self.broker.publish(channel, event, data)
+        except asyncio.CancelledError:
+            done(BrokerUnavailable(STOPPING))
+            raise
+        except Exception as exc:
+            done(exc)
+        else:
+            done(message)
 
     def close_all(self, reason: CloseReason) -> None:
         for state in self.channels.values():

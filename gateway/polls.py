@@ -41,6 +41,7 @@ from gateway.message import Cursor, Item
 GATHER_S = 0.005  # after the first arrival, let a burst land so it leaves in one answer
 TICK_S = 0.05  # timeout granularity: never early, at most this late
 
+
 class Encoded(Protocol):
     """The transport's encoding of an answer (body and headers), built once per group."""
 

@@ -94,8 +94,13 @@ class Snapshot:
         if self.members is None:
             return orjson.dumps({**head, "members": None, "counts_only": True})
         parts = [
-            b'{"user":' + orjson.dumps(m.user) + b',"info":' + m.info.encode()
-            + b',"connections":' + str(m.connections).encode() + b"}"
+            b'{"user":'
+            + orjson.dumps(m.user)
+            + b',"info":'
+            + m.info.encode()
+            + b',"connections":'
+            + str(m.connections).encode()
+            + b"}"
             for m in sorted(self.members, key=lambda m: m.user)
         ]
         return orjson.dumps(head)[:-1] + b',"members":[' + b",".join(parts) + b"]}"

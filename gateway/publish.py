@@ -40,7 +40,7 @@ from gateway.errors import BadRequest, BrokerUnavailable, GatewayError, TooLarge
 from gateway.message import check_channel, check_event, check_publish
 from gateway.revocations import revocation
 from gateway.state import NOT_STARTED, Gateway
-from gateway.transports.common import refusal, route_path
+from gateway.transports.common import refused, route_path
 from gateway.transports.longpoll import query_of
 
 PUBLISH_PATH_PREFIX = "/publish/"
@@ -52,64 +52,102 @@ async def publish_app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["method"] != "POST":
         await PlainTextResponse("Method Not Allowed", 405, {"Allow": "POST"})(scope, receive, send)
         return
+    gateway: Gateway = scope["app"].gateway
     try:
-        id_and_channel = await _publish(scope, receive)
+        named = route_path(scope)[len(PUBLISH_PATH_PREFIX) :]
+        channel, event = admitted(gateway, named, scope["query_string"], scope["headers"], scope)
+        body = await _received_body(receive, gateway.settings.max_message_bytes)
+        if body is None:
+            return  # the client left before its body was whole: nothing was published
+        message = await gateway.hub.publish(channel, event, body_text(body))
     except GatewayError as exc:
-        await refusal(HTTPConnection(scope), exc)(scope, receive, send)
+        await refused(gateway.metrics, exc)(scope, receive, send)
         return
-    if id_and_channel is None:
-        return  # the client left before its body was whole: nothing was published
-    body = orjson.dumps({"id": id_and_channel[0], "channel": id_and_channel[1]})
-    headers = [(b"content-length", b"%d" % len(body)), *_ANSWER_HEADERS]
+    body, headers = created(message.id, channel)
     await send({"type": "http.response.start", "status": 201, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _publish(scope: Scope, receive: Receive) -> tuple[str, str] | None:
-    gateway: Gateway = scope["app"].gateway
-    channel = check_channel(route_path(scope)[len(PUBLISH_PATH_PREFIX) :])
-    query = query_of(scope["query_string"]) if scope["query_string"] else {}
+def admitted(
+    gateway: Gateway,
+    named: str,
+    raw_query: bytes,
+    headers: list[tuple[bytes, bytes]],
+    scope: Scope | None,
+) -> tuple[str, str]:
+    """The channel and event of a publish that passed every check made before its body.
+
+    ``named``: the channel as the path names it. ``scope`` is needed only
+    for an ``Origin`` that not every origin may send (its own origin is the
+    request's). The headers are read as Starlette reads them (the first).
+    """
+    origin, authorization, declared = _headers(headers)
+    return admit(gateway, named, raw_query, origin, authorization, declared, scope)
+
+
+def admit(
+    gateway: Gateway,
+    named: str,
+    raw_query: bytes,
+    origin: bytes | None,
+    authorization: bytes | None,
+    declared: bytes | None,
+    scope: Scope | None,
+) -> tuple[str, str]:
+    """``admitted``, the headers it reads already found: the checks, cheapest first.
+
+    The names (400), the page's Origin (403), the token (401/403), the
+    declared size (413).
+    """
+    channel = check_channel(named)
+    query = query_of(raw_query) if raw_query else {}
     event = check_event(query.get("event"))
     guard = gateway.guard
-    origin, authorization, declared = _headers(scope["headers"])
     if origin is not None and not guard.any_origin:
+        assert scope is not None, "an Origin that must be checked needs the request's scope"
         guard.check_origin(HTTPConnection(scope))
     guard.authorize_publish(_rights(gateway, authorization, query), channel)
     limit = gateway.settings.max_message_bytes
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"message larger than {limit} bytes")
-    body = await _received_body(receive, limit)
-    if body is None:
-        return None
+    return channel, event
+
+
+def body_text(body: bytes) -> str:
+    """A publish's body as the message's data: UTF-8 text, else 400."""
     try:
-        data = body.decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("body is not UTF-8 text") from None
-    message = await gateway.hub.publish(channel, event, data)
-    return message.id, channel
 
 
-def _headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None]:
+def created(message_id: str, channel: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A publish's 201 answer: its body and headers."""
+    body = orjson.dumps({"id": message_id, "channel": channel})
+    return body, [(b"content-length", b"%d" % len(body)), *_ANSWER_HEADERS]
+
+
+def _headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None, bytes | None]:
     """``Origin``, ``Authorization`` and ``Content-Length``, as Starlette reads them (the first)."""
     origin = authorization = length = None
     for name, value in headers:
         if name == b"origin" and origin is None:
-            origin = value.decode("latin-1")
+            origin = value
         elif name == b"authorization" and authorization is None:
-            authorization = value.decode("latin-1")
+            authorization = value
         elif name == b"content-length" and length is None:
-            length = value.decode("latin-1")
+            length = value
     return origin, authorization, length
 
 
-def _rights(gateway: Gateway, authorization: str | None, query: dict[str, str]) -> Rights:
+def _rights(gateway: Gateway, authorization: bytes | None, query: dict[str, str]) -> Rights:
     """The caller's rights, as ``Guard.rights`` finds them (and its cache of tokens)."""
     guard = gateway.guard
     if guard.open:
         return OPEN
     token: str | None = None
-    if authorization is not None and authorization.lower().startswith("bearer "):
-        token = authorization[7:].strip() or None
+    if authorization is not None and authorization[:7].lower() == b"bearer ":
+        token = authorization[7:].decode("latin-1").strip() or None
     else:
         token = query.get("token") or None
     return NONE if token is None else guard.decode(token)

@@ -15,7 +15,14 @@ from gateway.errors import ConfigError
 POLL_TIMEOUT_CEILING_S = 29.0  # a Heroku-style router cuts a silent request at 30 s
 ALL_TRANSPORTS = ("websocket", "sse", "poll")
 # The server layer's reaches into other libraries (gateway/server/accelerations.py).
-ALL_ACCELERATIONS = ("http-protocol", "http-direct", "ws-direct", "ws-lean", "accept-loop")
+ALL_ACCELERATIONS = (
+    "http-protocol",
+    "http-direct",
+    "ws-direct",
+    "ws-lean",
+    "accept-loop",
+    "ws-frames",
+)
 
 
 def _csv(value: str) -> tuple[str, ...]:

@@ -165,4 +165,3 @@ def _fail_supervisor() -> None:
         resource.prlimit(parent.pid, resource.RLIMIT_CORE, (0, 0))
     with suppress(OSError):
         os.kill(parent.pid, signal.SIGABRT)
-

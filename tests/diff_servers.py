@@ -26,7 +26,7 @@ import httpx
 import jwt
 
 from tests.http_diff import Peer
-from tests.http_streams import WAIT_CEILING_S, World
+from tests.http_streams import MAX_MESSAGE_BYTES, WAIT_CEILING_S, World
 from tests.servers import GatewayServer, RedisServer, wait_until
 
 SECRET = "differential-test-secret-long-enough-for-hs256"
@@ -135,6 +135,7 @@ def settings_env(redis: RedisServer) -> dict[str, str]:
         "GATEWAY_PUBLIC_CHANNELS": "pub:*",
         "GATEWAY_ALLOWED_ORIGINS": ORIGIN,
         "GATEWAY_POLL_TIMEOUT": str(WAIT_CEILING_S),
+        "GATEWAY_MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
     }
 
 

@@ -272,12 +272,76 @@ def requests(draw: st.DrawFn, world: World, previous: Request | None = None) -> 
     return Request(method, target, version, tuple(headers), tail, wait if method != "POST" else 0)
 
 
+# -- publishes ---------------------------------------------------------------------
+
+# GATEWAY_MAX_MESSAGE_BYTES of both servers (tests/diff_servers.py): bodies around it.
+MAX_MESSAGE_BYTES = 16100  # (the memory test publishes 16,004 bytes)
+BODIES = [b"hello", b"", "h\u00e9llo \u2603".encode(), b"\xff\xfe", b"x" * MAX_MESSAGE_BYTES]
+BODIES += [b"x" * (MAX_MESSAGE_BYTES + 1), b"a\r\n\r\nGET / HTTP/1.1\r\n\r\n"]
+EVENTS = ["", "event=note", "event=", "event=bad%20name", "event=" + "e" * 80, "event=a&event=b"]
+
+
+@st.composite
+def publish_requests(draw: st.DrawFn, world: World, previous: Request | None = None) -> Request:
+    """A publish, mostly one the fast path takes (HTTP/1.1, a length, a token that may);
+    after a publish, often its very headers again with a body of the same length (what
+    a keep-alive publisher sends, and the fast path takes unparsed), under another line."""
+    if previous is not None and previous.target.startswith("/publish/") and draw(st.booleans()):
+        line = draw(
+            st.sampled_from(
+                [("POST", f"/publish/{world.sink}", "HTTP/1.1")] * 4
+                + [
+                    ("POST", f"/publish/{world.sink}?event=again", "HTTP/1.1"),
+                    ("POST", f"/publish/{world.joined[0]}", "HTTP/1.1"),
+                    ("POST", "/publish/a%2Fb", "HTTP/1.1"),
+                    ("POST", f"/publish/{world.sink}", "HTTP/1.0"),
+                    ("post", f"/publish/{world.sink}", "HTTP/1.1"),
+                    ("PUT", f"/publish/{world.sink}", "HTTP/1.1"),
+                    ("POST", f"/publish/{world.sink} x", "HTTP/1.1"),
+                ]
+            )
+        )
+        size = len(previous.tail)  # (a long body as one byte repeated: its repr stays short)
+        tail = draw(st.binary(min_size=size, max_size=size) if size <= 64 else st.just(b"y" * size))
+        return Request(*line, previous.headers, tail)
+    channel = draw(st.sampled_from([world.sink] * 6 + [world.joined[0], "bad name", "a%2Fb"]))
+    query = "&".join(
+        draw(
+            st.lists(
+                st.one_of(
+                    st.sampled_from(EVENTS),
+                    token_values(world).map(lambda t: f"token={t}"),
+                    st.just("pad=" + "p" * 9000),
+                ),
+                max_size=2,
+            )
+        )
+    )
+    target = f"/publish/{channel}" + (f"?{query}" if query else "")
+    headers = draw(header_choices(world))
+    if draw(st.integers(0, 3)):
+        headers.append(("Authorization", f"Bearer {draw(token_values(world))}"))
+    if draw(st.integers(0, 9)):
+        headers.insert(0, ("Host", "t"))
+    body = draw(st.sampled_from(BODIES * 3)) if draw(st.integers(0, 3)) else draw(st.binary())
+    framing = draw(st.sampled_from(["length"] * 12 + [f for f in FRAMINGS if f != "none"]))
+    more, tail = framed(framing, body)
+    headers = draw(st.permutations([*headers, *more]))
+    method = draw(st.sampled_from(["POST"] * 12 + ["GET", "PUT"]))
+    version = draw(st.sampled_from(["HTTP/1.1"] * 8 + ["HTTP/1.0"]))
+    return Request(method, target, version, tuple(headers), tail)
+
+
 @st.composite
 def streams(draw: st.DrawFn, world: World) -> Stream:
     """One to four requests, each sent apart or pipelined, the bytes cut at drawn points."""
     made: list[Request] = []
     for _ in range(draw(st.integers(1, 4))):
-        made.append(draw(requests(world, made[-1] if made else None)))
+        after_publish = bool(made) and made[-1].target.startswith("/publish/")
+        if draw(st.integers(0, 3)) == 0 or (after_publish and draw(st.booleans())):
+            made.append(draw(publish_requests(world, made[-1] if made else None)))
+        else:
+            made.append(draw(requests(world, made[-1] if made else None)))
     cuts: list[int] = []
     offset = 0
     for request in made:
@@ -334,7 +398,34 @@ def known_streams(world: World) -> dict[str, Stream]:
                 ),
             )
         ),
+        **publish_repeats(world),
         "tok%65n in the query": Stream(
             (Request("GET", f"/poll/priv:c?since={private[3]}&tok%65n={token}", "HTTP/1.1", host),)
         ),
     }
+
+
+def publish_repeats(world: World) -> dict[str, Stream]:
+    """A publish, then its very headers again, each its own read: with a body of the same
+    length (taken unparsed), of another length, and under lines the fast path must not take."""
+    headers = (("Host", "t"), ("Authorization", f"Bearer {world.tokens['good']}"))
+    body = b"first"
+    first = Request(
+        "POST", f"/publish/{world.sink}", "HTTP/1.1", (*headers, *framed("length", body)[0]), body
+    )
+    seconds = {
+        "a publish repeated": Request("POST", first.target, "HTTP/1.1", first.headers, b"again"),
+        "a publish repeated, a longer body": Request(
+            "POST", first.target, "HTTP/1.1", first.headers, b"again!"
+        ),
+        "a publish repeated, HTTP/1.0": Request(
+            "POST", first.target, "HTTP/1.0", first.headers, b"again"
+        ),
+        "a publish repeated, a quoted name": Request(
+            "POST", "/publish/a%2Fb", "HTTP/1.1", first.headers, b"again"
+        ),
+        "a publish repeated to another's channel": Request(
+            "POST", f"/publish/{world.joined[0]}", "HTTP/1.1", first.headers, b"again"
+        ),
+    }
+    return {name: Stream((first, second), (len(first.wire()),)) for name, second in seconds.items()}

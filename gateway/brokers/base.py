@@ -8,6 +8,7 @@ broker, owns fan-out, dedupe and backfill, so both brokers share that logic.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from gateway.message import Cursor, Message
@@ -32,6 +33,10 @@ class BrokerListener(Protocol):
     def on_channels_restored(self, channels: list[str]) -> None:
         """These channels' live messages travel again after a gap (a shard's link
         was lost, their slot moved or failed over): backfill just them."""
+
+
+# A publish's outcome handed back (``publish_soon``): the message stored, or why not.
+Published = Callable[[Message | BaseException], None]
 
 
 class Broker(Protocol):

@@ -13,7 +13,7 @@ import secrets
 import time
 from collections import deque
 
-from gateway.brokers.base import BrokerListener, History
+from gateway.brokers.base import BrokerListener, History, Published
 from gateway.message import START, Cursor, Message, Position
 from gateway.settings import Settings
 
@@ -45,6 +45,13 @@ class MemoryBroker:
         self._listener = None
 
     async def publish(self, channel: str, event: str, data: str) -> Message:
+        return self._publish(channel, event, data)
+
+    def publish_soon(self, channel: str, event: str, data: str, done: Published) -> None:
+        """``publish``, its outcome handed to ``done`` at once (base.py)."""
+        done(self._publish(channel, event, data))
+
+    def _publish(self, channel: str, event: str, data: str) -> Message:
         now = time.time()
         message = Message(channel, event, data, self.epoch, self._next_position(now), now)
         state = self._channels.get(channel)

@@ -26,14 +26,17 @@ Guarantees, each kept by construction:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from gateway.brokers.functions import missing_function
-from gateway.errors import BrokerUnavailable
+from gateway.errors import STOPPING, BrokerUnavailable
 
+logger = logging.getLogger("gateway.broker")
 Call = tuple[str | int, ...]
-STOPPING = "the broker is stopping; the publish may have happened"
+Settle = Callable[[Any], None]  # a call's reply, or the exception in its place
 BATCH_MOST = 512  # calls per pipeline: bounds one round trip's size and wait
 
 
@@ -44,7 +47,9 @@ class PublishBatch:
     failed one, or raises when the whole pipeline failed; ``reload()`` loads
     the functions again. ``spawn`` starts the sending task under the store's
     ownership (cancelled when the store stops: every waiting caller then
-    fails with ``BrokerUnavailable``).
+    fails with ``BrokerUnavailable``). A caller awaits its reply (``call``)
+    or is called back with it (``call_soon``: a publish answered inside the
+    HTTP protocol, server/publishing.py, needs no task of its own).
     """
 
     def __init__(
@@ -56,36 +61,38 @@ class PublishBatch:
         self._send = send
         self._reload = reload
         self._spawn = spawn
-        self._queue: list[tuple[Call, asyncio.Future[Any]]] = []
+        self._queue: list[tuple[Call, Settle]] = []
         self._sending = False
 
     async def call(self, call: Call) -> Any:
         """The reply of ``call``, sent in the next pipeline; raises its failure."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((call, future))
+        self.call_soon(call, partial(_settle, future))
+        return await future
+
+    def call_soon(self, call: Call, settle: Settle) -> None:
+        """Send ``call`` in the next pipeline; ``settle`` gets its reply or failure, once."""
+        self._queue.append((call, settle))
         if not self._sending:
             self._sending = True
             self._spawn(self._send_all())
-        return await future
 
     async def _send_all(self) -> None:
-        batch: list[tuple[Call, asyncio.Future[Any]]] = []
+        batch: list[tuple[Call, Settle]] = []
         try:
             await asyncio.sleep(0)  # let this loop turn's publishes join the first pipeline
             while self._queue:
                 batch, self._queue = self._queue[:BATCH_MOST], self._queue[BATCH_MOST:]
                 replies = await self._replies([call for call, _ in batch])
-                for (_, future), reply in zip(batch, replies, strict=True):
-                    _settle(future, reply)
+                settles, batch = [settle for _, settle in batch], []
+                for settle, reply in zip(settles, replies, strict=True):
+                    _deliver(settle, reply)
         finally:
             self._sending = False
             left = [*batch, *self._queue]
             self._queue = []
-            for _, future in left:  # unsettled only when cancelled: the store is stopping
-                _settle(
-                    future,
-                    BrokerUnavailable("the broker is stopping; the publish may have happened"),
-                )
+            for _, settle in left:  # unsettled only when cancelled: the store is stopping
+                _deliver(settle, BrokerUnavailable(STOPPING))
 
     async def _replies(self, calls: list[Call]) -> list[Any]:
         try:
@@ -106,6 +113,14 @@ class PublishBatch:
 
 def _is_missing(reply: Any) -> bool:
     return isinstance(reply, Exception) and missing_function(reply)
+
+
+def _deliver(settle: Settle, reply: Any) -> None:
+    """One caller's reply; a caller that fails to take it costs no other caller theirs."""
+    try:
+        settle(reply)
+    except Exception:
+        logger.exception("a publish's reply could not be delivered")
 
 
 def _settle(future: asyncio.Future[Any], reply: Any) -> None:

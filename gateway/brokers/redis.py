@@ -40,7 +40,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from gateway.brokers.backoff import Backoff
-from gateway.brokers.base import BrokerListener
+from gateway.brokers.base import BrokerListener, Published
+from gateway.brokers.functions import publish_call
 from gateway.brokers.publish_batch import Call, PublishBatch
 from gateway.brokers.publish_link import PublishLink
 from gateway.brokers.redis_store import (
@@ -51,6 +52,7 @@ from gateway.brokers.redis_store import (
     RedisStore,
     connection_options,
     load_library,
+    stored,
 )
 from gateway.errors import BrokerUnavailable
 from gateway.settings import Settings
@@ -156,7 +158,21 @@ class RedisBroker(RedisStore):
         try:
             return await self._batch.call(call)
         except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"the broker is unavailable: {exc}") from None
+            raise _unavailable(exc) from None
+
+    def publish_soon(self, channel: str, event: str, data: str, done: Published) -> None:
+        """``publish``, its outcome handed to ``done`` (base.py): a call in the next pipeline."""
+        call = publish_call(self.prefix, channel, event, data, self.settings.history_size)
+
+        def settle(reply: Any) -> None:
+            if isinstance(reply, (RedisError, OSError)):
+                done(_unavailable(reply))
+            elif isinstance(reply, BaseException):
+                done(reply)
+            else:
+                done(stored(channel, event, data, reply))
+
+        self._batch.call_soon(call, settle)
 
     async def _load_functions(self) -> None:
         await load_library(self._redis.execute_command, self.prefix)
@@ -232,3 +248,7 @@ def _pool_options(settings: Settings) -> dict[str, Any]:
         "timeout": POOL_WAIT_S,
         "retry_on_error": [],
     }
+
+
+def _unavailable(exc: BaseException) -> BrokerUnavailable:
+    return BrokerUnavailable(f"the broker is unavailable: {exc}")

@@ -73,8 +73,7 @@ class RedisStore:
     async def publish(self, channel: str, event: str, data: str) -> Message:
         cap = self.settings.history_size
         raw = await self._publish_call(publish_call(self.prefix, channel, event, data, cap))
-        epoch, _, position = raw.decode().partition(":")
-        return Message(channel, event, data, epoch, parse_position(position))
+        return stored(channel, event, data, raw)
 
     async def _publish_call(self, call: tuple[str | int, ...]) -> Any:
         """One publish's ``FCALL``, its reply the id (the single Redis batches them)."""
@@ -295,6 +294,12 @@ class RedisStore:
         epoch, _, position = message_id.decode().partition(":")
         parsed = parse_position(position)
         return Message(channel, event.decode(), data.decode(), epoch, parsed, parsed[0] / 1000)
+
+
+def stored(channel: str, event: str, data: str, reply: bytes) -> Message:
+    """The message a publish's ``FCALL`` stored: its reply is the id."""
+    epoch, _, position = reply.decode().partition(":")
+    return Message(channel, event, data, epoch, parse_position(position))
 
 
 class Canary:

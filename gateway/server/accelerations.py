@@ -37,10 +37,11 @@ from gateway.settings import ALL_ACCELERATIONS
 
 logger = logging.getLogger("gateway.accelerations")
 
-HTTP_PROTOCOL = "http-protocol"  # long-polls answered in uvicorn's httptools parser callback
+HTTP_PROTOCOL = "http-protocol"  # long-polls and publishes answered in httptools callbacks
 HTTP_DIRECT = "http-direct"  # SSE chunks and whole poll answers written to the socket; departures
 WS_DIRECT = "ws-direct"  # WebSocket frames written to the socket
 WS_LEAN = "ws-lean"  # what an idle WebSocket keeps of its handshake, trimmed
+WS_FRAMES = "ws-frames"  # a publish frame answered as its bytes arrive
 ACCEPT_LOOP = "accept-loop"  # every waiting connection accepted at once (uvloop)
 
 _HTTPTOOLS = "uvicorn.protocols.http.httptools_impl"
@@ -56,6 +57,7 @@ CHECKED: dict[str, dict[str, str]] = {
     HTTP_DIRECT: _HTTP_CHECKED,
     WS_DIRECT: _WS_CHECKED,
     WS_LEAN: _WS_CHECKED,
+    WS_FRAMES: {"f0e3b9695e944f07": "uvicorn 0.54.0, websockets 17.4"},
 }
 
 
@@ -128,6 +130,14 @@ _HTTP_CLASSES = (
     f"{_FLOW}:FlowControl",
 )
 _WS_CLASSES = (f"{_WS_SANSIO}:WebSocketsSansIOProtocol",)
+# ws-frames stands in front of websockets' parser: its framing and state are copied too.
+_WS_FRAMES_CLASSES = (
+    *_WS_CLASSES,
+    "websockets.protocol:Protocol",
+    "websockets.server:ServerProtocol",
+    "websockets.streams:StreamReader",
+    "websockets.frames:Frame",
+)
 
 
 def _check_http_protocol() -> str | None:
@@ -226,6 +236,28 @@ def _check_ws_lean() -> str | None:
     )
 
 
+def _check_ws_frames() -> str | None:
+    return _first(
+        lambda: _members(_WS_CLASSES[0], ("conn", "queue", "close_sent", "handshake_complete")),
+        lambda: _members(
+            "websockets.protocol:Protocol",
+            (
+                "receive_data",
+                "parse",
+                "reader",
+                "parser",
+                "state",
+                "current_size",
+                "events",
+                "parser_exc",
+                "extensions",
+            ),
+        ),
+        lambda: _members("websockets.streams:StreamReader", ("at_eof", "buffer")),
+        lambda: _unchanged(WS_FRAMES, _WS_FRAMES_CLASSES),
+    )
+
+
 def _check_accept_loop() -> str | None:
     try:
         import uvloop
@@ -251,6 +283,7 @@ REGISTRY: dict[str, Acceleration] = {
             WS_LEAN, "uvicorn's WebSocketsSansIOProtocol, asyncio.Event/Queue", _check_ws_lean
         ),
         Acceleration(ACCEPT_LOOP, "uvloop.Loop", _check_accept_loop),
+        Acceleration(WS_FRAMES, "websockets' Protocol.receive_data, uvicorn", _check_ws_frames),
     )
 }
 assert tuple(REGISTRY) == ALL_ACCELERATIONS, "settings.py names every acceleration"

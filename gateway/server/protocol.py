@@ -45,7 +45,10 @@ from gateway.app import GatewayApp
 from gateway.message import Cursor
 from gateway.polls import Ended, Waiter
 from gateway.server import accelerations
+from gateway.server.cors import CorsHeaders
 from gateway.server.keepalive import HEADER_TIMEOUT_S, idle_connections
+from gateway.server.publishing import PREFIX as _PUBLISH
+from gateway.server.publishing import Publish, PublishRepeat, publish_here, remembered, repeated
 from gateway.state import Gateway
 from gateway.transports.longpoll import POLL_PATH_PREFIX, PollAnswer, carries_token
 from gateway.transports.poll_multi import POLL_MULTI_PATH
@@ -148,6 +151,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.idle_since: float | None = None  # a response ended, no request since
         self.reading_since: float | None = None  # waiting for a request's headers since
         self.repeat: Repeat | None = None  # this connection's last poll, read by httptools
+        self.publish_repeat: PublishRepeat | None = None  # its last publish (publishing.py)
         self.chunk = b""  # the bytes httptools is reading (a poll's, to remember as a repeat)
         self.in_message = False  # httptools is inside a request
         self.held: list[bytes] | None = None  # answers written while httptools reads a chunk
@@ -181,6 +185,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             and not self.in_message
             and data.endswith(repeat.block)
             and self._repeat_served(data, repeat)
+        ):
+            return
+        if (
+            self.publish_repeat is not None
+            and not self.in_message
+            and self._publish_repeated(data, self.publish_repeat)
         ):
             return
         self.chunk = data
@@ -250,6 +260,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if type(cycle) is Poll:  # a GET's end: nothing to tell a poll (and no body)
             cycle.more_body = False
             return
+        if type(cycle) is Publish and not cycle.response_complete:
+            cycle.complete()  # (the body is in: publishing.py)
+            return
         super().on_message_complete()
 
     def on_message_begin(self) -> None:
@@ -267,6 +280,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.close_held:
             return  # after an answer that closes the connection: never served (as uvicorn)
         if self.url.startswith(_MULTI) and self._poll_served_here():
+            return
+        if self.url.startswith(_PUBLISH) and self._publish_taken():
             return
         url, headers, expect_100_continue = self.url, self.headers, self.expect_100_continue
         super().on_message_begin()  # the scope, as uvicorn makes it
@@ -302,6 +317,87 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._remember(line, keep_alive)
         return True
 
+    def _publish_taken(self) -> bool:
+        """From httptools' callbacks: a POST under /publish/, taken here if it can be."""
+        parser = self.parser
+        app = self.gateway_app
+        if (
+            parser.get_method() != b"POST"
+            or parser.get_http_version() != "1.1"
+            or self.expect_100_continue
+            or parser.should_upgrade()
+            or app is None
+            or app.gateway is None
+            or not self._free()
+        ):
+            return False
+        publish = publish_here(self, app.gateway, parser.should_keep_alive())
+        self.publish_repeat = None if publish is None else remembered(self.chunk, publish, self)
+        return publish is not None
+
+    def _publish_repeated(self, data: bytes, repeat: PublishRepeat) -> bool:
+        """A publish with the very headers of this connection's last one, taken unparsed.
+
+        As ``_repeat_served`` for polls: the headers were read by httptools
+        from a chunk that was that whole request; a chunk that is exactly a
+        POST under /publish/, HTTP/1.1, those same bytes, then a body of
+        their length, means what they meant (publishing.py ``repeated``).
+        """
+        found = repeated(data, repeat)
+        app = self.gateway_app
+        if found is None or app is None or app.gateway is None or not self._free():
+            return False
+        if self.timeout_keep_alive_task is not None:  # (an ASGI answer armed uvicorn's timer)
+            self._unset_keepalive_if_required()
+        self.url, self.headers = found[0], repeat.headers
+        publish = publish_here(self, app.gateway, repeat.keep_alive)
+        if publish is None:
+            return False  # (refused now: the parser reads it, ASGI answers it)
+        publish.body = found[1]
+        publish.complete()
+        return True
+
+    @property
+    def cors(self) -> CorsHeaders | None:
+        """What CORSMiddleware adds, when the gateway's app has CORS (cors.py)."""
+        app = self.gateway_app
+        return app.cors if app is not None else None
+
+    def _free(self) -> bool:
+        """Nothing in flight here and the client reads: a request may be served in the protocol."""
+        flow = self.flow
+        app = self.gateway_app
+        return not (
+            app is None
+            or app.gateway is None
+            or self.pipeline
+            or flow.read_paused
+            or flow.write_paused  # the client reads nothing: through ASGI, which waits for it
+            or self.held_bytes > HELD_BYTES  # (as much, written at the chunk's end: the same)
+            or self.close_held
+            or not (self.cycle is None or self.cycle.response_complete)
+        )
+
+    def answered(self, wire: bytes, keep_alive: bool) -> None:
+        """An answer served here, on the socket; what uvicorn does when a cycle ends."""
+        held = self.held
+        if held is not None:  # httptools is reading: written once the chunk parsed
+            held.append(wire)
+            self.held_bytes += len(wire)
+            self.close_held = not keep_alive
+        else:
+            self.transport.write(wire)
+            if not keep_alive:
+                self.transport.close()
+        # What uvicorn's ``on_response_complete`` does, but the keep-alive
+        # timer: one sweep for all (``IdleConnections``).
+        if self.pipeline or self.flow.read_paused:
+            self.on_response_complete()  # a pipelined request to start: uvicorn's way
+        else:
+            self.server_state.total_requests += 1
+            if keep_alive:
+                self.idle_since = self.loop.time()  # (``IdleConnections``)
+
     def _remember(self, line: bytes, keep_alive: bool) -> None:
         """This poll's headers, when its chunk was this request alone: the next may repeat them."""
         data, headers = self.chunk, self.headers
@@ -320,17 +416,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     ) -> bool:
         """``GET target``, HTTP/1.1, served here: True, or nothing done."""
         app = self.gateway_app
-        flow = self.flow
-        if (
-            app is None
-            or app.gateway is None
-            or self.pipeline
-            or flow.read_paused
-            or flow.write_paused  # the client reads nothing: through ASGI, which waits for it
-            or self.held_bytes > HELD_BYTES  # (as much, written at the chunk's end: the same)
-            or self.close_held
-            or not (self.cycle is None or self.cycle.response_complete)
-        ):
+        gateway = app.gateway if app is not None else None
+        if app is None or gateway is None or not self._free():
             return False
         cors = b""
         if app.cors is not None:  # the headers CORSMiddleware would add (cors.py)
@@ -348,9 +435,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 "headers": headers,
                 "query_string": target.query,
             }
-            served = quick_poll_multi(app.gateway, scope, poll)
+            served = quick_poll_multi(gateway, scope, poll)
         else:
-            served = quick_poll(app.gateway, target.channel, target.query, headers, poll)
+            served = quick_poll(gateway, target.channel, target.query, headers, poll)
         if served:
             keep_target(line, target)
         else:
@@ -445,23 +532,7 @@ class Poll(Waiter):
         keep_alive = self.keep_alive
         wire = answer.wire(protocol.server_state.default_headers, keep_alive, self.cors)
         self.response_complete = True
-        held = protocol.held
-        if held is not None:  # httptools is reading: written once the chunk parsed
-            held.append(wire)
-            protocol.held_bytes += len(wire)
-            protocol.close_held = not keep_alive
-        else:
-            transport.write(wire)
-            if not keep_alive:
-                transport.close()
-        # What uvicorn's ``on_response_complete`` does, but the keep-alive
-        # timer: one sweep for all (``IdleConnections``).
-        if protocol.pipeline or protocol.flow.read_paused:
-            protocol.on_response_complete()  # a pipelined request to start: uvicorn's way
-        else:
-            protocol.server_state.total_requests += 1
-            if keep_alive:
-                protocol.idle_since = protocol.loop.time()  # (``IdleConnections``)
+        protocol.answered(wire, keep_alive)
         return True
 
     def settled(self, waiter: Ended, answer: object | None) -> None:

@@ -393,11 +393,18 @@ async def publish_checked(
     gateway: Gateway, rights: Rights, limiter: RateLimit, channel: str, event: str, data: str
 ) -> Message:
     """Publish a frame's message once its right, size and the connection's rate allow it."""
+    check_publish(gateway, rights, limiter, channel, data)
+    return await gateway.hub.publish(channel, event, data)
+
+
+def check_publish(
+    gateway: Gateway, rights: Rights, limiter: RateLimit, channel: str, data: str
+) -> None:
+    """Refuse a publish, before anything is stored, unless its right, size and rate allow."""
     gateway.guard.authorize_publish(rights, channel)
     if len(data.encode()) > gateway.settings.max_message_bytes:
         raise TooLarge(f"data larger than {gateway.settings.max_message_bytes} bytes")
     limiter.take()
-    return await gateway.hub.publish(channel, event, data)
 
 
 def _parse_publish(frame: dict[str, Any]) -> tuple[str, str]:

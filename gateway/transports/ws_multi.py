@@ -40,10 +40,11 @@ from gateway.message import Batch, Cursor, Gap, Item, ws_frame
 from gateway.multiplex import Multiplex
 from gateway.presence_visit import Visit, visit_of
 from gateway.server.direct import ChannelSink, write_arrivals, ws_sink
+from gateway.server.ws_frames import take_text_frames
 from gateway.server.ws_lean import forget_handshake
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason
-from gateway.transports.channels import ChannelSpec, channel_specs, frame_spec, label, named
+from gateway.transports.channels import ChannelSpec, channel_specs, frame_spec, label
 from gateway.transports.common import unless_stalled
 from gateway.transports.refresh import Token
 from gateway.transports.websocket import (
@@ -59,6 +60,7 @@ from gateway.transports.websocket import (
     refuse,
     send_frame,
 )
+from gateway.transports.ws_publishing import PublishFrames, frame_channel
 
 WS_MULTI_PATH = "/ws"
 
@@ -123,6 +125,7 @@ class Session:
         self.raw = ws_sink(websocket.scope)
         self.limiter = RateLimit(gateway.settings.publish_rate)
         self.listening: set[str] = set()  # channels whose presence events were asked for
+        self.frames = PublishFrames(self)  # publish frames answered as they arrive
 
     def reply(self, text: str) -> None:
         """One answer to a client frame (``replies_owed`` was counted when it came)."""
@@ -147,6 +150,7 @@ class Session:
 
     async def serve(self, conn: Connection) -> None:
         mux = self.mux
+        take_text_frames(self.websocket, self.frames.offer)
         refusals: list[GatewayError] = []
 
         async def serve() -> None:
@@ -213,13 +217,19 @@ class Session:
     async def _read(self) -> GatewayError | None:
         """Answer the client's frames until it leaves; a frame too large ends it (1009)."""
         most = self.gateway.settings.ws_max_frame_bytes
+        frames = self.frames
         while True:
-            received = await receive_frame(self.websocket, most)
+            frames.reading = True
+            try:
+                received = await receive_frame(self.websocket, most)
+            finally:
+                frames.reading = False
             if isinstance(received, CloseReason):
                 self.mux.close(received)
                 return None
             if isinstance(received, GatewayError):
                 return received
+            await frames.settled()  # a publish answered in the protocol is answered first
             # Counted before it is handled: no message passes ahead of its answer.
             self.mux.replies_owed += 1
             await self._handle(received.text)
@@ -267,22 +277,15 @@ class Session:
         self.subscribed(spec.channel, start)  # at once: before any of its messages
 
     async def _unsubscribe(self, frame: dict[str, Any]) -> None:
-        channel = _channel_of(frame)
+        channel = frame_channel(frame)
         if channel in self.mux.subs:
             await self.mux.close_channel(channel)
         self.reply(_frame(type="unsubscribed", channel=channel))
 
     async def _publish(self, frame: dict[str, Any]) -> None:
-        channel = _channel_of(frame)
+        channel = frame_channel(frame)
         event, data = publish_fields(frame)
         gateway = self.gateway
         rights = self.token.rights
         message = await publish_checked(gateway, rights, self.limiter, channel, event, data)
         self.reply(_frame(type="ack", channel=channel, id=message.id))
-
-
-def _channel_of(frame: dict[str, Any]) -> str:
-    channel = frame.get("channel")
-    if not isinstance(channel, str):
-        raise BadRequest(f"{frame.get('type')} frame without a channel")
-    return named(channel)
