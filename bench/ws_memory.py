@@ -1,6 +1,6 @@
 """Where an idle WebSocket's memory goes: tracemalloc in a gateway served in this process.
 
-    python bench/ws_memory.py --clients 1000 [--transport ws|sse] [--http h11] [--top 25]
+    python bench/ws_memory.py --clients 1000 [--transport ws|sse|poll] [--http h11] [--uvloop]
 
 Starts the gateway (embedded broker) under uvicorn in this process with
 the Procfile's WebSocket options, takes a tracemalloc snapshot, lets
@@ -33,6 +33,7 @@ async def main() -> None:
     p.add_argument("--transport", default="ws")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--http", default="auto", help="uvicorn's --http: auto, h11, httptools")
+    p.add_argument("--uvloop", action="store_true", help="on uvloop, as the Procfile serves")
     args = p.parse_args()
     port = servers.free_port()
     sys.path.insert(0, str(servers.ROOT))
@@ -90,4 +91,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    if "--uvloop" in sys.argv:  # (before the loop starts: the Procfile's loop is uvloop's)
+        import uvloop
+
+        uvloop.install()
     asyncio.run(main())

@@ -570,3 +570,32 @@ async def test_a_flush_answers_each_waiter_from_its_own_mark_and_skips_one_relea
             polls.arrived([_message(4)])
             polls.flush()
             assert got["after"] == ["m4"] and not polls.waiters
+
+
+@pytest.mark.anyio
+async def test_an_event_with_its_waiters_in_a_list_wakes_them_as_before():
+    """server/direct.py ``_list_waiters``: wait, set, clear and wait again, as a plain Event."""
+    import asyncio
+
+    from gateway.server.direct import _list_waiters
+
+    event = asyncio.Event()
+    _list_waiters(event)
+    assert event._waiters == []
+    woken: list[int] = []
+
+    async def waiter(n: int) -> None:
+        await event.wait()
+        woken.append(n)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(waiter, 1)
+        tasks.start_soon(waiter, 2)
+        await anyio.sleep(0.01)
+        assert len(event._waiters) == 2 and not woken
+        event.set()
+    assert sorted(woken) == [1, 2] and event._waiters == []
+    event.clear()
+    with anyio.move_on_after(0.01):
+        await event.wait()
+    assert event._waiters == []  # (a cancelled wait removes itself)

@@ -23,6 +23,7 @@ logs the outcome and feeds ``/metrics`` (``gateway_acceleration``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import importlib
 import inspect
@@ -184,8 +185,18 @@ def _check_http_direct() -> str | None:
                 "on_response",
             ),
         ),
+        lambda: _members(f"{_FLOW}:FlowControl", ("_is_writable_event",)),
+        _event_waiters,
         lambda: _unchanged(HTTP_DIRECT, _HTTP_CLASSES),
     )
+
+
+def _event_waiters() -> str | None:
+    """None when an ``asyncio.Event`` keeps its waiters in a ``deque`` that a list can replace."""
+    waiters = getattr(asyncio.Event(), "_waiters", None)
+    if not isinstance(waiters, collections.deque):
+        return "asyncio.Event keeps its waiters under another name"
+    return None
 
 
 def _check_ws_direct() -> str | None:
@@ -198,6 +209,20 @@ def _check_ws_direct() -> str | None:
     )
 
 
+_WS_KEEPALIVE = (  # what ws_lean.Pings reads and calls in place of uvicorn's ping timers
+    "loop",
+    "ping_timer",
+    "pong_timer",
+    "ping_interval",
+    "ping_timeout",
+    "pending_ping_payload",
+    "ping_sent_at",
+    "last_ping_rtt",
+    "stop_keepalive",
+    "keepalive_timeout",
+)
+
+
 def _check_ws_lean() -> str | None:
     event, queue = asyncio.Event(), asyncio.Queue[object]()
     if not isinstance(getattr(event, "_waiters", None), Iterable) or not hasattr(queue, "_getters"):
@@ -206,6 +231,8 @@ def _check_ws_lean() -> str | None:
         return "asyncio.Queue keeps its items under another name"
     return _first(
         lambda: _members(_WS_CLASSES[0], ("request", "response", "queue", "writable")),
+        lambda: _members(_WS_CLASSES[0], _WS_KEEPALIVE),
+        lambda: _members("websockets.protocol:Protocol", ("send_ping", "data_to_send")),
         lambda: _members("websockets.http11:Request", ("headers",)),
         lambda: _unchanged(WS_LEAN, _WS_CLASSES),
     )
@@ -276,7 +303,9 @@ REGISTRY: dict[str, Acceleration] = {
     a.name: a
     for a in (
         Acceleration(HTTP_PROTOCOL, "uvicorn's HttpToolsProtocol", _check_http_protocol),
-        Acceleration(HTTP_DIRECT, "uvicorn's RequestResponseCycle", _check_http_direct),
+        Acceleration(
+            HTTP_DIRECT, "uvicorn's RequestResponseCycle and FlowControl", _check_http_direct
+        ),
         Acceleration(WS_DIRECT, "uvicorn's WebSocketsSansIOProtocol", _check_ws_direct),
         Acceleration(
             WS_LEAN, "uvicorn's WebSocketsSansIOProtocol, asyncio.Event/Queue", _check_ws_lean
