@@ -110,6 +110,7 @@ class Inbox:
 
 
 PING_TICK_S = 1.0
+DUE_SLACK_S = 0.05  # a ping or its timeout this much early counts as due (the timer's lateness)
 
 
 class Pings:
@@ -149,7 +150,9 @@ class Pings:
         self._file(proto, proto.ping_sent_at + proto.ping_interval)
 
     def _file(self, proto: Any, due: float) -> None:
-        second = math.ceil(due)
+        # (a tick fires a little after its second: a ping sent then is due a little
+        # after a later second, which must still be that second's, not the next)
+        second = math.ceil(due - DUE_SLACK_S)
         self._buckets.setdefault(second, []).append(weakref.ref(proto))
         timer = self._timer
         if timer is None or second < timer.when():
@@ -172,13 +175,13 @@ class Pings:
         if proto.close_sent or proto.disconnected or proto.transport.is_closing():
             return
         if proto.pending_ping_payload is not None:  # no pong yet
-            if now - proto.ping_sent_at >= proto.ping_timeout:
+            if now + DUE_SLACK_S - proto.ping_sent_at >= proto.ping_timeout:
                 proto.keepalive_timeout()
                 return
             self._file(proto, proto.ping_sent_at + proto.ping_timeout)
             return
         due = proto.ping_sent_at + proto.ping_interval  # (uvicorn: pong's time + interval - rtt)
-        if now >= due:
+        if now + DUE_SLACK_S >= due:
             _ping(proto, now)
             self._file(proto, now + min(proto.ping_interval, proto.ping_timeout))
         else:
