@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -131,3 +132,57 @@ async def test_a_gateway_says_which_accelerations_are_on_in_its_log_and_metrics(
             assert [m["id"] for m in answer.json()["messages"]] == [first]
         finally:
             server.close()
+
+
+_TRICKY_MODULE = '''\
+import dataclasses
+
+
+class KeyBase:
+    """class Key in a docstring is not its heading"""
+
+
+@dataclasses.dataclass(
+    frozen=True,
+)
+# a comment between the decorators
+@dataclasses.dataclass
+class Key(KeyBase):
+    name: str = "class Key"
+
+    class Inner:
+        pass
+
+
+def after() -> None:
+    pass
+'''
+
+
+def test_a_class_source_is_read_without_ast_and_as_inspect_reads_it(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fingerprints hash a class's source; ``inspect.getsource`` finds a class with
+    ``ast.parse``, which CPython 3.11.5-3.11.7 can fail ("AST constructor recursion depth
+    mismatch", seen failing a server's start in CI). ``_source`` must give the same text
+    without it, for every class fingerprinted and for decorators, comments and prefixes."""
+    import ast
+    import importlib
+    import inspect
+
+    (tmp_path / "tricky_classes.py").write_text(_TRICKY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tricky = importlib.import_module("tricky_classes")
+    found = [tricky.KeyBase, tricky.Key] + [
+        accelerations._resolve(name)
+        for names in (accelerations._HTTP_CLASSES, accelerations._WS_FRAMES_CLASSES)
+        for name in names
+    ]
+    expected = [inspect.getsource(kind) for kind in found]
+    assert expected[1].startswith("@dataclasses.dataclass(\n")  # (the case is the tricky one)
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("ast.parse was called")
+
+    monkeypatch.setattr(ast, "parse", refused)
+    assert [accelerations._source(kind) for kind in found] == expected

@@ -29,6 +29,8 @@ import importlib
 import inspect
 import logging
 import re
+import sys
+import tokenize
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -76,8 +78,46 @@ def fingerprint(*qualified: str) -> str:
     """A short hash of the source of each ``module:Class`` (or ``module:Class.member``)."""
     digest = hashlib.sha256()
     for name in qualified:
-        digest.update(inspect.getsource(_resolve(name)).encode())
+        digest.update(_source(_resolve(name)).encode())
     return digest.hexdigest()[:16]
+
+
+def _source(found: Any) -> str:
+    """``inspect.getsource(found)``, without ``ast`` for a top-level class.
+
+    Why: CPython 3.11.5-3.11.7 can fail any ``ast.parse`` with "SystemError:
+    AST constructor recursion depth mismatch" (fixed in 3.11.8), and
+    ``inspect.getsource`` parses a class's whole module to find it. Seen
+    failing a server's start in CI. A class is found here by its ``class``
+    line (and the decorators above it), and its block read by
+    ``inspect.getblock``, which tokenizes: the same text as ``getsource``
+    gives, so the fingerprints are unchanged. A function's or method's
+    source never went through ``ast`` (its code object has its line).
+    """
+    if not inspect.isclass(found) or "." in found.__qualname__:
+        return inspect.getsource(found)
+    lines = inspect.getsourcelines(sys.modules[found.__module__])[0]  # (a module: no ast)
+    start = _class_line(lines, found.__name__)
+    if start is None:
+        raise OSError(f"no class {found.__name__} at the top of {found.__module__}")
+    return "".join(inspect.getblock(lines[start:]))
+
+
+def _class_line(lines: list[str], name: str) -> int | None:
+    """The index of the first line of top-level ``class name`` (its first decorator's)."""
+    skipped = (tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT)
+    tokens = [t for t in tokenize.generate_tokens(iter(lines).__next__) if t.type not in skipped]
+    decorated: int | None = None  # the line of the first decorator above, while in them
+    for at, token in enumerate(tokens):
+        if token.start[1] != 0 or not (at == 0 or tokens[at - 1].type == tokenize.NEWLINE):
+            continue  # (not a top-level statement's first token)
+        if token.string == "@":
+            decorated = token.start[0] - 1 if decorated is None else decorated
+        elif token.string == "class" and at + 1 < len(tokens) and tokens[at + 1].string == name:
+            return token.start[0] - 1 if decorated is None else decorated
+        else:
+            decorated = None
+    return None
 
 
 def _resolve(qualified: str) -> Any:
@@ -106,7 +146,7 @@ def _members(qualified: str, names: Iterable[str]) -> str | None:
         kind = _resolve(qualified)
     except (ImportError, AttributeError) as exc:
         return f"{qualified} is missing: {exc}"
-    source = inspect.getsource(kind)  # (instance attributes are set in the class's code)
+    source = _source(kind)  # (instance attributes are set in the class's code)
     fields = getattr(kind, "__dataclass_fields__", {})
     missing = [
         n
