@@ -18,8 +18,10 @@ The standard matrix (server on core 0, generator on core 1, ~100-byte messages):
     p  long-poll clients at 10 msg/s, at 1,000, 5,000 and 10,000
        (--clients-p): gateway, Nchan (its longpoll subscriber)
     w  idle WebSocket connections (10,000), RSS per connection: gateway, Nchan
+    l  waiting long-polls (10,000: each has had its warm-up message and
+       polls again), RSS per connection: gateway, Nchan (its longpoll subscriber)
 
-Groups p and w are not in the default matrix; the long-poll and WebSocket
+Groups p, w and l are not in the default matrix; the long-poll and WebSocket
 comparison beside Nchan is one command:
 
     python bench/run_matrix.py --only pw
@@ -84,6 +86,8 @@ def matrix(args: argparse.Namespace) -> list[Run]:
           for server, transport in (("gateway", "poll"), ("nchan", "raw-poll"))),
         Run("w", "gateway", "ws", e, 0, args.rate),
         Run("w", "nchan", "raw-ws", e, 0, args.rate),
+        Run("l", "gateway", "poll", e, 0, args.rate),
+        Run("l", "nchan", "raw-poll", e, 0, args.rate),
     ]
     wanted = set(args.only or "abcdef")
     skip = set(args.skip_server or [])

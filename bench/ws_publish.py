@@ -20,12 +20,14 @@ import os
 import time
 
 MASK = b"\x01\x02\x03\x04"
+TEXT, PING, PONG = 0x1, 0x9, 0xA  # opcodes (RFC 6455 section 5.2)
 
 
-def client_frame(text: bytes) -> bytes:
-    """A masked text frame (client to server)."""
+def client_frame(text: bytes, opcode: int = TEXT) -> bytes:
+    """A masked frame (client to server): text, or the pong of a ping."""
     size = len(text)
-    head = bytes([0x81, 0x80 | size]) if size < 126 else bytes([0x81, 0xFE]) + size.to_bytes(2)
+    first = 0x80 | opcode
+    head = bytes([first, 0x80 | size]) if size < 126 else bytes([first, 0xFE]) + size.to_bytes(2)
     masked = bytes(b ^ MASK[i % 4] for i, b in enumerate(text))
     return head + MASK + masked
 
@@ -61,8 +63,13 @@ class Publisher(asyncio.Protocol):
                 size, start = int.from_bytes(self.buffer[2:10]), 10
             if len(self.buffer) < start + size:
                 return
+            opcode = self.buffer[0] & 0x0F
             payload = self.buffer[start : start + size]
             self.buffer = self.buffer[start + size :]
+            if opcode == PING:  # the server's keep-alive (every 15 s): answered, not an answer
+                assert self.transport is not None
+                self.transport.write(client_frame(payload, PONG))
+                continue
             self.stats.answered(payload, time.perf_counter() - self.sent_at)
             if not self.stats.stopped:
                 self.send()
