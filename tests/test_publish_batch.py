@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from typing import Any
 
 import anyio
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.brokers.redis import RedisBroker
 from gateway.errors import BrokerUnavailable
@@ -207,3 +210,35 @@ class _Listener:
 
     def on_channels_restored(self, channels: list[str]) -> None:
         pass
+
+
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.sampled_from(["FCALL", "FCALL_RO", "PUBLISH"]),  # (a command's name comes first)
+            st.lists(
+                st.one_of(st.text(max_size=120), st.integers(-(2**63), 2**63 - 1)), max_size=8
+            ),
+        ).map(lambda named: (named[0], *named[1])),
+        max_size=6,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_a_pipeline_is_packed_as_redis_py_packs_each_command(calls: list[Any]) -> None:
+    """publish_link.pack (with its memo of short arguments, filled and cleared as it goes:
+    at most 8 here) writes the bytes redis-py's own packer writes, call after call."""
+    from redis.asyncio.connection import Connection
+
+    from gateway.brokers import publish_link
+
+    expected = b"".join(b"".join(Connection().pack_command(*call)) for call in calls)
+    most = publish_link._PACKED_MOST
+    publish_link._PACKED_MOST = 8
+    publish_link._packed.clear()  # (what other tests' publishes left)
+    try:
+        assert publish_link.pack(calls) == expected
+        assert publish_link.pack(calls) == expected  # (the short arguments from the memo)
+        assert len(publish_link._packed) <= 8
+    finally:
+        publish_link._PACKED_MOST = most
+        publish_link._packed.clear()

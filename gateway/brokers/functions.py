@@ -19,6 +19,7 @@ anything else that publishes through Redis.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from importlib.resources import files
@@ -47,6 +48,7 @@ def source_digest() -> str:
     return hashlib.sha256(source_text().encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=16)  # (asked at every publish; a process has one or two prefixes)
 def function_prefix(prefix: str) -> str:
     """``GATEWAY_REDIS_PREFIX`` as a function-name part: non-word characters become ``_``."""
     return re.sub(r"\W", "_", prefix)

@@ -75,12 +75,35 @@ async def _reply(conn: AbstractConnection) -> Any:
         return refused
 
 
+# The RESP of short arguments, as packed last: a publish's function name, key count,
+# keys and event repeat from call to call (its data does not: longer ones are not kept).
+# At most _PACKED_MOST of at most _PACKED_ARG_MOST bytes each (~0.6 MB), cleared when full.
+_packed: dict[str | int, bytes] = {}
+_PACKED_MOST = 4096
+_PACKED_ARG_MOST = 96
+
+
 def pack(calls: list[Call]) -> bytes:
-    """The calls in RESP, one buffer."""
+    """The calls in RESP, one buffer.
+
+    Why the memo: packing was a fifth of a WebSocket publish's Python on the
+    Redis side (py-spy, 1,000 publishing connections); a short argument seen
+    before is one dict lookup instead of an encode and a format (1.57 -> ~0.5
+    µs a publish call, in-process).
+    """
     parts: list[bytes] = []
+    add = parts.append
+    packed = _packed
     for call in calls:
-        parts.append(b"*%d\r\n" % len(call))
+        add(b"*%d\r\n" % len(call))
         for arg in call:
-            raw = arg.encode() if isinstance(arg, str) else b"%d" % arg
-            parts.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
+            done = packed.get(arg)
+            if done is None:
+                raw = arg.encode() if isinstance(arg, str) else b"%d" % arg
+                done = b"$%d\r\n%b\r\n" % (len(raw), raw)
+                if len(raw) <= _PACKED_ARG_MOST:
+                    if len(packed) >= _PACKED_MOST:
+                        packed.clear()
+                    packed[arg] = done
+            add(done)
     return b"".join(parts)
