@@ -19,8 +19,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -68,6 +69,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_here(app: Any, **config: Any) -> AsyncIterator[Any]:
+    """``app`` under uvicorn in this process (its tasks and objects inspectable): the
+    ``uvicorn.Server``, started; stopped at exit."""
+    import anyio
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
+    )
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(server.serve)
+        while not server.started:
+            await anyio.sleep(0.02)
+        try:
+            yield server
+        finally:
+            server.should_exit = True
 
 
 def wait_until(check, timeout: float = START_TIMEOUT_S, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]

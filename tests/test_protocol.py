@@ -31,7 +31,7 @@ from gateway.settings import Settings
 from gateway.state import Connection
 from tests.clients import publish
 from tests.conftest import gateway_env, redis_for
-from tests.servers import GatewayServer, free_port
+from tests.servers import GatewayServer, free_port, uvicorn_here
 
 pytestmark = pytest.mark.anyio
 
@@ -278,19 +278,8 @@ async def test_a_waiting_poll_whose_client_leaves_is_released_at_once(
 async def test_a_waiting_poll_holds_no_task(tmp_path: Any) -> None:
     """In this process: uvicorn with the gateway's protocol, and its set of request tasks."""
     app = create_app(Settings.from_env({"REDIS_URL": ""}))
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http=GatewayHttpProtocol, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(server.serve)
-        while not server.started:
-            await anyio.sleep(0.02)
-        try:
-            await _waits_without_a_task(server, port)
-        finally:
-            server.should_exit = True
+    async with uvicorn_here(app, http=GatewayHttpProtocol) as server:
+        await _waits_without_a_task(server, server.config.port)
 
 
 async def test_the_keep_alive_sweep_holds_only_open_http_connections(tmp_path: Any) -> None:

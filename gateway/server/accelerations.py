@@ -271,6 +271,9 @@ def _check_ws_lean() -> str | None:
         return "asyncio.Queue keeps its items under another name"
     return _first(
         lambda: _members(_WS_CLASSES[0], ("request", "response", "queue", "writable")),
+        # (ws_lean.take: uvicorn's ``receive`` and Starlette's ``WebSocket.receive``)
+        lambda: _members(_WS_CLASSES[0], ("receive", "read_paused", "transport")),
+        lambda: _members("starlette.websockets:WebSocket", ("client_state", "_receive")),
         lambda: _members(_WS_CLASSES[0], _WS_KEEPALIVE),
         lambda: _members("websockets.protocol:Protocol", ("send_ping", "data_to_send")),
         lambda: _members("websockets.http11:Request", ("headers",)),

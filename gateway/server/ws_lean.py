@@ -42,7 +42,7 @@ import struct
 import weakref
 from typing import Any, ClassVar
 
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketState
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
@@ -75,6 +75,56 @@ def forget_handshake(websocket: WebSocket) -> None:
 
 
 _NO_HEADERS = Headers()
+_GONE = {"type": "websocket.disconnect"}  # what the readers make of a RuntimeError in receive
+
+
+def lean_inbox(websocket: WebSocket) -> Inbox | None:
+    """The socket's ``Inbox`` when its messages may be taken from it (``take``): ws-lean
+    took uvicorn's queue, and the app's ``receive`` is uvicorn's own, wrapped by nothing.
+
+    Why: a reader waiting in ``await websocket.receive()`` holds four coroutines
+    for the socket's whole idle life (the reader's helper, Starlette's
+    ``receive``, uvicorn's ``receive``, the queue's ``get``: ~0.8 KB of the
+    ~12.7 KB of Python per idle WebSocket, bench/ws_memory.py); a reader
+    that takes what is queued and otherwise awaits ``arrival()`` holds none.
+    """
+    receive: Any = getattr(websocket, "_receive", None)
+    proto: Any = getattr(receive, "__self__", None)
+    if type(proto).__name__ != "WebSocketsSansIOProtocol":
+        return None
+    if getattr(receive, "__func__", None) is not type(proto).receive:
+        return None
+    queue = proto.queue
+    return queue if type(queue) is Inbox else None
+
+
+def take(websocket: WebSocket, inbox: Inbox) -> dict[str, Any] | None:
+    """What ``await websocket.receive()`` gives when a message is queued; None when none is
+    (then await ``inbox.arrival()`` and take again).
+
+    As uvicorn's ``receive`` and Starlette's ``WebSocket.receive`` do for a
+    connected socket: the message, the socket read again once none is left
+    queued (uvicorn pauses reading at each message), the socket marked
+    disconnected at a disconnect. Where Starlette would raise (a socket not
+    connected, a message of another type), the disconnect the readers make
+    of that error.
+    """
+    items = inbox._items
+    if not items:
+        return None
+    if websocket.client_state is not WebSocketState.CONNECTED:
+        return _GONE
+    message: dict[str, Any] = items.pop(0)
+    proto: Any = websocket._receive.__self__  # type: ignore[attr-defined]
+    if proto.read_paused and not items:
+        proto.read_paused = False
+        proto.transport.resume_reading()
+    kind = message["type"]
+    if kind == "websocket.disconnect":
+        websocket.client_state = WebSocketState.DISCONNECTED
+    elif kind != "websocket.receive":
+        return _GONE
+    return message
 
 
 class Inbox:
@@ -89,17 +139,21 @@ class Inbox:
     def put_nowait(self, item: Any) -> None:
         self._items.append(item)
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def arrival(self) -> asyncio.Future[None]:
+        """Done when an item arrives (one reader: the same future until then)."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():  # (done: its reader was cancelled)
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
 
     async def get(self) -> Any:
         while not self._items:
-            assert self._waiter is None, "one reader at a time"
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self.arrival()
         return self._items.pop(0)
 
     def empty(self) -> bool:

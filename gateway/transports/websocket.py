@@ -33,7 +33,7 @@ from gateway.errors import BadRequest, GatewayError, RateLimited, TooLarge
 from gateway.message import GAP_WS, Message, check_event
 from gateway.presence_visit import Visit, visit_of
 from gateway.server.direct import WsSink, write_queued, ws_sink
-from gateway.server.ws_lean import forget_handshake
+from gateway.server.ws_lean import Inbox, forget_handshake, lean_inbox, take
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason, Gap, Item, Subscription
 from gateway.transports.common import (
@@ -339,8 +339,14 @@ async def _read(
     """
     limiter = RateLimit(gateway.settings.publish_rate)
     most = gateway.settings.ws_max_frame_bytes
+    inbox = lean_inbox(websocket)
     while True:
-        received = await receive_frame(websocket, most)
+        if inbox is None:
+            received = await receive_frame(websocket, most)
+        else:
+            while (queued := queued_frame(websocket, inbox, most)) is None:
+                await inbox.arrival()
+            received = queued
         if isinstance(received, CloseReason):
             sub.close(received)
             return None
@@ -356,12 +362,31 @@ class Frame(NamedTuple):
     text: str | None  # None: a binary frame
 
 
-async def receive_frame(websocket: WebSocket, most: int) -> Frame | CloseReason | GatewayError:
+Received = Frame | CloseReason | GatewayError
+
+
+async def receive_frame(websocket: WebSocket, most: int) -> Received:
     """The client's next frame; why it left; or a frame past ``most`` bytes (1009)."""
     try:
         message = await websocket.receive()
     except (WebSocketDisconnect, RuntimeError):
         message = {"type": "websocket.disconnect"}
+    return frame_of(message, most)
+
+
+def queued_frame(websocket: WebSocket, inbox: Inbox, most: int) -> Received | None:
+    """``receive_frame`` when a message is queued in ws-lean's ``inbox``; None when none is.
+
+    A reader that has an inbox (``lean_inbox``) takes from it and otherwise
+    awaits ``inbox.arrival()``, a bare future: idle, it holds no coroutine of
+    Starlette's or uvicorn's (server/ws_lean.py).
+    """
+    message = take(websocket, inbox)
+    return None if message is None else frame_of(message, most)
+
+
+def frame_of(message: Any, most: int) -> Received:
+    """An ASGI message from the client, as the readers take it."""
     if message["type"] == "websocket.disconnect":
         # uvicorn closes every socket itself (1012) when it shuts down.
         shutdown = message.get("code") == 1012

@@ -41,7 +41,7 @@ from gateway.multiplex import Multiplex
 from gateway.presence_visit import Visit, visit_of
 from gateway.server.direct import ChannelSink, write_arrivals, ws_sink
 from gateway.server.ws_frames import take_text_frames
-from gateway.server.ws_lean import forget_handshake
+from gateway.server.ws_lean import forget_handshake, lean_inbox
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, frame_spec, label
@@ -56,6 +56,7 @@ from gateway.transports.websocket import (
     parse_frame,
     publish_checked,
     publish_fields,
+    queued_frame,
     receive_frame,
     refuse,
     send_frame,
@@ -218,10 +219,17 @@ class Session:
         """Answer the client's frames until it leaves; a frame too large ends it (1009)."""
         most = self.gateway.settings.ws_max_frame_bytes
         frames = self.frames
+        websocket = self.websocket
+        inbox = lean_inbox(websocket)  # (then no coroutine of Starlette's waits: ws_lean.py)
         while True:
             frames.reading = True
             try:
-                received = await receive_frame(self.websocket, most)
+                if inbox is None:
+                    received = await receive_frame(websocket, most)
+                else:
+                    while (queued := queued_frame(websocket, inbox, most)) is None:
+                        await inbox.arrival()
+                    received = queued
             finally:
                 frames.reading = False
             if isinstance(received, CloseReason):
