@@ -240,6 +240,8 @@ def _event_waiters() -> str | None:
 
 
 def _check_ws_direct() -> str | None:
+    if not isinstance(getattr(asyncio.Event(), "_value", None), bool):
+        return "asyncio.Event keeps its flag under another name"
     return _first(
         lambda: _members(
             _WS_CLASSES[0],

@@ -131,10 +131,14 @@ class WsSink:
         )
 
     def ready(self) -> bool:
-        proto = self._proto
-        return self._writable.is_set() and not (
-            proto.close_sent or proto.disconnected or self._closing()
-        )
+        # Asked once per subscriber per fan-out: py-spy --native at 10,000 WebSockets put
+        # 11 % of the fan-out's CPU on this line when it read two attributes of uvicorn's
+        # protocol (a dict of 34 keys, one per socket: a cache miss each) and called
+        # ``Event.is_set``. ``disconnected`` implies ``is_closing()`` (uvicorn's
+        # ``connection_lost`` comes after the transport closed), so only ``close_sent``,
+        # which an app's close frame sets while the transport stays open, is read.
+        writable: bool = self._writable._value  # type: ignore[attr-defined]
+        return writable and not (self._proto.close_sent or self._closing())
 
     def write(self, batch: Batch) -> None:
         self._write(batch.ws_frames)
