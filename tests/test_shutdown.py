@@ -142,3 +142,32 @@ async def test_clients_of_a_terminated_node_resume_on_another_and_lose_nothing(p
         assert follower.reconnects >= 1, transport
         assert follower.gaps == 0, transport
         assert_exactly_once_in_order(follower, producer.acked)
+
+
+def test_a_gateway_whose_port_is_taken_exits_with_the_reason(redis_server: RedisServer) -> None:
+    """``python -m gateway`` on Redis, its port already bound: uvicorn says why and stops the
+    app at once. It hung at that shutdown: the broker's pub/sub reader, cancelled while its
+    link loaded the Functions, lost the cancellation inside redis-py and read forever
+    (SIGTERM too was waited out). brokers/base.cancel_and_wait cancels until it ends."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_server.url,
+            "PORT": str(taken.getsockname()[1]),
+            "LOG_LEVEL": "info",
+        }
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode != 0, done.stderr[-2000:]
+    assert "Address already in use" in done.stderr or "address already in use" in done.stderr
+    assert "Application shutdown complete" in done.stderr, done.stderr[-2000:]
+    assert time.monotonic() - started < 30

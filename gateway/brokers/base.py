@@ -8,8 +8,10 @@ broker, owns fan-out, dedupe and backfill, so both brokers share that logic.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from gateway.message import Cursor, Message
 
@@ -65,3 +67,22 @@ class Broker(Protocol):
 
     async def check_link(self) -> None:
         """A canary round-trip through the live link; raises when it fails."""
+
+
+RECANCEL_S = 1.0
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it ended, cancelling it again each ``RECANCEL_S``
+    it goes on; its CancelledError is not raised here, any other exception is.
+
+    Why: a cancellation that lands while redis-py runs a command can be lost
+    inside it (seen: a broker stopped a moment after it started, while its
+    pub/sub link loaded the Functions, went on to read forever; a gateway
+    whose port was taken then hung at shutdown, SIGTERM included).
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=RECANCEL_S)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -56,7 +56,7 @@ from redis.exceptions import (
 )
 
 from gateway.brokers.backoff import Backoff
-from gateway.brokers.base import BrokerListener
+from gateway.brokers.base import BrokerListener, cancel_and_wait
 from gateway.brokers.redis_store import (
     MARKER,
     SUBSCRIBE_TIMEOUT_S,
@@ -99,9 +99,7 @@ class ClusterBroker(RedisStore):
 
     async def stop(self) -> None:
         if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            await cancel_and_wait(self._supervisor)
             self._supervisor = None
         await self.stop_housekeeping()
         for name in list(self._links):

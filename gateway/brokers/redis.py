@@ -40,7 +40,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from gateway.brokers.backoff import Backoff
-from gateway.brokers.base import BrokerListener, Published
+from gateway.brokers.base import BrokerListener, Published, cancel_and_wait
 from gateway.brokers.functions import publish_call
 from gateway.brokers.publish_batch import Call, PublishBatch
 from gateway.brokers.publish_link import PublishLink, ReadReplies
@@ -90,11 +90,7 @@ class RedisBroker(RedisStore):
 
     async def stop(self) -> None:
         if self._reader is not None:
-            self._reader.cancel()
-            try:
-                await self._reader
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._reader)
             self._reader = None
         await self.stop_housekeeping()
         await self._publish_link.close()

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 
+from gateway.brokers.base import cancel_and_wait
 from gateway.brokers.redis_store import MESSAGE_KINDS, SUBSCRIBE_TIMEOUT_S, Canary
 
 logger = logging.getLogger(__name__)
@@ -97,9 +98,7 @@ class ShardLink:
     async def close(self) -> None:
         self._lost()
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await cancel_and_wait(self._reader)
         await self.conn.disconnect(nowait=True)
 
     def _lost(self) -> None:
