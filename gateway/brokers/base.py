@@ -72,7 +72,7 @@ class Broker(Protocol):
 RECANCEL_S = 1.0
 
 
-async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
     """Cancel ``task`` and wait until it ended, cancelling it again each ``RECANCEL_S``
     it goes on; its CancelledError is not raised here, any other exception is.
 

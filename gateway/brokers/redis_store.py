@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from redis.exceptions import RedisError
 
 from gateway.brokers import functions
-from gateway.brokers.base import BrokerListener, History
+from gateway.brokers.base import BrokerListener, History, cancel_and_wait
 from gateway.brokers.functions import channel_key, missing_function, publish_call
 from gateway.errors import BrokerUnavailable
 from gateway.message import START, Cursor, Message, Position, format_position, parse_position
@@ -183,9 +183,9 @@ class RedisStore:
         self._housekeeper = None
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for task in tasks:  # (they run redis-py commands, which can lose a cancellation)
+            with contextlib.suppress(Exception):
+                await cancel_and_wait(task)
 
     # -- helpers --------------------------------------------------------------
 

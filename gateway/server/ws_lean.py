@@ -40,6 +40,8 @@ import math
 import random
 import struct
 import weakref
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from starlette.websockets import WebSocket, WebSocketState
@@ -75,7 +77,8 @@ def forget_handshake(websocket: WebSocket) -> None:
 
 
 _NO_HEADERS = Headers()
-_GONE = {"type": "websocket.disconnect"}  # what the readers make of a RuntimeError in receive
+# What the readers make of a RuntimeError in ``receive`` (read-only: one for all sockets).
+GONE: Mapping[str, Any] = MappingProxyType({"type": "websocket.disconnect"})
 
 
 def lean_inbox(websocket: WebSocket) -> Inbox | None:
@@ -98,7 +101,7 @@ def lean_inbox(websocket: WebSocket) -> Inbox | None:
     return queue if type(queue) is Inbox else None
 
 
-def take(websocket: WebSocket, inbox: Inbox) -> dict[str, Any] | None:
+def take(websocket: WebSocket, inbox: Inbox) -> Mapping[str, Any] | None:
     """What ``await websocket.receive()`` gives when a message is queued; None when none is
     (then await ``inbox.arrival()`` and take again).
 
@@ -113,7 +116,7 @@ def take(websocket: WebSocket, inbox: Inbox) -> dict[str, Any] | None:
     if not items:
         return None
     if websocket.client_state is not WebSocketState.CONNECTED:
-        return _GONE
+        return GONE
     message: dict[str, Any] = items.pop(0)
     proto: Any = websocket._receive.__self__  # type: ignore[attr-defined]
     if proto.read_paused and not items:
@@ -123,7 +126,7 @@ def take(websocket: WebSocket, inbox: Inbox) -> dict[str, Any] | None:
     if kind == "websocket.disconnect":
         websocket.client_state = WebSocketState.DISCONNECTED
     elif kind != "websocket.receive":
-        return _GONE
+        return GONE
     return message
 
 

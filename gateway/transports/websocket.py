@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 import anyio
@@ -33,7 +33,7 @@ from gateway.errors import BadRequest, GatewayError, RateLimited, TooLarge
 from gateway.message import GAP_WS, Message, check_event
 from gateway.presence_visit import Visit, visit_of
 from gateway.server.direct import WsSink, write_queued, ws_sink
-from gateway.server.ws_lean import Inbox, forget_handshake, lean_inbox, take
+from gateway.server.ws_lean import GONE, Inbox, forget_handshake, lean_inbox, take
 from gateway.state import Connection, Gateway, gateway_of
 from gateway.subscription import CloseReason, Gap, Item, Subscription
 from gateway.transports.common import (
@@ -367,10 +367,11 @@ Received = Frame | CloseReason | GatewayError
 
 async def receive_frame(websocket: WebSocket, most: int) -> Received:
     """The client's next frame; why it left; or a frame past ``most`` bytes (1009)."""
+    message: Mapping[str, Any]
     try:
         message = await websocket.receive()
     except (WebSocketDisconnect, RuntimeError):
-        message = {"type": "websocket.disconnect"}
+        message = GONE
     return frame_of(message, most)
 
 
@@ -385,7 +386,7 @@ def queued_frame(websocket: WebSocket, inbox: Inbox, most: int) -> Received | No
     return None if message is None else frame_of(message, most)
 
 
-def frame_of(message: Any, most: int) -> Received:
+def frame_of(message: Mapping[str, Any], most: int) -> Received:
     """An ASGI message from the client, as the readers take it."""
     if message["type"] == "websocket.disconnect":
         # uvicorn closes every socket itself (1012) when it shuts down.
