@@ -18,6 +18,23 @@ from tests.cluster import RedisCluster
 from tests.servers import GatewayServer, RedisServer
 
 BROKERS = ["memory", "redis", "cluster"]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Import the modules of hypothesis that its strategies import only once a test runs.
+
+    pytest rewrites the asserts of every module of hypothesis (a pytest
+    plugin) when it is first imported, with ``ast.parse``, which CPython
+    3.11.5-3.11.7 can fail ("AST constructor recursion depth mismatch",
+    fixed in 3.11.8): seen in CI, a test failed importing hypothesis' regex
+    strategies deep in its stack. Here the stack is shallow, and .ci/run's
+    collection pass leaves them rewritten in pytest's cache. (Not at
+    conftest import: hypothesis refuses to read its data that early.)
+    """
+    import hypothesis.internal.conjecture.optimiser
+    import hypothesis.strategies._internal.regex  # noqa: F401
+
+
 _names = itertools.count()
 
 
