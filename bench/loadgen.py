@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import procstats
 import uvloop
+from native import NativeSubscribers
 from httpclients import (
     EngineIoPollSubscriber,
     NchanPollSubscriber,
@@ -59,12 +60,15 @@ PATHS = {
 WARMUP_INTERVAL_S = 0.25
 
 
+def subscribe_path(args: argparse.Namespace) -> str:
+    template = args.path or PATHS[args.transport]
+    return template.replace("{n}", "0").format(channel=args.channel, poll_timeout=args.poll_timeout)
+
+
 def make_subscriber(args: argparse.Namespace, tally: Tally) -> Callable[[], Subscriber]:
     host, port = args.host, args.port
     template = args.path or PATHS[args.transport]
-    path = template.replace("{n}", "0").format(
-        channel=args.channel, poll_timeout=args.poll_timeout
-    )
+    path = subscribe_path(args)
     numbers = itertools.count()
 
     def own_path() -> str:  # the subscriber's own channels, where the template has {n}
@@ -122,13 +126,12 @@ async def wait_for(tally: Tally, done: Callable[[], bool], stall_s: float, cap_s
     return True
 
 
-async def warm_up(
-    args: argparse.Namespace, subscribers: list[Subscriber], publisher: Publisher
-) -> None:
+async def warm_up(args: argparse.Namespace, all_ready: Callable[[], bool],
+                  publisher: Publisher) -> None:
     deadline = time.monotonic() + args.warmup_timeout
     while time.monotonic() < deadline:
         await publisher.publish(payload(WARMUP_SEQ))
-        if all(s.is_ready or s.closed or not s.is_connected for s in subscribers):
+        if all_ready():
             break
         await asyncio.sleep(WARMUP_INTERVAL_S)
     # Let the last warm-up messages land before the measured part starts.
@@ -183,9 +186,20 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     rss_before = procstats.rss_kb(args.server_pid) if args.server_pid else 0
     publisher = await make_publisher(args)
     opened_at = time.monotonic()
-    subscribers = await open_all(args, make_subscriber(args, tally))
+    native = NativeSubscribers(tally, args.transport) if args.native else None
+    subscribers: list[Subscriber] = []
+    if native is not None:
+        await native.open(args.host, args.port, subscribe_path(args), args.clients,
+                          args.messages, args.connect_concurrency)
+        server_pids["native"] = native.pid
+        all_ready = native.all_ready
+    else:
+        subscribers = await open_all(args, make_subscriber(args, tally))
+
+        def all_ready() -> bool:
+            return all(s.is_ready or s.closed or not s.is_connected for s in subscribers)
     connect_s = time.monotonic() - opened_at
-    await warm_up(args, subscribers, publisher)
+    await warm_up(args, all_ready, publisher)
     rss_after = procstats.rss_kb(args.server_pid) if args.server_pid else 0
     ready_at_start = tally.alive_ready
     meter = procstats.CpuMeter(server_pids, tuple(range(os.cpu_count() or 1)))
@@ -198,6 +212,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     tally.stopping = True
     for sub in subscribers:
         sub.close()  # type: ignore[attr-defined]
+    if native is not None:
+        cpu["generator"] = round(cpu["generator"] + cpu.pop("native"), 3)
+        subscribers = await native.stop()
     await publisher.aclose()
     return summarize(
         args, tally, subscribers,
@@ -237,9 +254,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--stall", type=float, default=5.0, help="give up after this long without a delivery"
     )
     p.add_argument("--max-drain", type=float, default=120.0, help="cap on any one wait")
+    p.add_argument("--native", action="store_true",
+                   help="ws and raw-ws: subscribers in C (native.py), so the generator is not "
+                   "the limit")
     p.add_argument("--out", help="also append the JSON line to this file")
     p.add_argument("--meta", action="append", default=[], help="key=value copied into the line")
     args = p.parse_args(argv)
+    if args.native and args.rate <= 0:
+        p.error("--native needs --rate > 0: it keeps no count per message for --window")
     url = urlsplit(args.url)
     args.host, args.port = url.hostname or "127.0.0.1", url.port or 80
     return args

@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import native
 import servers
 from table import markdown
 
@@ -106,6 +107,8 @@ def loadgen_argv(run: Run, port: int, pid: int, redis: tuple[str, int], args: ar
         "--window", str(args.window), "--settle", str(args.settle),
         *run.extra,
     ]
+    if run.transport in native.MODES and run.rate > 0 and not args.python_ws:
+        argv += ["--native", "--meta", "subscribers=c"]
     argv += PUBLISHERS[run.server](args, redis[0])
     if run.server != "nchan":
         argv += ["--redis-pid", str(redis[1])]
@@ -181,6 +184,8 @@ def parse_args() -> argparse.Namespace:
         p.add_argument(f"--clients-{group}", type=int, default=default)
     p.add_argument("--clients-p", default="1000,5000,10000", help="p: client counts, commas")
     p.add_argument("--messages-d", type=int, default=300)
+    p.add_argument("--python-ws", action="store_true",
+                   help="WebSocket subscribers in Python (wsclients.py), not in C (native.py)")
     p.add_argument("--stall", type=float, default=10.0)
     p.add_argument("--run-timeout", type=float, default=300.0, help="cap per run beyond publishing")
     args = p.parse_args()
