@@ -245,7 +245,20 @@ def _check_ws_direct() -> str | None:
     return _first(
         lambda: _members(
             _WS_CLASSES[0],
-            ("writable", "transport", "close_sent", "disconnected", "conn", "handshake_complete"),
+            (
+                "writable",
+                "transport",
+                "close_sent",
+                "disconnected",
+                "conn",
+                "handshake_complete",
+                # (a watched sink: uvicorn's writable event swapped for one that tells the
+                # sink; a disconnect queued before every close frame left with an open
+                # transport, in the class's source, which is fingerprinted)
+                "pause_writing",
+                "resume_writing",
+                "queue",
+            ),
         ),
         lambda: _unchanged(WS_DIRECT, _WS_CLASSES),
     )
@@ -351,7 +364,9 @@ REGISTRY: dict[str, Acceleration] = {
         Acceleration(
             HTTP_DIRECT, "uvicorn's RequestResponseCycle and FlowControl", _check_http_direct
         ),
-        Acceleration(WS_DIRECT, "uvicorn's WebSocketsSansIOProtocol", _check_ws_direct),
+        Acceleration(
+            WS_DIRECT, "uvicorn's WebSocketsSansIOProtocol, its writable event", _check_ws_direct
+        ),
         Acceleration(
             WS_LEAN, "uvicorn's WebSocketsSansIOProtocol, asyncio.Event/Queue", _check_ws_lean
         ),

@@ -41,7 +41,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from starlette.types import Scope, Send
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
@@ -108,54 +108,125 @@ class SseSink:
 class WsSink:
     """A WebSocket on uvicorn's websockets-sansio protocol: frames written to its transport.
 
-    uvicorn closes the transport or sets ``close_sent`` on every path that
-    sends a close frame, so ``ready`` need not ask the protocol's state.
+    ``ready`` runs once per subscriber per fan-out, where every object it
+    reads is a cache miss at 10,000 sockets: run_matrix group b at 7 msg/s
+    went from ~11.0 to ~9.5 us of server CPU per delivery once it read the
+    sink's own slots and the transport (which ``write`` reads next) and
+    nothing of uvicorn's protocol (a dict of 34 keys) or its event.
+
+    Watched (ws-lean took uvicorn's queue: ``ws_sink``), the protocol tells
+    the sink what ``ready`` would have read:
+
+    * its ``writable`` event is a ``_Writable``: uvicorn's ``pause_writing``
+      and ``resume_writing`` (the transport's flow control) set ``_paused``;
+    * uvicorn closes the transport on every path that sends a close frame
+      but one, the app's own ``websocket.close`` (``close_sent``: the
+      transport stays open for the client's answer), and before that frame
+      it queues a disconnect for the app: the ``Inbox`` stops the sink then
+      (``stop``). A lost connection queues one too, so every watched sink
+      is stopped at its end, and ``stop`` undoes the references that tie
+      it to the protocol (freed at once, not by the cycle collector).
+
+    Unwatched, ``ready`` reads the event and ``close_sent``. ``disconnected``
+    implies ``is_closing()`` (uvicorn's ``connection_lost`` comes after the
+    transport closed).
     """
 
-    __slots__ = ("_closing", "_proto", "_writable", "_write")
+    __slots__ = ("_open", "_paused", "_proto", "_transport", "_watched", "_writable")
 
-    def __init__(self, proto: WebSocketsSansIOProtocol) -> None:
+    def __init__(self, proto: WebSocketsSansIOProtocol, watched: bool = False) -> None:
         self._proto = proto
-        self._writable: asyncio.Event = proto.writable
-        transport: asyncio.Transport = proto.transport
-        self._write = transport.write
-        self._closing = transport.is_closing
+        self._transport: asyncio.Transport = proto.transport
+        self._open = True
+        self._watched = watched
+        writable = proto.writable
+        if watched:
+            writable = proto.writable = _Writable(self, writable.is_set())
+        self._writable: asyncio.Event = writable
+        self._paused = not writable.is_set()
+
+    def stop(self) -> None:
+        """No more writes: the protocol queued a disconnect (a close frame may follow)."""
+        self._open = False
+        writable = self._writable
+        if isinstance(writable, _Writable):
+            writable.sink = None
 
     def gone(self) -> bool:
         proto = self._proto
         return bool(
-            proto.close_sent
+            not self._open
+            or proto.close_sent
             or proto.disconnected
             or proto.conn.state is not State.OPEN
-            or self._closing()
+            or self._transport.is_closing()
         )
 
     def ready(self) -> bool:
-        # Asked once per subscriber per fan-out: py-spy --native at 10,000 WebSockets put
-        # 11 % of the fan-out's CPU on this line when it read two attributes of uvicorn's
-        # protocol (a dict of 34 keys, one per socket: a cache miss each) and called
-        # ``Event.is_set``. ``disconnected`` implies ``is_closing()`` (uvicorn's
-        # ``connection_lost`` comes after the transport closed), so only ``close_sent``,
-        # which an app's close frame sets while the transport stays open, is read.
+        if not self._open or self._transport.is_closing():
+            return False
+        if self._watched:
+            return not self._paused
         writable: bool = self._writable._value  # type: ignore[attr-defined]
-        return writable and not (self._proto.close_sent or self._closing())
+        return writable and not self._proto.close_sent
 
     def write(self, batch: Batch) -> None:
-        self._write(batch.ws_frames)
+        self._transport.write(batch.ws_frames)
 
     def write_bytes(self, data: bytes) -> None:
         """Whole frames built for this connection alone."""
-        self._write(data)
+        self._transport.write(data)
 
     def heartbeat(self) -> None:
         pass
 
     def abort(self) -> None:
         """Drop the connection at once (a stalled client: no close frame could get through)."""
-        self._proto.transport.abort()
+        self._transport.abort()
 
     async def drain(self) -> None:
         await self._writable.wait()
+
+
+class SinkWatch:
+    """A receive queue under uvicorn's protocol that stops the connection's sink when a
+    disconnect is queued (``ws_lean.Inbox``): what makes a ``WsSink`` watched."""
+
+    __slots__ = ("sink",)
+
+    def __init__(self) -> None:
+        self.sink: WsSink | None = None
+
+    def queued(self, item: Any) -> None:
+        """Called with each item the protocol queues, before the item is queued."""
+        sink = self.sink
+        if sink is not None and item["type"] == "websocket.disconnect":
+            self.sink = None
+            sink.stop()
+
+
+class _Writable(asyncio.Event):
+    """uvicorn's per-socket ``writable`` event that also keeps its sink's ``_paused``.
+
+    Its waiters in a list (``_list_waiters``: nobody waits on it almost always).
+    """
+
+    def __init__(self, sink: WsSink | None, is_set: bool) -> None:
+        super().__init__()
+        self._waiters = []  # type: ignore[assignment]
+        self.sink = sink
+        if is_set:
+            super().set()
+
+    def set(self) -> None:
+        super().set()
+        if self.sink is not None:
+            self.sink._paused = False
+
+    def clear(self) -> None:
+        super().clear()
+        if self.sink is not None:
+            self.sink._paused = True
 
 
 async def write_queued(sub: Subscription, sink: Sink) -> bool:
@@ -393,7 +464,12 @@ def ws_sink(scope: Scope) -> WsSink | None:
     proto = _owner(scope, WebSocketsSansIOProtocol)
     if proto is None or not proto.handshake_complete or proto.conn.state is not State.OPEN:
         return None
-    return WsSink(proto)
+    inbox = proto.queue
+    if not isinstance(inbox, SinkWatch) or proto.close_sent or proto.disconnected:
+        return WsSink(proto)  # (ended: no disconnect is coming to undo a watch)
+    if inbox.sink is None:
+        inbox.sink = WsSink(proto, watched=True)
+    return inbox.sink
 
 
 def _cycle(scope: Scope) -> RequestResponseCycle | None:

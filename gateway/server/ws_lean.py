@@ -49,7 +49,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request
 
 from gateway.server import accelerations
-from gateway.server.direct import RAW_SEND
+from gateway.server.direct import RAW_SEND, SinkWatch
 
 
 def forget_handshake(websocket: WebSocket) -> None:
@@ -130,16 +130,22 @@ def take(websocket: WebSocket, inbox: Inbox) -> Mapping[str, Any] | None:
     return message
 
 
-class Inbox:
-    """A receive queue for one reader: what uvicorn's protocol uses of ``asyncio.Queue``."""
+class Inbox(SinkWatch):
+    """A receive queue for one reader: what uvicorn's protocol uses of ``asyncio.Queue``.
+
+    It also watches the connection's direct sink (``SinkWatch``): uvicorn queues a
+    disconnect before every close frame it sends with the transport left open.
+    """
 
     __slots__ = ("_items", "_waiter")
 
     def __init__(self, items: Any = ()) -> None:
+        super().__init__()
         self._items: list[Any] = list(items)
         self._waiter: asyncio.Future[None] | None = None
 
     def put_nowait(self, item: Any) -> None:
+        self.queued(item)
         self._items.append(item)
         waiter = self._waiter
         if waiter is not None:
