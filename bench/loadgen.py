@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 
 import procstats
 import uvloop
-from native import NativeSubscribers
 from httpclients import (
     EngineIoPollSubscriber,
     NchanPollSubscriber,
@@ -40,6 +39,7 @@ from httpclients import (
     SseMultiSubscriber,
     SseSubscriber,
 )
+from native import NativeSubscribers
 from publishers import HttpPublisher, Publisher, RedisPublisher, SocketIoRedisPublisher
 from report import summarize
 from tally import WARMUP_SEQ, Subscriber, Tally, payload

@@ -110,9 +110,7 @@ class NativeSubscribers:
         code = await self.proc.wait()
         if code:
             raise RuntimeError(f"wsfan exited with {code}")
-        with open(self._latency_file, "rb") as data:
-            self.tally.latencies = array("d", data.read())
-        os.unlink(self._latency_file)
+        self.tally.latencies = _take_latencies(self._latency_file)
         records = []
         for line in self._tail:
             if not line.startswith("client "):
@@ -123,3 +121,11 @@ class NativeSubscribers:
             sub.duplicates, sub.closed = duplicates, bool(closed)
             records.append(sub)
         return records
+
+
+def _take_latencies(path: str) -> array[float]:
+    """The program's latencies (native doubles, seconds); the file is removed."""
+    with open(path, "rb") as data:
+        latencies = array("d", data.read())
+    os.unlink(path)
+    return latencies

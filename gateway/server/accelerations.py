@@ -286,6 +286,7 @@ def _check_ws_lean() -> str | None:
         return "asyncio.Queue keeps its items under another name"
     return _first(
         lambda: _members(_WS_CLASSES[0], ("request", "response", "queue", "writable")),
+        _instance_dict,
         # (ws_lean.take: uvicorn's ``receive`` and Starlette's ``WebSocket.receive``)
         lambda: _members(_WS_CLASSES[0], ("receive", "read_paused", "transport")),
         lambda: _members("starlette.websockets:WebSocket", ("client_state", "_receive")),
@@ -294,6 +295,13 @@ def _check_ws_lean() -> str | None:
         lambda: _members("websockets.http11:Request", ("headers",)),
         lambda: _unchanged(WS_LEAN, _WS_CLASSES),
     )
+
+
+def _instance_dict() -> str | None:
+    """None when uvicorn's WebSocket protocol keeps its attributes in a dict (ws-lean copies it)."""
+    if _resolve(_WS_CLASSES[0]).__dictoffset__ == 0:
+        return "uvicorn's WebSocket protocol keeps no instance dict"
+    return None
 
 
 def _check_ws_frames() -> str | None:

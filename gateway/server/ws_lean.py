@@ -20,6 +20,8 @@ again, or keeps in a heavier shape than one reader needs:
   reader and one writer: an ``Inbox`` does what uvicorn asks of it
   (``put_nowait``, ``get``, ``empty``) in a list and one future.
 * the waiters ``deque`` of its ``writable`` event, which a list serves.
+* its instance dict, grown key by key to a table for twice its 34
+  attributes: a copy is 752 bytes smaller.
 * its keepalive: uvicorn arms a timer per socket for the next ping (and
   another per ping for the pong), about 540 bytes each kept for the
   socket's life (a ``TimerHandle``, its libuv timer, a ``Context``, the
@@ -74,6 +76,10 @@ def forget_handshake(websocket: WebSocket) -> None:
         proto.queue = Inbox(queue._queue)  # type: ignore[attr-defined]
     if proto.ping_timer is not None and proto.pong_timer is None and proto.ping_timeout:
         Pings.of(proto.loop).take_over(proto)
+    # Its 34 attributes, set one by one, grew the protocol's dict to 1,584 bytes (a
+    # table for twice as many); a copy of it holds them in 832. Every later assignment
+    # is to a key it has: it does not grow again.
+    proto.__dict__ = dict(vars(proto))
 
 
 _NO_HEADERS = Headers()
