@@ -143,7 +143,7 @@ class WsSink:
         if watched:
             writable = proto.writable = _Writable(self, writable.is_set())
         self._writable: asyncio.Event = writable
-        self._paused = not writable.is_set()
+        self._paused = watched and not writable.is_set()  # (read only when watched)
 
     def stop(self) -> None:
         """No more writes: the protocol queued a disconnect (a close frame may follow)."""
@@ -211,10 +211,10 @@ class _Writable(asyncio.Event):
     Its waiters in a list (``_list_waiters``: nobody waits on it almost always).
     """
 
-    def __init__(self, sink: WsSink | None, is_set: bool) -> None:
+    def __init__(self, sink: WsSink, is_set: bool) -> None:
         super().__init__()
-        self._waiters = []  # type: ignore[assignment]
-        self.sink = sink
+        _list_waiters(self)
+        self.sink: WsSink | None = sink
         if is_set:
             super().set()
 
