@@ -14,6 +14,7 @@ import anyio
 import pytest
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MovedError
 
 from gateway.brokers import is_cluster
 from gateway.brokers.cluster import ClusterBroker
@@ -146,6 +147,38 @@ async def test_a_shard_link_refuses_a_replica(redis_cluster):
                 assert not link.alive
         finally:
             await link.close()
+
+
+async def test_a_primary_left_with_no_slot_in_the_map_is_refused_not_searched_forever(
+    redis_cluster,
+):
+    """A failover's ``MOVED`` empties a primary's slots while links are rebuilt: refused, at once.
+
+    The supervisor reads the primaries, awaits (dropping a link), then opens
+    links to those it read. Meanwhile a command answered ``MOVED`` after a
+    failover makes redis-py's map give that primary's slots to its replica.
+    The canary search for the old primary then never ended, synchronously:
+    the gateway stopped answering anyone (CI). The map is moved here as
+    redis-py moves it on such a ``MOVED``; the cluster itself is untouched.
+    """
+    broker = ClusterBroker(Settings(redis_url=redis_cluster.url))
+    try:
+        await broker._cluster.initialize()
+        primary = redis_cluster.primaries()[0]
+        replica = redis_cluster.replica_of(primary)
+        name = f"127.0.0.1:{primary.port}"
+        manager = broker._cluster.nodes_manager
+        assert broker._canary_name(name)  # owns slots: found
+        while owned := [s for s, nodes in manager.slots_cache.items() if nodes[0].name == name]:
+            await manager.move_slot(MovedError(f"{owned[0]} 127.0.0.1:{replica.port}"))
+        with anyio.fail_after(10):  # (a thread: the old search would hold the loop forever)
+            with pytest.raises(RedisConnectionError, match="owns no slot"):
+                await anyio.to_thread.run_sync(broker._canary_name, name, abandon_on_cancel=True)
+        with pytest.raises(RedisConnectionError, match="owns no slot"):
+            await broker._open_link(name)
+        assert not broker._links
+    finally:
+        await broker._cluster.aclose()
 
 
 class _Listener:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
 from typing import Any
 
@@ -72,6 +71,7 @@ logger = logging.getLogger(__name__)
 
 COMMAND_RETRIES = 6  # CLUSTERDOWN or a lost node: ~2 s of backoff, then 503
 REFRESH_S = 5.0  # the slot map is read again at least this often
+CANARY_NAMES = 1 << 20  # names tried for a canary: a node of one slot needs ~16k
 MAP_ERRORS = (ClusterDownError, MovedError, ConnectionError, SlotNotCoveredError)
 
 
@@ -199,7 +199,7 @@ class ClusterBroker(RedisStore):
             try:
                 self._links[name] = await self._open_link(name)
             except (RedisError, OSError, TimeoutError) as exc:
-                logger.warning("cannot reach primary %s (%s)", name, exc)
+                logger.warning("no link to primary %s yet (%s); retrying", name, exc)
                 settled = False
         return await self._home_channels() and settled
 
@@ -279,12 +279,24 @@ class ClusterBroker(RedisStore):
         self._map_changed()
 
     def _canary_name(self, node: str) -> bytes:
-        """A canary name of this process in a slot that ``node`` owns."""
-        for n in itertools.count():
+        """A canary name of this process in a slot that ``node`` owns in the slot map now.
+
+        ``ConnectionError`` when the map gives ``node`` no slot: it was read
+        as a primary, then a command's ``MOVED`` (redis-py's ``move_slot``)
+        handed its slots to its replica while this pass awaited. The search
+        used to go on forever there, and being synchronous it stopped the
+        whole process: a gateway silent from a manual failover on, its
+        clients stranded (CI, test_manual_failover_of_the_channels_primary).
+        """
+        slots = self._cluster.nodes_manager.slots_cache
+        owned = {slot for slot, nodes in slots.items() if nodes and nodes[0].name == node}
+        if not owned:
+            raise ConnectionError(f"{node} owns no slot in the slot map now")
+        for n in range(CANARY_NAMES):
             name = f"{self.prefix}:canary:{self.node}:{{{n}}}"
-            if self._owner(name) == node:
+            if key_slot(name.encode()) in owned:
                 return name.encode()
-        raise AssertionError("unreachable")
+        raise ConnectionError(f"no canary name found in the slots of {node}")
 
     async def _canary(self, link: ShardLink) -> None:
         node = self._cluster.get_node(node_name=link.node)
