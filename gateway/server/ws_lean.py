@@ -28,7 +28,8 @@ again, or keeps in a heavier shape than one reader needs:
   bound method). ``Pings`` sends the same pings, with the same payloads,
   interval and timeout, from one timer per event loop ticking once a
   second over a wheel of per-second buckets: a socket costs a weak
-  reference in a list.
+  reference in a list. The sockets of a bucket are pinged
+  ``PING_SLICE`` per turn of the loop, other work between.
   A ping leaves up to ``PING_TICK_S`` after uvicorn would send it.
 
 Everything here only touches uvicorn's ``WebSocketsSansIOProtocol`` (the
@@ -42,6 +43,7 @@ import math
 import random
 import struct
 import weakref
+from collections import deque
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -179,6 +181,7 @@ class Inbox(SinkWatch):
 
 
 PING_TICK_S = 1.0
+PING_SLICE = 128  # sockets visited in one turn of the loop (``Pings._work``)
 DUE_SLACK_S = 0.05  # a ping or its timeout this much early counts as due (the timer's lateness)
 
 
@@ -204,6 +207,8 @@ class Pings:
         self._loop = loop
         self._buckets: dict[int, list[weakref.ref[Any]]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._due: deque[weakref.ref[Any]] = deque()  # come due, not visited yet
+        self._working = False
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> Pings:
@@ -233,12 +238,30 @@ class Pings:
         self._timer = None
         now = self._loop.time()
         for second in sorted(s for s in self._buckets if s <= now):
-            for ref in self._buckets.pop(second):
-                proto = ref()
-                if proto is not None:
-                    self._visit(proto, now)
-        if self._buckets:
+            self._due.extend(self._buckets.pop(second))
+        if not self._working:
+            self._work()
+        if self._buckets and self._timer is None:
             self._timer = self._loop.call_at(max(now + PING_TICK_S, min(self._buckets)), self._tick)
+
+    def _work(self) -> None:
+        """Visit ``PING_SLICE`` of the sockets come due; the rest after what is ready now.
+
+        Why: a second's bucket holds every socket opened in that second
+        (thousands, after a deploy), and a ping costs 8-30 µs under load
+        (10,000 WebSockets at 10 msg/s: a bucket of 2,560 took 22-78 ms).
+        Visited at once, they held every message due meanwhile: the
+        fan-out's tail. A slice holds one back ~3 ms at most.
+        """
+        due = self._due
+        now = self._loop.time()
+        for _ in range(min(PING_SLICE, len(due))):
+            proto = due.popleft()()
+            if proto is not None:
+                self._visit(proto, now)
+        self._working = bool(due)
+        if due:
+            self._loop.call_soon(self._work)
 
     def _visit(self, proto: Any, now: float) -> None:
         if proto.close_sent or proto.disconnected or proto.transport.is_closing():
