@@ -599,3 +599,28 @@ async def test_an_event_with_its_waiters_in_a_list_wakes_them_as_before():
     with anyio.move_on_after(0.01):
         await event.wait()
     assert event._waiters == []  # (a cancelled wait removes itself)
+
+
+@pytest.mark.anyio
+async def test_a_subscriptions_wait_is_a_future_a_writer_may_abandon():
+    """``wait()`` hands the writer a future: done at once when something is queued, done by
+    the next arrival otherwise, and fresh again after a writer cancelled while waiting."""
+    hub = _hub()
+    async with hub.running():
+        await hub.publish("c", "message", "a")
+        async with hub.subscribe("c", START) as sub:
+            assert sub.wait().done()  # history queued
+            sub.take(10)
+            pending = sub.wait()
+            assert not pending.done() and sub.wait() is pending  # one waiter at a time
+            with anyio.move_on_after(0.05):
+                await pending  # a writer cancelled while it waits
+            assert pending.cancelled()
+            after = sub.wait()
+            assert after is not pending and not after.done()
+            await hub.publish("c", "message", "b")
+            with anyio.fail_after(1):
+                await after
+            assert [m.data for m in sub.take(10)] == ["b"]
+            sub.close(CloseReason.CLIENT_GONE)
+            assert sub.wait().done()  # closed: a writer never waits

@@ -34,7 +34,7 @@ from gateway.subscription import CloseReason
 from gateway.transports.channels import ChannelSpec, channel_specs, label
 from gateway.transports.departure import watching, within
 from gateway.transports.longpoll import check_served, poll_bounds, refuse_ended
-from gateway.transports.sse import answer
+from gateway.transports.sse import respond
 
 Runs = list[tuple[str, list[Item]]]
 POLL_MULTI_PATH = "/poll"
@@ -43,7 +43,8 @@ POLL_MULTI_PATH = "/poll"
 async def poll_multi_app(scope: Scope, receive: Receive, send: Send) -> None:
     """``/poll`` as a bare ASGI app, past the router like ``/poll/{channel}``; its answer's
     send given up after ``STALL_S`` (departure.py)."""
-    await answer(scope, receive, within(send, STALL_S), poll_multi_endpoint)
+    response = await respond(scope, receive, poll_multi_endpoint)
+    await response(scope, receive, within(send, STALL_S))
 
 
 async def poll_multi_endpoint(request: Request) -> Response:

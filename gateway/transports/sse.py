@@ -76,25 +76,27 @@ async def sse_app(scope: Scope, receive: Receive, send: Send) -> None:
     than GET or HEAD is 405, as the router would say.
     """
     scope["path_params"] = {"channel": route_path(scope)[len(SSE_PATH_PREFIX) :]}
-    await answer(scope, receive, send, sse_endpoint)
+    response = await respond(scope, receive, sse_endpoint)
+    await response(scope, receive, send)  # (by the app: no frame of ``respond`` held meanwhile)
 
 
-async def answer(
-    scope: Scope, receive: Receive, send: Send, endpoint: Callable[[Request], Awaitable[Response]]
-) -> None:
-    """A route past the router: 405 but for GET and HEAD, refusals as on every route."""
+async def respond(
+    scope: Scope, receive: Receive, endpoint: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """A route past the router: 405 but for GET and HEAD, refusals as on every route.
+
+    The caller sends the response: a stream lasts the connection's life,
+    and a frame awaiting it here cost 272 bytes per connection.
+    """
     if scope["method"] not in ("GET", "HEAD"):
-        response: Response = PlainTextResponse(
+        return PlainTextResponse(
             "Method Not Allowed", status_code=405, headers={"Allow": "GET, HEAD"}
         )
-        await response(scope, receive, send)
-        return
     request = Request(scope, receive)
     try:
-        response = await endpoint(request)
+        return await endpoint(request)
     except GatewayError as exc:
-        response = refusal(request, exc)
-    await response(scope, receive, send)
+        return refusal(request, exc)
 
 
 async def sse_endpoint(request: Request) -> Response:

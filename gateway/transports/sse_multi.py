@@ -47,9 +47,9 @@ from gateway.transports.sse import (
     WRITE_BYTES,
     Stream,
     Write,
-    answer,
     broker_gone,
     last_words,
+    respond,
     stream_end,
     stream_writer,
 )
@@ -60,7 +60,8 @@ BATCH = 256
 
 async def sse_multi_app(scope: Scope, receive: Receive, send: Send) -> None:
     """``/sse`` as a bare ASGI app, past the router like ``/sse/{channel}``."""
-    await answer(scope, receive, send, sse_multi_endpoint)
+    response = await respond(scope, receive, sse_multi_endpoint)
+    await response(scope, receive, send)
 
 
 async def sse_multi_endpoint(request: Request) -> Response:
