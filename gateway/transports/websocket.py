@@ -92,8 +92,14 @@ async def ws_endpoint(websocket: WebSocket) -> None:
                 forget_handshake(websocket)
                 with gateway.access.watch(rights, sub) as grant:
                     token = Token(rights, grant)
-                    if drain.start(sub):
-                        await _serve_one_task(websocket, gateway, sub, token, conn, drain)
+                    if drain.start(sub):  # one task: it reads, the hub and ``drain`` write
+                        # (inline: a helper coroutine held for the socket's life costs 280 bytes)
+                        sub.writer = asyncio.current_task()
+                        try:
+                            refusal = await _read(websocket, gateway, sub, token, drain.reply)
+                        finally:
+                            await drain.stop()
+                        await _ended(websocket, sub, conn, refusal)
                     else:
                         await _serve(websocket, gateway, sub, token, conn)
         except GatewayError as exc:
@@ -263,20 +269,10 @@ class Drain:
                 return
 
 
-async def _serve_one_task(
-    websocket: WebSocket,
-    gateway: Gateway,
-    sub: Subscription,
-    token: Token,
-    conn: Connection,
-    drain: Drain,
+async def _ended(
+    websocket: WebSocket, sub: Subscription, conn: Connection, refusal: GatewayError | None
 ) -> None:
-    """The fast path's connection: this task reads, the hub and ``drain`` write."""
-    sub.writer = asyncio.current_task()
-    try:
-        refusal = await _read(websocket, gateway, sub, token, drain.reply)
-    finally:
-        await drain.stop()
+    """The fast path's connection ended: say why; a refused frame closes it with the reason."""
     if refusal is not None:
         conn.reason = refusal.reason
         await close_socket(websocket, refusal.close_code, refusal.reason)
