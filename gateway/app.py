@@ -8,6 +8,7 @@ tests can run several apps in one process.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -44,6 +45,7 @@ from gateway.server.direct import RAW_SEND
 from gateway.server.redis_replies import replies_reader
 from gateway.server.shutdown import signals_watched, wait_for_exit_signal
 from gateway.settings import Settings
+from gateway.stall_watch import stall_watched
 from gateway.state import NOT_STARTED, Gateway, gateway_of
 from gateway.stats import stats_running
 from gateway.transports.common import refusal, route_path
@@ -280,7 +282,7 @@ async def _started(settings: Settings) -> AsyncIterator[Gateway]:
     access = Access(guard.revocations)
     gateway = Gateway(settings, hub, metrics, guard, presence, access)
     collector = Collector(lambda: gateway.open_connections, lambda: gateway.closed_connections)
-    with signals_watched():
+    with signals_watched(), stall_watched(asyncio.get_running_loop()):
         async with (
             sole_worker() if not settings.redis_url else nullcontext(),
             hub.running(),
