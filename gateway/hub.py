@@ -549,10 +549,10 @@ class Subscribed:
 
     A class, not an ``@asynccontextmanager``: every open stream holds it
     for its whole life, and the generator, its frame and its wrapper cost
-    about 500 bytes per connection where this costs 88.
+    about 500 bytes per connection where this costs ~70.
     """
 
-    __slots__ = ("_channel", "_cursor", "_hub", "_last", "_most", "_owner", "_sub")
+    __slots__ = ("_cursor", "_hub", "_last", "_most", "_sub")
 
     def __init__(
         self,
@@ -564,30 +564,26 @@ class Subscribed:
         owner: Owner | None,
     ) -> None:
         self._hub = hub
-        self._channel = channel
+        self._sub = Subscription(channel, hub.settings.queue_size, cursor, owner)
         self._cursor = cursor
         self._last = last
         self._most = most
-        self._owner = owner
-        self._sub: Subscription | None = None
 
     async def __aenter__(self) -> Subscription:
-        hub, channel, cursor = self._hub, self._channel, self._cursor
-        sub = Subscription(channel, hub.settings.queue_size, cursor, self._owner)
+        hub, sub = self._hub, self._sub
         if hub.closing:
             sub.close(CloseReason.SHUTDOWN)
-        await hub._join(channel, sub)
+        await hub._join(sub.channel, sub)
         try:
-            sub.load_history(await hub._history_for(channel, cursor, self._last, self._most))
+            history = await hub._history_for(sub.channel, self._cursor, self._last, self._most)
+            sub.load_history(history)
         except BaseException:
-            hub._leave(channel, sub)
+            hub._leave(sub.channel, sub)
             raise
-        self._sub = sub
         return sub
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._sub is not None:
-            self._hub._leave(self._channel, self._sub)
+        self._hub._leave(self._sub.channel, self._sub)
 
 
 def _batches(items: list[Item]) -> Iterator[Batch]:

@@ -46,6 +46,7 @@ from gateway.message import Cursor
 from gateway.polls import Ended, Waiter
 from gateway.server import accelerations
 from gateway.server.cors import CorsHeaders
+from gateway.server.direct import compact_dict
 from gateway.server.keepalive import HEADER_TIMEOUT_S, idle_connections
 from gateway.server.publishing import PREFIX as _PUBLISH
 from gateway.server.publishing import Publish, PublishRepeat, publish_here, remembered, repeated
@@ -176,12 +177,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.root_path or self.limit_concurrency is not None:
             self.gateway_app = None
         # Held for the connection's whole life (an SSE stream, a waiting poll): uvicorn's
-        # queue of pipelined requests, a deque of 760 bytes empty, serves as a list of
-        # 56; the instance's 40 attributes, set one by one past the 30 a shared-key dict
-        # holds, grew its dict to 1,584 bytes, and a copy holds them in 832 (every
-        # later assignment is to a key it has: it does not grow again).
+        # queue of pipelined requests, a deque of 760 bytes empty, serves as a list of 56.
         self.pipeline = Pipeline()  # type: ignore[assignment]
-        self.__dict__ = dict(vars(self))
+        compact_dict(self)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
